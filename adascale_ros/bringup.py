@@ -1,0 +1,64 @@
+"""The node graph, defined once.
+
+The launch files (for a ROS 2 install with ``launch_ros``) and ``adascale run``
+(the local runner, which needs only rclpy) both build the graph from
+``node_graph()``, so they cannot disagree about which nodes run, with which
+parameters and remappings.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PACKAGE = "adascale_ros"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of the graph."""
+
+    name: str
+    executable: str  # console script, as ``ros2 run adascale_ros <executable>``
+    module: str  # python module with ``main``, for the local runner
+    remappings: tuple[tuple[str, str], ...] = ()
+    parameters: dict[str, object] = field(default_factory=dict)
+
+    def command(self, params_file: Path | None = None, log_level: str = "info") -> list[str]:
+        """The command line the local runner starts this node with."""
+        cmd = [sys.executable, "-m", self.module, "--ros-args", "-r", f"__node:={self.name}"]
+        cmd += ["--log-level", log_level]
+        if params_file is not None:
+            cmd += ["--params-file", str(params_file)]
+        for name, value in self.parameters.items():
+            cmd += ["-p", f"{name}:={value}"]
+        for src, dst in self.remappings:
+            cmd += ["-r", f"{src}:={dst}"]
+        return cmd
+
+
+def default_params_file() -> Path:
+    """config/adascale.yaml from the source tree, or from the installed share dir."""
+    source = REPO_ROOT / "config" / "adascale.yaml"
+    if source.is_file():
+        return source
+    from ament_index_python.packages import get_package_share_directory
+
+    return Path(get_package_share_directory(PACKAGE)) / "config" / "adascale.yaml"
+
+
+def node_graph() -> list[NodeSpec]:
+    """The nodes of the adaptation loop, in start order."""
+    return [
+        NodeSpec(
+            name="resource_monitor",
+            executable="resource_monitor",
+            module="adascale_ros.nodes.resource_monitor",
+        ),
+    ]
+
+
+# Topics the graph publishes, by role, as seen from outside the nodes.
+RESOURCE_STATE_TOPIC = "/resource_monitor/state"

@@ -1,0 +1,126 @@
+"""What every adascale node shares: the entry point, parameters and /diagnostics.
+
+``diagnostic_updater`` is not available everywhere this package runs, so the
+small part of it we need (one status per node, published periodically on
+``/diagnostics``) lives here.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+# DiagnosticStatus levels (single bytes in the generated Python class).
+OK = DiagnosticStatus.OK
+WARN = DiagnosticStatus.WARN
+ERROR = DiagnosticStatus.ERROR
+
+
+@dataclass(frozen=True)
+class Param:
+    """A declared parameter: default value, description, and whether it may change at runtime."""
+
+    default: Any
+    description: str
+    read_only: bool = False
+
+
+def declare_parameters(node: Node, params: Mapping[str, Param]) -> None:
+    for name, spec in params.items():
+        node.declare_parameter(
+            name,
+            spec.default,
+            ParameterDescriptor(description=spec.description, read_only=spec.read_only),
+        )
+
+
+def current_values(node: Node, names: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: node.get_parameter(name).value for name in names}
+
+
+def validating_callback(
+    node: Node, names: Mapping[str, Any], apply: Callable[[dict[str, Any]], None]
+) -> Callable[[list[Parameter]], SetParametersResult]:
+    """Build an on-set-parameters callback that validates the whole new configuration.
+
+    ``apply`` receives every parameter value as it would be after the change;
+    it raises ``ValueError`` (or ``TypeError``) to reject the change with that
+    message as the reason, and otherwise puts the change into effect.
+    """
+
+    def callback(changed: list[Parameter]) -> SetParametersResult:
+        values = current_values(node, names)
+        values.update({p.name: p.value for p in changed if p.name in names})
+        try:
+            apply(values)
+        except (ValueError, TypeError) as exc:
+            node.get_logger().warning(f"rejected parameter change: {exc}")
+            return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
+
+    return callback
+
+
+def diagnostic_status(node: Node, level: bytes, message: str, values: Mapping[str, Any]) -> DiagnosticStatus:
+    return DiagnosticStatus(
+        level=level,
+        name=f"adascale: {node.get_name()}",
+        message=message,
+        hardware_id=socket.gethostname(),
+        values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
+    )
+
+
+class DiagnosticsPublisher:
+    """Publishes one node's status on ``/diagnostics`` every ``period_s``."""
+
+    def __init__(
+        self,
+        node: Node,
+        status: Callable[[], tuple[bytes, str, Mapping[str, Any]]],
+        period_s: float = 1.0,
+    ) -> None:
+        self._node = node
+        self._status = status
+        self._pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._timer = node.create_timer(period_s, self.publish)
+
+    def publish(self) -> None:
+        level, message, values = self._status()
+        array = DiagnosticArray()
+        array.header.stamp = self._node.get_clock().now().to_msg()
+        array.status = [diagnostic_status(self._node, level, message, values)]
+        self._pub.publish(array)
+
+
+def spin_node(node_factory: Callable[[], Node], args: list[str] | None = None) -> int:
+    """Entry point body: init, spin until SIGINT/SIGTERM, shut down cleanly, exit 0.
+
+    A node whose configuration is invalid raises ``ValueError`` from its
+    constructor; that is reported in one line and the process exits with 2.
+    """
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+    try:
+        node = node_factory()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -1,0 +1,139 @@
+"""``adascale run``: the local runner.
+
+Starts the node graph of ``adascale_ros.bringup`` as separate processes that
+talk over DDS (as ``ros2 launch`` would), forwards their output with a
+``[node]`` prefix, prints a live status line, and stops every child on Ctrl-C,
+SIGTERM, the end of ``--duration``, or the death of a node.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from adascale_ros.bringup import RESOURCE_STATE_TOPIC, NodeSpec
+
+STOP_TIMEOUT_S = 2.0
+
+
+class GraphProcesses:
+    """The graph's nodes as child processes, each in its own process group."""
+
+    def __init__(self, specs: Sequence[NodeSpec], params_file: Path | None, log_level: str = "info") -> None:
+        self.specs = list(specs)
+        self.params_file = params_file
+        self.log_level = log_level
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._threads: list[threading.Thread] = []
+
+    def start(self, out: IO[str] = sys.stdout) -> None:
+        for spec in self.specs:
+            proc = subprocess.Popen(
+                spec.command(self.params_file, self.log_level),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # our signal handling decides when children stop
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            self.processes[spec.name] = proc
+            thread = threading.Thread(target=_forward, args=(spec.name, proc.stdout, out), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def exited(self) -> dict[str, int]:
+        """Nodes that have ended, with their exit codes."""
+        return {n: p.returncode for n, p in self.processes.items() if p.poll() is not None}
+
+    def stop(self) -> dict[str, int]:
+        """SIGINT every node, escalate to SIGKILL after the timeout; return exit codes."""
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for proc in self.processes.values():
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for thread in self._threads:
+            thread.join(timeout=1.0)
+        return {n: p.returncode for n, p in self.processes.items()}
+
+
+def _forward(name: str, stream: IO[bytes] | None, out: IO[str]) -> None:
+    if stream is None:
+        return
+    for raw in iter(stream.readline, b""):
+        out.write(f"[{name}] {raw.decode(errors='replace').rstrip()}\n")
+        out.flush()
+
+
+def _fmt(value: float, spec: str = ".2f") -> str:
+    return format(value, spec) if math.isfinite(value) else "n/a"
+
+
+def status_line(state) -> str:  # noqa: ANN001 - adascale_msgs.msg.ResourceState
+    """One line of what the graph is doing, for the terminal."""
+    return (
+        f"load {_fmt(state.load_index)} (forecast {_fmt(state.load_index_forecast)} "
+        f"in {_fmt(state.forecast_horizon_s, '.1f')} s) | cpu {_fmt(state.cpu_util)} "
+        f"mem {_fmt(state.mem_util)} gpu {_fmt(state.gpu_util)} | "
+        f"{_fmt(state.cpu_freq_mhz, '.0f')} MHz | power {_fmt(state.power_w, '.1f')} W"
+    )
+
+
+def run_graph(
+    specs: Sequence[NodeSpec],
+    params_file: Path | None,
+    duration_s: float | None,
+    log_level: str = "info",
+    status_period_s: float = 1.0,
+) -> int:
+    """Run the graph until interrupted or ``duration_s``; return the exit code."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    from adascale_msgs.msg import ResourceState
+
+    graph = GraphProcesses(specs, params_file, log_level)
+    rclpy.init()  # installs SIGINT/SIGTERM handlers that end the loop below
+    node = rclpy.create_node("adascale_run")
+    latest: deque[ResourceState] = deque(maxlen=1)
+    node.create_subscription(ResourceState, RESOURCE_STATE_TOPIC, lambda m: latest.append(m), 10)
+    graph.start()
+    failed: dict[str, int] = {}
+    deadline = math.inf if duration_s is None else time.monotonic() + duration_s
+    next_status = time.monotonic() + status_period_s
+    try:
+        while rclpy.ok() and time.monotonic() < deadline:
+            rclpy.spin_once(node, timeout_sec=0.1)
+            failed = graph.exited()
+            if failed:
+                break
+            if time.monotonic() >= next_status:
+                next_status += status_period_s
+                print(status_line(latest[-1]) if latest else "waiting for the first resource state ...", flush=True)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        codes = graph.stop()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    if failed:
+        print(f"stopped: node(s) exited early: {failed}", file=sys.stderr)
+        return 1
+    bad = {n: c for n, c in codes.items() if c not in (0, -signal.SIGINT)}
+    if bad:
+        print(f"node(s) did not exit cleanly: {bad}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,34 @@
+"""adascale_ros: ament_python package (also a plain pip-installable package)."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "adascale_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+    ],
+    python_requires=">=3.10",
+    # Runtime deps come from the distro on a robot (package.xml) and from
+    # requirements.txt in the development venv; keep this list unpinned.
+    install_requires=["numpy", "psutil", "PyYAML"],
+    zip_safe=True,
+    maintainer="adascale_ros maintainers",
+    maintainer_email="maintainers@adascale-ros.invalid",
+    description="AdaScale for ROS 2: resource-aware elastic camera classification.",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            "resource_monitor = adascale_ros.nodes.resource_monitor:main",
+            "adascale = adascale_ros.tools.cli:main",
+        ],
+    },
+)

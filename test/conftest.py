@@ -1,0 +1,77 @@
+"""Shared test set-up: an isolated DDS domain per run, and helpers for ROS processes."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+# One random domain per test run, set before rclpy initialises, so parallel
+# runs on one machine never see each other's topics; discovery stays on this host.
+os.environ["ROS_DOMAIN_ID"] = str(random.Random().randint(1, 101))
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture
+def ros_node() -> Iterator[object]:
+    """An rclpy node in the test process, torn down afterwards."""
+    import rclpy
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node(f"test_{os.getpid()}_{random.randint(0, 1 << 30)}", context=context)
+    try:
+        yield node
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+def spin_until(node, condition: Callable[[], bool], timeout_s: float) -> bool:
+    """Spin ``node`` until ``condition()`` holds or the timeout passes."""
+    from rclpy.executors import SingleThreadedExecutor
+
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if condition():
+                return True
+            executor.spin_once(timeout_sec=0.05)
+        return condition()
+    finally:
+        executor.remove_node(node)
+
+
+@pytest.fixture
+def start_process() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start child processes (python modules) and make sure none outlives the test."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(args: list[str], **kwargs) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            **kwargs,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(5)

@@ -1,0 +1,144 @@
+"""resource_monitor as a separate process, over real DDS, under real stress-ng load."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import pytest
+import yaml
+from conftest import REPO_ROOT, spin_until
+from test_sensors import make_jetson_orin
+
+from adascale_ros.bringup import RESOURCE_STATE_TOPIC
+from adascale_ros.nodes.resource_monitor import PARAMETERS
+from adascale_ros.tools.stress import StressNg, StressSpec
+
+pytestmark = pytest.mark.ros
+MODULE = "adascale_ros.nodes.resource_monitor"
+
+
+def params_file(tmp_path, **overrides) -> str:
+    config = yaml.safe_load((REPO_ROOT / "config" / "adascale.yaml").read_text())
+    config["resource_monitor"]["ros__parameters"].update(overrides)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def subscribe_states(node) -> list:
+    from adascale_msgs.msg import ResourceState
+
+    states: list = []
+    node.create_subscription(ResourceState, RESOURCE_STATE_TOPIC, states.append, 10)
+    return states
+
+
+def collect(node, states: list, seconds: float) -> list:
+    del states[:]
+    spin_until(node, lambda: False, seconds)
+    return list(states)
+
+
+def test_config_file_sets_every_parameter_the_node_declares():
+    config = yaml.safe_load((REPO_ROOT / "config" / "adascale.yaml").read_text())
+    assert set(config["resource_monitor"]["ros__parameters"]) == set(PARAMETERS)
+
+
+def test_stress_raises_cpu_utilisation_and_load_index(tmp_path, ros_node, start_process):
+    states = subscribe_states(ros_node)
+    monitor = start_process(["-m", MODULE, "--ros-args", "--params-file", params_file(tmp_path, rate_hz=10.0)])
+    assert spin_until(ros_node, lambda: len(states) >= 5, timeout_s=20.0), "no ResourceState received"
+
+    idle = collect(ros_node, states, 2.0)
+    with StressNg(StressSpec(cpu_workers=2, cpu_load_percent=100), timeout_s=30):
+        spin_until(ros_node, lambda: False, 1.0)  # let the workers ramp up
+        loaded = collect(ros_node, states, 3.0)
+
+    assert len(idle) >= 10 and len(loaded) >= 15  # ~10 Hz
+    for s in idle + loaded:
+        assert 0.0 <= s.cpu_util <= 1.0 and 0.0 <= s.mem_util <= 1.0 and 0.0 <= s.load_index <= 1.0
+        assert len(s.cpu_util_per_core) >= 1
+        assert s.mem_available_mb > 0.0
+        assert math.isnan(s.gpu_util)  # no GPU here: unknown, never 0
+    idle_cpu = statistics.median(s.cpu_util for s in idle)
+    loaded_cpu = statistics.median(s.cpu_util for s in loaded)
+    idle_load = statistics.median(s.load_index for s in idle)
+    loaded_load = statistics.median(s.load_index for s in loaded)
+    print(f"cpu_util idle {idle_cpu:.2f} -> loaded {loaded_cpu:.2f}; load_index {idle_load:.2f} -> {loaded_load:.2f}")
+    assert loaded_cpu > 0.85 and loaded_cpu > idle_cpu + 0.3
+    # The default weights put 0.5 / 0.7 on the CPU when there is no GPU.
+    assert loaded_load > idle_load + 0.2
+    assert any(math.isfinite(s.load_index_forecast) for s in loaded)
+    assert loaded[-1].forecast_horizon_s == pytest.approx(1.0)
+    monitor.terminate()
+    assert monitor.wait(5) == 0
+
+
+def test_reads_a_jetson_board_from_its_sysfs_tree(tmp_path, ros_node, start_process):
+    make_jetson_orin(tmp_path / "sys", load_permille=640)
+    states = subscribe_states(ros_node)
+    start_process(["-m", MODULE, "--ros-args", "--params-file", params_file(tmp_path, sys_root=str(tmp_path / "sys"))])
+    assert spin_until(ros_node, lambda: len(states) >= 2, timeout_s=20.0)
+    s = states[-1]
+    assert s.gpu_util == pytest.approx(0.64, abs=1e-6)
+    assert s.power_source == "jetson_ina" and s.power_w == pytest.approx(7.62, rel=1e-5)
+
+
+def test_parameters_are_validated_at_runtime(tmp_path, ros_node, start_process):
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+
+    states = subscribe_states(ros_node)
+    start_process(["-m", MODULE, "--ros-args", "--params-file", params_file(tmp_path)])
+    client = AsyncParameterClient(ros_node, "resource_monitor")
+    assert client.wait_for_services(timeout_sec=20.0)
+
+    def set_params(*params: Parameter):
+        future = client.set_parameters_atomically(list(params))
+        assert spin_until(ros_node, future.done, timeout_s=10.0)
+        return future.result().result
+
+    bad_rate = set_params(Parameter("rate_hz", value=-1.0))
+    assert not bad_rate.successful and "rate_hz" in bad_rate.reason
+    # All three weights at zero in one atomic change: the whole change is refused.
+    bad_weights = set_params(
+        Parameter("cpu_weight", value=0.0), Parameter("gpu_weight", value=0.0), Parameter("memory_weight", value=0.0)
+    )
+    assert not bad_weights.successful and "weight" in bad_weights.reason
+    get = client.get_parameters(["cpu_weight"])
+    assert spin_until(ros_node, get.done, timeout_s=10.0)
+    assert get.result().values[0].double_value == 0.5
+    bad_window = set_params(Parameter("forecast_window", value=3))
+    assert not bad_window.successful and "window" in bad_window.reason
+    read_only = set_params(Parameter("sys_root", value="/tmp"))
+    assert not read_only.successful
+
+    faster = set_params(Parameter("rate_hz", value=20.0))
+    assert faster.successful
+    assert spin_until(ros_node, lambda: len(states) >= 3, timeout_s=10.0)
+    assert collect(ros_node, states, 0.0) == []  # drains
+    received = collect(ros_node, states, 2.0)
+    assert len(received) >= 30  # ~40 at 20 Hz; 10 Hz would give ~20
+    # The forecast horizon in seconds is unchanged, now 20 steps of 50 ms.
+    assert received[-1].forecast_horizon_s == pytest.approx(1.0)
+
+
+def test_invalid_params_file_refuses_to_start_with_the_reason(tmp_path, start_process):
+    monitor = start_process(["-m", MODULE, "--ros-args", "--params-file", params_file(tmp_path, rate_hz=0.0)])
+    out, _ = monitor.communicate(timeout=20)
+    assert monitor.returncode == 2
+    assert "rate_hz must be in" in out
+
+
+def test_sigint_and_sigterm_end_the_node_cleanly(tmp_path, ros_node, start_process):
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        monitor = start_process(["-m", MODULE, "--ros-args", "--params-file", params_file(tmp_path)])
+        time.sleep(2.0)
+        monitor.send_signal(sig)
+        start = time.monotonic()
+        assert monitor.wait(5) == 0, monitor.stdout.read()
+        assert time.monotonic() - start < 2.0
