@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 from conftest import REPO_ROOT, spin_until
-from test_sensors import make_jetson_orin
+from test_sensors import make_jetson_orin, write
 
 from adascale_ros.bringup import RESOURCE_STATE_TOPIC
 from adascale_ros.nodes.resource_monitor import PARAMETERS
@@ -77,13 +77,31 @@ def test_stress_raises_cpu_utilisation_and_load_index(tmp_path, ros_node, start_
 
 
 def test_reads_a_jetson_board_from_its_sysfs_tree(tmp_path, ros_node, start_process):
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
     make_jetson_orin(tmp_path / "sys", load_permille=640)
     states = subscribe_states(ros_node)
+    diagnostics: list = []
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diagnostics.extend(m.status), 10)
     start_process(["-m", MODULE, "--ros-args", "--params-file", params_file(tmp_path, sys_root=str(tmp_path / "sys"))])
-    assert spin_until(ros_node, lambda: len(states) >= 2, timeout_s=20.0)
+    assert spin_until(ros_node, lambda: len(states) >= 2 and diagnostics, timeout_s=20.0)
     s = states[-1]
     assert s.gpu_util == pytest.approx(0.64, abs=1e-6)
     assert s.power_source == "jetson_ina" and s.power_w == pytest.approx(7.62, rel=1e-5)
+
+    status = diagnostics[-1]
+    assert status.name == "adascale: resource_monitor" and status.level == DiagnosticStatus.OK
+    values = {kv.key: kv.value for kv in status.values}
+    assert values["sensor.jetson_gpu"] == "True" and values["sensor.rapl"] == "False"
+    assert int(values["samples_published"]) >= 1
+
+    # A sensor that starts failing is counted and turns the status to WARN; the node keeps publishing.
+    write(tmp_path / "sys/devices/platform/bus@0/17000000.gpu/load", "not a number\n")
+    del diagnostics[:], states[:]
+    assert spin_until(ros_node, lambda: any(d.level == DiagnosticStatus.WARN for d in diagnostics), timeout_s=5.0)
+    warn = next(d for d in diagnostics if d.level == DiagnosticStatus.WARN)
+    assert "jetson_gpu" in warn.message
+    assert states and math.isnan(states[-1].gpu_util)
 
 
 def test_parameters_are_validated_at_runtime(tmp_path, ros_node, start_process):
