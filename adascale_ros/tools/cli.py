@@ -33,6 +33,40 @@ def _cmd_forecast_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from adascale_ros.model.pipeline import TrainRunConfig, train_model
+
+    config = TrainRunConfig.from_yaml(args.config)
+    if args.mode:
+        from dataclasses import replace
+
+        config = replace(config, training=replace(config.training, mode=args.mode))
+    train_model(config, args.out, progress=not args.no_progress)
+    return 0
+
+
+def _cmd_variants(args: argparse.Namespace) -> int:
+    import json
+
+    from adascale_ros.model.artifacts import load_model, load_variant_table
+    from adascale_ros.model.pipeline import compare_prefix_reuse, format_variant_table, reevaluate
+
+    if args.evaluate or args.compare_reuse:
+        model = load_model(args.model_dir)
+        table = reevaluate(model, progress=not args.json) if args.evaluate else load_variant_table(args.model_dir)
+        if args.compare_reuse:
+            table["prefix_reuse"] = compare_prefix_reuse(model, args.compare_reuse, progress=not args.json)
+    else:
+        table = load_variant_table(args.model_dir)
+    if args.json:
+        print(json.dumps(table, indent=1))
+    else:
+        print(format_variant_table(table, args.limit))
+        if "prefix_reuse" in table:
+            print("prefix reuse:", json.dumps(table["prefix_reuse"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adascale", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +92,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--horizon", type=int, default=10, help="steps ahead")
     ev.add_argument("--json", type=Path, help="also write the report as JSON here")
     ev.set_defaults(func=_cmd_forecast_eval)
+
+    train = sub.add_parser("train", help="train the elastic network and write a model directory")
+    train.add_argument("--config", type=Path, required=True, help="YAML with dataset/network/training sections")
+    train.add_argument("--out", type=Path, required=True)
+    train.add_argument("--mode", choices=["freeze", "guarded", "joint"], help="override training.mode")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(func=_cmd_train)
+
+    var = sub.add_parser("variants", help="print a model's variant table")
+    var.add_argument("model_dir", type=Path)
+    var.add_argument("--json", action="store_true")
+    var.add_argument("--evaluate", action="store_true", help="recompute every accuracy from weights and data")
+    var.add_argument(
+        "--compare-reuse",
+        type=int,
+        metavar="IMAGES",
+        help="time evaluation with and without prefix reuse on this many test images",
+    )
+    var.add_argument("--limit", type=int, help="print only the first N rows")
+    var.set_defaults(func=_cmd_variants)
     return parser
 
 
@@ -65,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # includes ModelLoadError and DatasetError
         print(f"adascale {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,107 @@
+"""Accuracy of many variants at once, with AdaptiveNet's prefix reuse.
+
+Variants form a tree: all variants that start with the same operators share
+the stem and those stages' outputs. ``evaluate_variants`` walks that tree once
+per batch, depth first, computing each shared stage output once and every
+exit head on it, instead of running each variant from the input
+(``reuse=False``, the naive way, kept for comparison and for tests).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from adascale_ros.model.datasets import ImageSet
+from adascale_ros.model.elastic import ElasticNet, Variant
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """uint8 pixels -> float: x / 255, then per-channel (x - mean) / std."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, images: torch.Tensor) -> Normalization:
+        x = images.float().div_(255.0)
+        return cls(
+            tuple(float(v) for v in x.mean(dim=(0, 2, 3))),
+            tuple(max(float(v), 1e-6) for v in x.std(dim=(0, 2, 3))),
+        )
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return (images.float() / 255.0 - mean) / std
+
+
+def batches(data: ImageSet, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(data), batch_size):
+        yield data.images[start : start + batch_size], data.labels[start : start + batch_size]
+
+
+class _PrefixTree:
+    """Variants grouped by the operator prefix they share."""
+
+    def __init__(self, variants: Sequence[Variant]) -> None:
+        # children[prefix] = next operators used below it; exits[prefix] = variants ending there.
+        self.children: dict[tuple[str, ...], list[str]] = defaultdict(list)
+        self.ends: dict[tuple[str, ...], Variant] = {}
+        for v in variants:
+            ops = v.operators
+            self.ends[ops] = v
+            for depth in range(len(ops)):
+                prefix, op = ops[:depth], ops[depth]
+                if op not in self.children[prefix]:
+                    self.children[prefix].append(op)
+
+
+@torch.inference_mode()
+def evaluate_variants(
+    net: ElasticNet,
+    data: ImageSet,
+    normalize: Normalization,
+    variants: Sequence[Variant] | None = None,
+    batch_size: int = 500,
+    reuse: bool = True,
+    progress: bool = False,
+    desc: str = "evaluating",
+) -> dict[str, float]:
+    """Top-1 accuracy of each variant on ``data``, keyed by variant id."""
+    variants = list(variants if variants is not None else net.variants())
+    for v in variants:
+        net.check_variant(v)
+    was_training = net.training
+    net.eval()
+    correct: dict[str, int] = dict.fromkeys((v.id for v in variants), 0)
+    tree = _PrefixTree(variants)
+
+    def walk(features: torch.Tensor, prefix: tuple[str, ...], labels: torch.Tensor) -> None:
+        depth = len(prefix)
+        for op in tree.children.get(prefix, ()):
+            out = net.run_stage(features, depth, op)
+            path = (*prefix, op)
+            if path in tree.ends:
+                logits = net.exits[depth](out)
+                correct[tree.ends[path].id] += int((logits.argmax(1) == labels).sum())
+            walk(out, path, labels)
+
+    try:
+        for images, labels in tqdm(
+            batches(data, batch_size), total=-(-len(data) // batch_size), desc=desc, disable=not progress
+        ):
+            x = normalize(images)
+            if reuse:
+                walk(net.stem(x), (), labels)
+            else:
+                for v in variants:
+                    correct[v.id] += int((net(x, v).argmax(1) == labels).sum())
+    finally:
+        net.train(was_training)
+    return {vid: hits / len(data) for vid, hits in correct.items()}

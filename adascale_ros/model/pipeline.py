@@ -1,0 +1,208 @@
+"""``adascale train`` and ``adascale variants``: from a YAML configuration to a model directory."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from adascale_ros.model.artifacts import LoadedModel, load_variant_table, save_model
+from adascale_ros.model.datasets import DatasetSpec, DatasetSplits, ImageSet, load_splits
+from adascale_ros.model.elastic import ElasticConfig, ElasticNet
+from adascale_ros.model.evaluation import Normalization, evaluate_variants
+from adascale_ros.model.metrics import module_table, variant_metrics
+from adascale_ros.model.training import Trainer, TrainingConfig, TrainingResult
+
+
+@dataclass(frozen=True)
+class TrainRunConfig:
+    dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    network: ElasticConfig = field(default_factory=ElasticConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> TrainRunConfig:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: invalid YAML: {exc}") from exc
+        unknown = set(data) - {"dataset", "network", "training"}
+        if unknown:
+            raise ValueError(f"{path}: unknown sections {sorted(unknown)}")
+        try:
+            training = dict(data.get("training") or {})
+            if "target_accuracy" in training:
+                training["target_accuracy"] = tuple(training["target_accuracy"])
+            return cls(
+                dataset=DatasetSpec(**(data.get("dataset") or {})),
+                network=ElasticConfig.from_dict(data.get("network") or {}),
+                training=TrainingConfig(**training),
+            )
+        except TypeError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": asdict(self.dataset), "network": self.network.to_dict(), "training": asdict(self.training)}
+
+
+def build_network(config: TrainRunConfig, splits: DatasetSplits) -> ElasticNet:
+    channels, _, _ = splits.train.shape
+    network = ElasticConfig.from_dict(
+        {**config.network.to_dict(), "in_channels": channels, "num_classes": len(splits.classes)}
+    )
+    torch.manual_seed(config.training.seed)
+    return ElasticNet(network)
+
+
+def variant_table(
+    net: ElasticNet,
+    input_shape: tuple[int, int, int],
+    accuracy: dict[str, dict[str, float]],
+) -> dict[str, Any]:
+    """The variants.json content: one entry per variant, and the module metrics they sum from."""
+    modules = module_table(net, input_shape)
+    rows = []
+    for v in net.variants():
+        row: dict[str, Any] = {"variant_id": v.id, "exit_index": v.exit_index, "operators": list(v.operators)}
+        row.update({name: acc[v.id] for name, acc in accuracy.items()})
+        row.update(variant_metrics(v, modules))
+        rows.append(row)
+    return {"variants": rows, "modules": [m.to_dict() for m in modules.values()]}
+
+
+def evaluate_splits(
+    net: ElasticNet, splits: dict[str, ImageSet], normalize: Normalization, progress: bool
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Accuracy of every variant on each named split, and the seconds each took (prefix reuse)."""
+    accuracy, seconds = {}, {}
+    for name, data in splits.items():
+        start = time.perf_counter()
+        accuracy[name] = evaluate_variants(net, data, normalize, progress=progress, desc=f"variants on {name}")
+        seconds[name] = time.perf_counter() - start
+    return accuracy, seconds
+
+
+def train_model(
+    config: TrainRunConfig, out: Path, progress: bool = True, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Train, evaluate every variant, and write the model directory. Returns the model card."""
+    splits = load_splits(config.dataset)
+    log(
+        f"{splits.name}: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test, "
+        f"{len(splits.classes)} classes, images {splits.train.shape}"
+    )
+    normalize = Normalization.fit(splits.train.images)
+    net = build_network(config, splits)
+    result: TrainingResult = Trainer(net, splits, config.training, normalize, progress, log).train()
+    log(f"trained ({result.mode}) in {result.seconds:.0f} s, {result.epochs} epochs")
+    accuracy, eval_seconds = evaluate_splits(net, {"val": splits.val, "test": splits.test}, normalize, progress)
+    table = variant_table(net, splits.train.shape, {"accuracy": accuracy["test"], "val_accuracy": accuracy["val"]})
+    channels, height, width = splits.train.shape
+    card = {
+        "name": out.name,
+        "classes": list(splits.classes),
+        "input": {"channels": channels, "height": height, "width": width, "dtype": "uint8"},
+        "normalization": asdict(normalize),
+        "preprocessing": "x = (pixels / 255 - mean) / std per channel, at input height x width",
+        "network": net.config.to_dict(),
+        "num_variants": len(table["variants"]),
+        "config": config.to_dict(),
+        "dataset": {
+            "name": splits.name,
+            "fingerprint": splits.fingerprint(),
+            "train": len(splits.train),
+            "val": len(splits.val),
+            "test": len(splits.test),
+        },
+        "seed": config.training.seed,
+        "training": {
+            "mode": result.mode,
+            "epochs": result.epochs,
+            "seconds": round(result.seconds, 1),
+            "monitor_exit_accuracy": result.exit_accuracy,
+            "log": [asdict(e) for e in result.log],
+        },
+        "evaluation_seconds_prefix_reuse": {k: round(v, 1) for k, v in eval_seconds.items()},
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    save_model(out, net, card, table)
+    log(f"wrote {out}: {len(table['variants'])} variants")
+    return card
+
+
+def best_per_exit(rows: list[dict[str, Any]], key: str = "accuracy") -> dict[int, dict[str, Any]]:
+    best: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        e = row["exit_index"]
+        if e not in best or row[key] > best[e][key]:
+            best[e] = row
+    return dict(sorted(best.items()))
+
+
+def format_variant_table(table: dict[str, Any], limit: int | None = None) -> str:
+    rows = table["variants"]
+    lines = [
+        f"{'variant':<28}{'exit':>5}{'test acc':>10}{'val acc':>9}{'params':>10}{'MFLOPs':>9}"
+        f"{'storage kB':>12}{'mem acc MB':>12}"
+    ]
+    for row in rows[:limit] if limit else rows:
+        lines.append(
+            f"{row['variant_id']:<28}{row['exit_index']:>5}{row['accuracy']:>10.4f}{row['val_accuracy']:>9.4f}"
+            f"{row['params']:>10}{row['flops'] / 1e6:>9.2f}{row['storage_bytes'] / 1e3:>12.1f}"
+            f"{row['memory_accesses'] / 1e6:>12.2f}"
+        )
+    lines.append(f"{len(rows)} variants; best per exit (test):")
+    for e, row in best_per_exit(rows).items():
+        lines.append(f"  exit {e}: {row['variant_id']} {row['accuracy']:.4f} (val {row['val_accuracy']:.4f})")
+    return "\n".join(lines)
+
+
+def reevaluate(model: LoadedModel, progress: bool = True) -> dict[str, Any]:
+    """Recompute every accuracy in variants.json from the weights and the card's dataset."""
+    card_config = model.card["config"]
+    spec = DatasetSpec(**card_config["dataset"])
+    splits = load_splits(spec)
+    if splits.fingerprint() != model.card["dataset"]["fingerprint"]:
+        raise ValueError(f"{spec.name}: the data differ from what {model.directory} was trained on (fingerprint)")
+    accuracy, _ = evaluate_splits(model.net, {"val": splits.val, "test": splits.test}, model.normalize, progress)
+    table = load_variant_table(model.directory)
+    for row in table["variants"]:
+        row["accuracy"] = accuracy["test"][row["variant_id"]]
+        row["val_accuracy"] = accuracy["val"][row["variant_id"]]
+    return table
+
+
+def compare_prefix_reuse(model: LoadedModel, images: int, progress: bool = True) -> dict[str, Any]:
+    """Time evaluating every variant with and without prefix reuse on the first ``images`` test images."""
+    spec = DatasetSpec(**model.card["config"]["dataset"])
+    data = load_splits(spec).test
+    data = data.subset(range(min(images, len(data))))
+    timings, results = {}, {}
+    for reuse in (True, False):
+        start = time.perf_counter()
+        results[reuse] = evaluate_variants(
+            model.net,
+            data,
+            model.normalize,
+            reuse=reuse,
+            progress=progress,
+            desc="with reuse" if reuse else "without reuse",
+        )
+        timings[reuse] = time.perf_counter() - start
+    return {
+        "images": len(data),
+        "variants": len(results[True]),
+        "seconds_with_reuse": round(timings[True], 2),
+        "seconds_without_reuse": round(timings[False], 2),
+        "speedup": round(timings[False] / timings[True], 2),
+        "identical_accuracies": results[True] == results[False],
+    }
