@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMPS := $(VENV)/.stamps
 
-.PHONY: setup test demo lint lock debs clean
+.PHONY: setup test demo lint lock debs clean model
 
 setup: debs $(STAMPS)/package
 
@@ -39,6 +39,10 @@ test: setup
 
 demo: setup
 	$(VENV)/bin/adascale run --duration 8
+
+# Retrain the committed default model (tens of minutes on 2 CPU cores).
+model: setup
+	$(VENV)/bin/adascale train --config config/train/default.yaml --out models/default
 
 lint: setup
 	$(VENV)/bin/ruff check .

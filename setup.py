@@ -15,6 +15,8 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/config/train", glob("config/train/*.yaml")),
+        (f"share/{PACKAGE}/models/default", glob("models/default/*")),
     ],
     python_requires=">=3.10",
     # Runtime deps come from the distro on a robot (package.xml) and from

@@ -13,19 +13,24 @@ from adascale_ros.model.evaluation import Normalization
 from adascale_ros.model.training import Trainer, TrainingConfig, augment
 
 TINY = ElasticConfig(
-    stem_channels=4, stage_channels=(4, 6), stage_strides=(2, 2), head_channels=8, operators=("res", "dws", "fac")
+    stem_channels=8, stage_channels=(8, 16), stage_strides=(2, 2), head_channels=16, operators=("res", "dws", "fac")
 )
 
 
 def separable_data(n: int, seed: int) -> ImageSet:
-    """Class = which quadrant is bright: learnable in a few steps."""
+    """Class = texture (horizontal, vertical, diagonal stripes, checkerboard), random phase and noise:
+    local patterns, learnable by every exit in a few steps."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, 4, (n,), generator=g)
-    images = torch.randint(0, 60, (n, 1, 16, 16), dtype=torch.uint8, generator=g)
-    for i, label in enumerate(labels.tolist()):
-        r, c = divmod(label, 2)
-        images[i, 0, r * 8 : r * 8 + 8, c * 8 : c * 8 + 8] += 150
-    return ImageSet(images, labels, ("tl", "tr", "bl", "br"))
+    r = torch.arange(16).view(16, 1)
+    c = torch.arange(16).view(1, 16)
+    patterns = []
+    for label, phase in zip(labels.tolist(), torch.randint(0, 4, (n,), generator=g).tolist(), strict=True):
+        wave = [(r + phase) // 2 % 2, (c + phase) // 2 % 2, (r + c + phase) // 2 % 2, ((r + phase) // 2 + c // 2) % 2]
+        patterns.append(wave[label].expand(16, 16))
+    noise = torch.randint(0, 60, (n, 1, 16, 16), generator=g)
+    images = (torch.stack(patterns).unsqueeze(1) * 150 + noise).to(torch.uint8)
+    return ImageSet(images, labels, ("horizontal", "vertical", "diagonal", "checker"))
 
 
 @pytest.fixture
@@ -50,26 +55,21 @@ def make_trainer(splits: DatasetSplits, **overrides) -> Trainer:
     return Trainer(net, splits, config, Normalization.fit(splits.train.images), progress=False, log=lambda _: None)
 
 
-def test_freeze_mode_learns_every_exit_and_never_touches_earlier_partitions(splits):
+def test_freeze_mode_learns_every_exit_and_never_touches_earlier_partitions(splits, monkeypatch):
+    import adascale_ros.model.training as training
+
     trainer = make_trainer(splits, mode="freeze")
+    partition0 = ("stem.", "stages.0.", "exits.0.")
     before: dict[str, torch.Tensor] = {}
+    original = training.make_optimizer
 
-    original = trainer._optimizer
-
-    def spy(params, epochs, steps):
+    def capture_when_partition1_starts(params, config, total_steps):
         if not before and any(p is trainer.net.stages[1]["res"].body[0][0].weight for p in params):
-            before.update(
-                copy.deepcopy(
-                    {
-                        k: v
-                        for k, v in trainer.net.state_dict().items()
-                        if k.startswith(("stem.", "stages.0.", "exits.0."))
-                    }
-                )
-            )
-        return original(params, epochs, steps)
+            state = trainer.net.state_dict()
+            before.update({k: v.clone() for k, v in state.items() if k.startswith(partition0)})
+        return original(params, config, total_steps)
 
-    trainer._optimizer = spy
+    monkeypatch.setattr(training, "make_optimizer", capture_when_partition1_starts)
     result = trainer.train()
     assert result.mode == "freeze" and result.epochs == 6
     assert all(a > 0.5 for a in result.exit_accuracy), result.exit_accuracy  # chance is 0.25
@@ -108,8 +108,8 @@ def test_rollback_restores_only_earlier_partitions(splits):
 
 
 def test_joint_mode(splits):
-    result = make_trainer(splits, mode="joint", joint_epochs=3).train()
-    assert result.mode == "joint" and result.epochs == 3 and len(result.exit_accuracy) == 2
+    result = make_trainer(splits, mode="joint", joint_epochs=6).train()
+    assert result.mode == "joint" and result.epochs == 6 and len(result.exit_accuracy) == 2
     assert result.exit_accuracy[-1] > 0.5
 
 

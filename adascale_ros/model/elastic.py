@@ -97,11 +97,17 @@ class Variant:
 
 
 class ExitHead(nn.Sequential):
-    """AdaScale's exit branch: 3x3 conv stride 2, adaptive average pool to 1x1, dropout, linear."""
+    """AdaScale's exit branch: 3x3 conv stride 2, adaptive average pool to 1x1, dropout, linear.
+
+    No normalisation between the conv and the pooling (the paper has none):
+    a per-sample normalisation there would remove the very channel magnitudes
+    the average pool passes on to the classifier.
+    """
 
     def __init__(self, in_channels: int, head_channels: int, num_classes: int, dropout: float) -> None:
         super().__init__(
-            conv_norm(in_channels, head_channels, 3, 2),
+            nn.Conv2d(in_channels, head_channels, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
             nn.Dropout(dropout),

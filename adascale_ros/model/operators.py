@@ -18,21 +18,22 @@ name      block                                category
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 
 def norm(channels: int) -> nn.GroupNorm:
-    """Normalisation used throughout: GroupNorm with up to 8 groups.
+    """Normalisation used throughout: GroupNorm, up to 8 groups of at least 4 channels.
 
-    Not BatchNorm: with weight sharing, a block or exit head runs behind many
-    different operators, and BatchNorm's running statistics would average
-    their different feature distributions into statistics that fit none of
-    the variants at inference. GroupNorm normalises each sample by itself.
+    Not BatchNorm: with weight sharing, a block runs behind many different
+    operators, and BatchNorm's running statistics would average their
+    different feature distributions into statistics that fit none of the
+    variants at inference. GroupNorm normalises each sample by itself. Groups
+    keep >= 4 channels so relative channel magnitudes survive (one channel per
+    group would be instance norm, which erases them).
     """
-    return nn.GroupNorm(math.gcd(channels, 8), channels)
+    groups = next(g for g in (8, 4, 2, 1) if (channels % g == 0 and channels // g >= 4) or g == 1)
+    return nn.GroupNorm(groups, channels)
 
 
 def conv_norm(

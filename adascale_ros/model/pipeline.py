@@ -33,20 +33,26 @@ class TrainRunConfig:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except yaml.YAMLError as exc:
             raise ValueError(f"{path}: invalid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping with dataset/network/training sections")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainRunConfig:
         unknown = set(data) - {"dataset", "network", "training"}
         if unknown:
-            raise ValueError(f"{path}: unknown sections {sorted(unknown)}")
-        try:
-            training = dict(data.get("training") or {})
-            if "target_accuracy" in training:
-                training["target_accuracy"] = tuple(training["target_accuracy"])
-            return cls(
-                dataset=DatasetSpec(**(data.get("dataset") or {})),
-                network=ElasticConfig.from_dict(data.get("network") or {}),
-                training=TrainingConfig(**training),
-            )
-        except TypeError as exc:
-            raise ValueError(f"{path}: {exc}") from exc
+            raise ValueError(f"unknown sections {sorted(unknown)}")
+        training = dict(data.get("training") or {})
+        if "target_accuracy" in training:
+            training["target_accuracy"] = tuple(training["target_accuracy"])
+        return cls(
+            dataset=DatasetSpec(**(data.get("dataset") or {})),
+            network=ElasticConfig.from_dict(data.get("network") or {}),
+            training=TrainingConfig(**training),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"dataset": asdict(self.dataset), "network": self.network.to_dict(), "training": asdict(self.training)}
@@ -168,8 +174,7 @@ def format_variant_table(table: dict[str, Any], limit: int | None = None) -> str
 
 def reevaluate(model: LoadedModel, progress: bool = True) -> dict[str, Any]:
     """Recompute every accuracy in variants.json from the weights and the card's dataset."""
-    card_config = model.card["config"]
-    spec = DatasetSpec(**card_config["dataset"])
+    spec = TrainRunConfig.from_dict(model.card["config"]).dataset
     splits = load_splits(spec)
     if splits.fingerprint() != model.card["dataset"]["fingerprint"]:
         raise ValueError(f"{spec.name}: the data differ from what {model.directory} was trained on (fingerprint)")
@@ -183,8 +188,7 @@ def reevaluate(model: LoadedModel, progress: bool = True) -> dict[str, Any]:
 
 def compare_prefix_reuse(model: LoadedModel, images: int, progress: bool = True) -> dict[str, Any]:
     """Time evaluating every variant with and without prefix reuse on the first ``images`` test images."""
-    spec = DatasetSpec(**model.card["config"]["dataset"])
-    data = load_splits(spec).test
+    data = load_splits(TrainRunConfig.from_dict(model.card["config"]).dataset).test
     data = data.subset(range(min(images, len(data))))
     timings, results = {}, {}
     for reuse in (True, False):

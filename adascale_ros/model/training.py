@@ -110,6 +110,30 @@ def augment(images: torch.Tensor, crop: int, flip: bool, generator: torch.Genera
     return images
 
 
+def make_optimizer(
+    params: list[nn.Parameter], config: TrainingConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The training recipe: SGD with Nesterov momentum under a one-cycle learning-rate schedule."""
+    optimizer = torch.optim.SGD(
+        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True
+    )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=0.15
+    )
+    return optimizer, scheduler
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, loss: torch.Tensor
+) -> float:
+    """One update from ``loss``; returns its value."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.item()
+
+
 class Trainer:
     """Trains an ``ElasticNet`` on ``splits`` with a ``TrainingConfig``."""
 
@@ -162,14 +186,6 @@ class Trainer:
         c = self.config
         return self.normalize(augment(images, c.augment_crop, c.augment_flip, self.generator))
 
-    def _optimizer(self, params: list[nn.Parameter], epochs: int, steps_per_epoch: int) -> tuple:
-        c = self.config
-        optimizer = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=True)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=c.lr, total_steps=epochs * steps_per_epoch, pct_start=0.15
-        )
-        return optimizer, scheduler
-
     def _partition_modules(self, i: int) -> list[nn.Module]:
         return ([self.net.stem] if i == 0 else []) + [self.net.stages[i], self.net.exits[i]]
 
@@ -187,7 +203,7 @@ class Trainer:
             guarded = c.mode == "guarded" and i > 0
             for p in earlier:
                 p.requires_grad_(guarded)
-            optimizer, scheduler = self._optimizer(own + (earlier if guarded else []), c.epochs_per_partition, steps)
+            optimizer, scheduler = make_optimizer(own + (earlier if guarded else []), c, c.epochs_per_partition * steps)
             snapshot = copy.deepcopy(net.state_dict()) if guarded else None
             target = c.target_accuracy[i] if i < len(c.target_accuracy) else 1.0
             for epoch in range(c.epochs_per_partition):
@@ -214,11 +230,7 @@ class Trainer:
                         )
                         for op in ops
                     ) / len(ops)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
-                    total += loss.item() * len(labels)
+                    total += optimizer_step(optimizer, scheduler, loss) * len(labels)
                     seen += len(labels)
                 epochs_run += 1
                 acc = self.exit_accuracy(range(i + 1))
@@ -256,7 +268,7 @@ class Trainer:
         c, net = self.config, self.net
         ops, start, history = net.config.operators, time.perf_counter(), []
         steps = math.ceil(len(self.splits.train) / c.batch_size)
-        optimizer, scheduler = self._optimizer(list(net.parameters()), epochs, steps)
+        optimizer, scheduler = make_optimizer(list(net.parameters()), c, epochs * steps)
         acc: list[float] = []
         for epoch in range(epochs):
             t0 = time.perf_counter()
@@ -274,11 +286,7 @@ class Trainer:
                         features = net.run_stage(features, s, self.rng.choice(ops))
                         loss = loss + F.cross_entropy(net.exits[s](features), labels, label_smoothing=c.label_smoothing)
                 loss = loss / (c.paths_per_step * net.num_exits)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                total += loss.item() * len(labels)
+                total += optimizer_step(optimizer, scheduler, loss) * len(labels)
                 seen += len(labels)
             acc = self.exit_accuracy(range(net.num_exits))
             history.append(EpochLog(None, epoch + 1, total / seen, acc, time.perf_counter() - t0))

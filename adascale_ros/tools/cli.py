@@ -67,6 +67,35 @@ def _cmd_variants(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_baselines(args: argparse.Namespace) -> int:
+    from adascale_ros.model.artifacts import load_model
+    from adascale_ros.model.baselines import BASELINES, markdown_table, run_baselines
+
+    model = load_model(args.model_dir)
+    names = args.only or BASELINES
+    report = run_baselines(
+        model,
+        args.out or args.model_dir,
+        names=names,
+        epochs=args.epochs,
+        limit_train=args.limit_train,
+        progress=not args.no_progress,
+    )
+    print(markdown_table(report["rows"]))
+    return 0
+
+
+def _cmd_compare_training(args: argparse.Namespace) -> int:
+    from adascale_ros.model.baselines import compare_training
+    from adascale_ros.model.pipeline import TrainRunConfig
+
+    report = compare_training(
+        TrainRunConfig.from_yaml(args.config), args.modes, args.out, progress=not args.no_progress
+    )
+    print((args.out / "training_modes.md").read_text(), end="")
+    return 0 if report["results"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adascale", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -112,6 +141,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     var.add_argument("--limit", type=int, help="print only the first N rows")
     var.set_defaults(func=_cmd_variants)
+
+    base = sub.add_parser("baselines", help="train static baselines and tabulate them beside the elastic exits")
+    base.add_argument("model_dir", type=Path, help="a trained elastic model (data and recipe come from its card)")
+    base.add_argument("--out", type=Path, help="where to write baselines.json/.md (default: model_dir)")
+    base.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        help="resnet18 mobilenet_v3_small shufflenet_v2_x1_0 squeezenet1_1 (default: all)",
+    )
+    base.add_argument("--epochs", type=int, help="default: the elastic network's epoch count")
+    base.add_argument("--limit-train", type=int, help="train on the first N training images (smoke runs)")
+    base.add_argument("--no-progress", action="store_true")
+    base.set_defaults(func=_cmd_baselines)
+
+    cmp = sub.add_parser("compare-training", help="train one network per training mode and compare")
+    cmp.add_argument("--config", type=Path, required=True)
+    cmp.add_argument("--out", type=Path, required=True)
+    cmp.add_argument("--modes", nargs="+", choices=["freeze", "guarded", "joint"], default=["freeze", "joint"])
+    cmp.add_argument("--no-progress", action="store_true")
+    cmp.set_defaults(func=_cmd_compare_training)
     return parser
 
 

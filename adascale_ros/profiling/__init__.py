@@ -1,0 +1,1 @@
+"""Performance profiling: latency measurement and prediction (no ROS here)."""
