@@ -160,7 +160,7 @@ def format_variant_table(table: dict[str, Any], limit: int | None = None) -> str
         f"{'variant':<28}{'exit':>5}{'test acc':>10}{'val acc':>9}{'params':>10}{'MFLOPs':>9}"
         f"{'storage kB':>12}{'mem acc MB':>12}"
     ]
-    for row in rows[:limit] if limit else rows:
+    for row in rows if limit is None else rows[:limit]:
         lines.append(
             f"{row['variant_id']:<28}{row['exit_index']:>5}{row['accuracy']:>10.4f}{row['val_accuracy']:>9.4f}"
             f"{row['params']:>10}{row['flops'] / 1e6:>9.2f}{row['storage_bytes'] / 1e3:>12.1f}"
