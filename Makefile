@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMPS := $(VENV)/.stamps
 
-.PHONY: setup test demo lint lock debs clean model
+.PHONY: setup test test-slow demo lint lock debs clean model
 
 setup: debs $(STAMPS)/package
 
@@ -36,6 +36,10 @@ $(STAMPS)/package: $(STAMPS)/msgs setup.py setup.cfg
 
 test: setup
 	$(VENV)/bin/pytest
+
+# The slow tests only (e.g. re-evaluating the default model's 780 variants).
+test-slow: setup
+	$(VENV)/bin/pytest -m slow
 
 demo: setup
 	$(VENV)/bin/adascale run --duration 8
