@@ -1,0 +1,100 @@
+import math
+
+import pytest
+from conftest import REPO_ROOT
+
+from adascale_ros.model.artifacts import load_variant_table
+from adascale_ros.selection.policy import Budgets, Objective, StableSelector, choose, cost
+from adascale_ros.selection.tables import VariantEntry, VariantTables
+
+INF = math.inf
+
+
+def tables_with(predictions: dict[str, tuple[float, float]], accuracy: dict[str, float]) -> VariantTables:
+    tables = VariantTables(VariantEntry(v, 0, ("res",), a) for v, a in accuracy.items())
+    tables.update_predictions(predictions)
+    return tables
+
+
+ACC = {"fast": 0.80, "mid": 0.86, "slow": 0.90}
+PRED = {"fast": (2.0, 1.0), "mid": (5.0, 3.0), "slow": (9.0, 8.0)}
+
+
+def test_range_queries_and_incremental_updates():
+    tables = tables_with(PRED, ACC)
+    assert list(tables.within_latency(5.0)) == ["fast", "mid"]  # inclusive bound, fastest first
+    assert list(tables.within_energy(2.0)) == ["fast"]
+    assert tables.fastest() == "fast"
+    # Only changed predictions move in the indexes.
+    assert tables.update_predictions({"fast": (2.0, 1.0), "mid": (1.0, 3.0)}) == 1
+    assert tables.fastest() == "mid"
+    # Unknown (NaN) predictions take a variant out of the index; unknown ids are ignored.
+    assert tables.update_predictions({"mid": (math.nan, 3.0), "ghost": (1.0, 1.0)}) == 1
+    assert list(tables.within_latency(INF)) == ["fast", "slow"]
+
+
+def test_max_accuracy_within_budgets():
+    tables = tables_with(PRED, ACC)
+    assert choose(tables, Budgets(latency_ms=6.0), Objective()).variant_id == "mid"
+    assert choose(tables, Budgets(latency_ms=20.0), Objective()).variant_id == "slow"
+    assert choose(tables, Budgets(latency_ms=20.0, energy_mj=4.0), Objective()).variant_id == "mid"
+    choice = choose(tables, Budgets(latency_ms=20.0, min_accuracy=0.95), Objective())
+    assert choice.variant_id == "fast" and not choice.feasible and "fastest" in choice.reason
+
+
+def test_min_cost_is_eq7():
+    tables = tables_with(PRED, ACC)
+    objective = Objective("min_cost", alpha=1.0, beta=1.0)
+    assert cost(tables, "mid", objective) == 8.0
+    assert choose(tables, Budgets(min_accuracy=0.85), objective).variant_id == "mid"
+
+
+def test_invalid_budgets_and_objectives():
+    for bad in [dict(latency_ms=-1.0), dict(latency_ms=math.nan), dict(energy_mj=0.0), dict(min_accuracy=1.5)]:
+        with pytest.raises(ValueError):
+            Budgets(**bad)
+    with pytest.raises(ValueError):
+        Objective("fastest")
+    with pytest.raises(ValueError):
+        Objective("min_cost", alpha=0.0, beta=0.0)
+
+
+def test_downgrade_at_once_upgrade_after_dwell():
+    tables = tables_with(PRED, ACC)
+    selector = StableSelector(dwell_s=2.0, margin=0.01)
+    budgets = Budgets(latency_ms=10.0)
+    assert selector.update(0.0, tables, budgets, Objective()).variant_id == "slow"
+    # Load rises: slow now predicts 12 ms > 10 ms -> switch at once.
+    tables.update_predictions({"slow": (12.0, 8.0), "mid": (7.0, 3.0)})
+    choice = selector.update(0.1, tables, budgets, Objective())
+    assert choice.variant_id == "mid" and "breaks its budget" in choice.reason
+    # Load falls: slow is feasible again, but only taken after 2 s of being the better choice.
+    tables.update_predictions({"slow": (9.0, 8.0)})
+    assert selector.update(0.2, tables, budgets, Objective()).variant_id == "mid"
+    assert selector.update(1.5, tables, budgets, Objective()).variant_id == "mid"
+    choice = selector.update(2.3, tables, budgets, Objective())
+    assert choice.variant_id == "slow" and "upgrade" in choice.reason
+    # A measured latency over budget also forces the downgrade.
+    assert selector.update(2.4, tables, budgets, Objective(), measured_latency_ms=11.0).variant_id == "mid"
+
+
+def test_small_gains_do_not_cause_switching():
+    tables = tables_with(PRED, {"fast": 0.80, "mid": 0.896, "slow": 0.90})
+    selector = StableSelector(dwell_s=0.0, margin=0.01)
+    tables.update_predictions({"slow": (12.0, 8.0)})
+    assert selector.update(0.0, tables, Budgets(latency_ms=10.0), Objective()).variant_id == "mid"
+    tables.update_predictions({"slow": (9.0, 8.0)})
+    assert selector.update(5.0, tables, Budgets(latency_ms=10.0), Objective()).variant_id == "mid"
+
+
+def test_tables_from_the_default_model():
+    tables = VariantTables.from_variant_table(load_variant_table(REPO_ROOT / "models" / "default"))
+    assert len(tables) == 780
+    flops = {v: e.flops for v, e in tables.index.items()}
+    # With predictions proportional to FLOPs, a tight budget picks a shallow, cheap variant.
+    tables.update_predictions({v: (f / 1e6, math.nan) for v, f in flops.items()})
+    tight = choose(tables, Budgets(latency_ms=min(flops.values()) / 1e6 * 1.5), Objective())
+    loose = choose(tables, Budgets(), Objective())
+    assert tight.feasible and loose.feasible
+    assert tables.index[tight.variant_id].accuracy <= tables.index[loose.variant_id].accuracy
+    assert flops[tight.variant_id] < flops[loose.variant_id]
