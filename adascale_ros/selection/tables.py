@@ -108,21 +108,18 @@ class VariantTables:
             moved += self._move(self._by_energy, self.energy_mj, variant_id, energy)
         return moved
 
+    @staticmethod
+    def _up_to(tree: OOBTree, bound: float) -> Iterator[str]:
+        keys = tree.keys() if math.isinf(bound) else tree.keys(max=(bound, _AFTER_ALL_IDS))
+        return (variant_id for _, variant_id in keys)
+
     def within_latency(self, max_latency_ms: float) -> Iterator[str]:
         """Ids with predicted latency <= the bound, fastest first (B+ tree range query)."""
-        if math.isinf(max_latency_ms):
-            keys = self._by_latency.keys()
-        else:
-            keys = self._by_latency.keys(max=(max_latency_ms, _AFTER_ALL_IDS))
-        return (variant_id for _, variant_id in keys)
+        return self._up_to(self._by_latency, max_latency_ms)
 
     def within_energy(self, max_energy_mj: float) -> Iterator[str]:
         """Ids with predicted energy <= the bound, cheapest first."""
-        if math.isinf(max_energy_mj):
-            keys = self._by_energy.keys()
-        else:
-            keys = self._by_energy.keys(max=(max_energy_mj, _AFTER_ALL_IDS))
-        return (variant_id for _, variant_id in keys)
+        return self._up_to(self._by_energy, max_energy_mj)
 
     def fastest(self) -> str | None:
         """The variant with the lowest predicted latency, or None before any prediction."""
