@@ -34,8 +34,9 @@ from tqdm import tqdm
 from adascale_ros.model.artifacts import LoadedModel, load_variant_table, write_json
 from adascale_ros.model.datasets import DatasetSplits, ImageSet, load_splits
 from adascale_ros.model.elastic import ElasticNet, Variant
-from adascale_ros.model.evaluation import Normalization, batches, evaluate_variants
-from adascale_ros.model.pipeline import TrainRunConfig, best_per_exit, build_network
+from adascale_ros.model.evaluation import Normalization, batches
+from adascale_ros.model.metrics import size_of
+from adascale_ros.model.pipeline import TrainRunConfig, best_per_exit, build_network, evaluate_splits
 from adascale_ros.model.torchvision_compat import import_torchvision
 from adascale_ros.model.training import Trainer, TrainingConfig, augment, make_optimizer, optimizer_step
 from adascale_ros.profiling.timing import time_call
@@ -120,12 +121,6 @@ def batch1_latency_ms(forward: Callable[[torch.Tensor], torch.Tensor], shape: Se
         return time_call(lambda: forward(x), repeats=repeats, warmup=max(3, repeats // 10)).median_ms
 
 
-def _storage(modules: Sequence[nn.Module]) -> tuple[int, int]:
-    tensors = [t for m in modules for t in [*m.parameters(), *m.buffers()]]
-    params = sum(p.numel() for m in modules for p in m.parameters())
-    return params, sum(t.numel() * t.element_size() for t in tensors)
-
-
 def run_baselines(
     model: LoadedModel,
     out: Path,
@@ -148,24 +143,23 @@ def run_baselines(
     table = load_variant_table(model.directory)
     for exit_index, row in best_per_exit(table["variants"], key="val_accuracy").items():
         variant = Variant.parse(row["variant_id"])
-        params, storage = _storage(model.net.modules_of(variant))
+        params, storage = size_of(model.net.modules_of(variant))
         rows.append(
             {
                 "model": f"AdaScale exit {exit_index} ({variant.id})",
-                "accuracy": accuracy(lambda x, v=variant: model.net(x, v), splits.test, normalize),
+                "accuracy": row["accuracy"],  # test accuracy, from these weights (re-checked by --evaluate)
                 "train_seconds": card["training"]["seconds"],
                 "params": params,
                 "storage_bytes": storage,
                 "latency_ms": batch1_latency_ms(lambda x, v=variant: model.net(x, v), shape, latency_repeats),
             }
         )
-    for name in names:  # build them all first: an unknown name fails before any training
-        build_baseline(name, shape[0], len(splits.classes), shape[1])
-    for name in names:
-        net = build_baseline(name, shape[0], len(splits.classes), shape[1])
+    # Build them all first: an unknown name fails before any training.
+    baselines = {name: build_baseline(name, shape[0], len(splits.classes), shape[1]) for name in names}
+    for name, net in baselines.items():
         seconds = train_static(net, splits, run.training, normalize, epochs, progress, desc=name)
         net.eval()
-        params, storage = _storage([net])
+        params, storage = size_of([net])
         rows.append(
             {
                 "model": name,
@@ -252,10 +246,9 @@ def compare_training(
 
 def _best_test_accuracy_per_exit(net: ElasticNet, splits: DatasetSplits, normalize: Normalization) -> list[float]:
     """Test accuracy, per exit, of the variant with the best validation accuracy."""
-    val = evaluate_variants(net, splits.val, normalize)
-    test = evaluate_variants(net, splits.test, normalize)
-    best: dict[int, str] = {}
-    for v in net.variants():
-        if v.exit_index not in best or val[v.id] > val[best[v.exit_index]]:
-            best[v.exit_index] = v.id
-    return [test[best[e]] for e in sorted(best)]
+    accuracy, _ = evaluate_splits(net, {"val": splits.val, "test": splits.test}, normalize, progress=False)
+    rows = [
+        {"exit_index": v.exit_index, "val_accuracy": accuracy["val"][v.id], "accuracy": accuracy["test"][v.id]}
+        for v in net.variants()
+    ]
+    return [row["accuracy"] for row in best_per_exit(rows, key="val_accuracy").values()]

@@ -14,6 +14,7 @@ metrics are the sums over its modules, since they run one after another.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -42,6 +43,13 @@ def _tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def size_of(modules: Sequence[nn.Module]) -> tuple[int, int]:
+    """(parameter count, storage bytes of parameters and buffers) of some modules."""
+    tensors = [t for m in modules for t in [*m.parameters(), *m.buffers()]]
+    params = sum(p.numel() for m in modules for p in m.parameters())
+    return params, sum(_tensor_bytes(t) for t in tensors)
+
+
 def memory_accesses(module: nn.Module, x: torch.Tensor) -> int:
     """AdaScale eq. 4 for one forward pass of ``module`` on ``x``, in bytes."""
     total = 0
@@ -66,14 +74,15 @@ def measure_module(key: str, kind: str, module: nn.Module, x: torch.Tensor) -> t
     counter = FlopCounterMode(display=False)
     with counter:
         out = module(x)
+    params, storage = size_of([module])
     metrics = ModuleMetrics(
         key=key,
         kind=kind,
         in_shape=tuple(x.shape[1:]),
         out_shape=tuple(out.shape[1:]),
-        params=sum(p.numel() for p in module.parameters()),
+        params=params,
         flops=int(counter.get_total_flops()),
-        storage_bytes=sum(_tensor_bytes(t) for t in [*module.parameters(), *module.buffers()]),
+        storage_bytes=storage,
         memory_accesses=memory_accesses(module, x),
     )
     return metrics, out

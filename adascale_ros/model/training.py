@@ -218,12 +218,11 @@ class Trainer:
                     self._batches(), desc=f"p{i} epoch {epoch + 1}", disable=not self.progress, leave=False
                 ):
                     x = self._inputs(images)
+                    with torch.set_grad_enabled(i == 0 or guarded):  # the stem belongs to partition 0
+                        features = net.stem(x)
                     with torch.set_grad_enabled(guarded):
-                        features = net.stem(x) if i > 0 else x
                         for s in range(i):
                             features = net.run_stage(features, s, self.rng.choice(ops))
-                    if i == 0:
-                        features = net.stem(features)
                     loss = sum(
                         F.cross_entropy(
                             net.exits[i](net.run_stage(features, i, op)), labels, label_smoothing=c.label_smoothing

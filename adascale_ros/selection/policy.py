@@ -183,5 +183,5 @@ class StableSelector:
 
     def _switch(self, choice: Choice, reason: str) -> Choice:
         self._candidate = None
-        self.current = Choice(**{**choice.__dict__, "reason": reason})
+        self.current = replace(choice, reason=reason)
         return self.current
