@@ -30,6 +30,7 @@ setup(
     entry_points={
         "console_scripts": [
             "resource_monitor = adascale_ros.nodes.resource_monitor:main",
+            "selector = adascale_ros.nodes.selector:main",
             "adascale = adascale_ros.tools.cli:main",
         ],
     },

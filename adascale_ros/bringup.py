@@ -39,14 +39,29 @@ class NodeSpec:
         return cmd
 
 
-def default_params_file() -> Path:
-    """config/adascale.yaml from the source tree, or from the installed share dir."""
-    source = REPO_ROOT / "config" / "adascale.yaml"
-    if source.is_file():
+def shipped_path(relative: str) -> Path:
+    """A file shipped with the package: from the source tree, or from the installed share dir."""
+    source = REPO_ROOT / relative
+    if source.exists():
         return source
     from ament_index_python.packages import get_package_share_directory
 
-    return Path(get_package_share_directory(PACKAGE)) / "config" / "adascale.yaml"
+    return Path(get_package_share_directory(PACKAGE)) / relative
+
+
+def default_params_file() -> Path:
+    return shipped_path("config/adascale.yaml")
+
+
+def default_model_dir() -> Path:
+    """The embedded default model (Fashion-MNIST)."""
+    return shipped_path("models/default")
+
+
+# Topics between the nodes, by role, as seen from outside the nodes.
+RESOURCE_STATE_TOPIC = "/resource_monitor/state"
+PROFILES_TOPIC = "/profiler/profiles"
+SELECTION_TOPIC = "/selector/selection"
 
 
 def node_graph() -> list[NodeSpec]:
@@ -57,8 +72,10 @@ def node_graph() -> list[NodeSpec]:
             executable="resource_monitor",
             module="adascale_ros.nodes.resource_monitor",
         ),
+        NodeSpec(
+            name="selector",
+            executable="selector",
+            module="adascale_ros.nodes.selector",
+            remappings=(("~/profiles", PROFILES_TOPIC),),
+        ),
     ]
-
-
-# Topics the graph publishes, by role, as seen from outside the nodes.
-RESOURCE_STATE_TOPIC = "/resource_monitor/state"

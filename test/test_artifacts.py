@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
-from adascale_ros.model.artifacts import ModelLoadError, load_model, load_variant_table
+from adascale_ros.model.artifacts import ModelLoadError, load_model
+from adascale_ros.model.files import load_variant_table
 from adascale_ros.model.pipeline import TrainRunConfig, reevaluate, train_model
 from adascale_ros.tools.cli import main as cli
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import re
 import signal
@@ -23,6 +24,9 @@ def test_graph_nodes_are_runnable_and_configured():
         # The console script ros2 run uses points at the module the runner uses.
         assert re.search(rf"{spec.executable} = {re.escape(spec.module)}:main", setup_py), spec.executable
         assert spec.name in config, f"config/adascale.yaml has no section for {spec.name}"
+        # Every parameter the node declares is set (and documented) there, and nothing else.
+        declared = importlib.import_module(spec.module).PARAMETERS
+        assert set(config[spec.name]["ros__parameters"]) == set(declared), spec.name
 
 
 def test_node_command_line_carries_params_and_remaps(tmp_path):

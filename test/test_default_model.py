@@ -10,8 +10,9 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
-from adascale_ros.model.artifacts import load_model, load_variant_table
+from adascale_ros.model.artifacts import load_model
 from adascale_ros.model.elastic import Variant
+from adascale_ros.model.files import load_variant_table
 from adascale_ros.model.pipeline import best_per_exit, reevaluate
 
 DEFAULT = REPO_ROOT / "models" / "default"

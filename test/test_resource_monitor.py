@@ -12,7 +12,6 @@ from conftest import REPO_ROOT, spin_until
 from test_sensors import make_jetson_orin, write
 
 from adascale_ros.bringup import RESOURCE_STATE_TOPIC
-from adascale_ros.nodes.resource_monitor import PARAMETERS
 from adascale_ros.tools.stress import StressNg, StressSpec
 
 pytestmark = pytest.mark.ros
@@ -39,11 +38,6 @@ def collect(node, states: list, seconds: float) -> list:
     del states[:]
     spin_until(node, lambda: False, seconds)
     return list(states)
-
-
-def test_config_file_sets_every_parameter_the_node_declares():
-    config = yaml.safe_load((REPO_ROOT / "config" / "adascale.yaml").read_text())
-    assert set(config["resource_monitor"]["ros__parameters"]) == set(PARAMETERS)
 
 
 def test_stress_raises_cpu_utilisation_and_load_index(tmp_path, ros_node, start_process):

@@ -2,10 +2,20 @@ import math
 
 import pytest
 from conftest import REPO_ROOT
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from adascale_ros.model.artifacts import load_variant_table
-from adascale_ros.selection.policy import Budgets, Objective, StableSelector, choose, cost
-from adascale_ros.selection.tables import VariantEntry, VariantTables
+from adascale_ros.model.files import load_variant_table
+from adascale_ros.selection.policy import (
+    Budgets,
+    Objective,
+    StableSelector,
+    choose,
+    cost,
+    search_indexed,
+    search_linear,
+)
+from adascale_ros.selection.tables import INDEX_KINDS, VariantEntry, VariantTables
 
 INF = math.inf
 
@@ -31,6 +41,35 @@ def test_range_queries_and_incremental_updates():
     # Unknown (NaN) predictions take a variant out of the index; unknown ids are ignored.
     assert tables.update_predictions({"mid": (math.nan, 3.0), "ghost": (1.0, 1.0)}) == 1
     assert list(tables.within_latency(INF)) == ["fast", "slow"]
+
+
+# Small value sets so that ties in accuracy, latency and J are common.
+_value = st.sampled_from([0.5, 1.0, 1.5, 2.0, 4.0, 8.0, math.nan])
+_rows = st.dictionaries(
+    st.text("abcdef", min_size=1, max_size=3),
+    st.tuples(st.sampled_from([0.25, 0.5, 0.75, 0.875]), _value, _value),
+    min_size=1,
+    max_size=25,
+)
+_budget = st.sampled_from([0.5, 1.0, 3.0, 8.0, INF])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=_rows,
+    latency=_budget,
+    energy=_budget,
+    min_accuracy=st.sampled_from([0.0, 0.5, 0.8]),
+    objective=st.sampled_from(
+        [Objective(), Objective(beta=1.0), Objective("min_cost"), Objective("min_cost", 0.0, 1.0)]
+    ),
+    index_kind=st.sampled_from(sorted(INDEX_KINDS)),
+)
+def test_indexed_search_agrees_with_a_linear_scan(rows, latency, energy, min_accuracy, objective, index_kind):
+    tables = VariantTables((VariantEntry(v, 0, ("res",), acc) for v, (acc, _, _) in rows.items()), index_kind)
+    tables.update_predictions({v: (lat, en) for v, (_, lat, en) in rows.items()})
+    budgets = Budgets(latency, energy, min_accuracy)
+    assert search_indexed(tables, budgets, objective) == search_linear(tables, budgets, objective)
 
 
 def test_max_accuracy_within_budgets():

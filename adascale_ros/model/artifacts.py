@@ -14,7 +14,6 @@ one-line reason.
 
 from __future__ import annotations
 
-import json
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -25,15 +24,15 @@ import torch
 
 from adascale_ros.model.elastic import ElasticConfig, ElasticNet
 from adascale_ros.model.evaluation import Normalization
-
-FORMAT_VERSION = 1
-WEIGHTS = "weights.pt"
-MODEL_CARD = "model_card.json"
-VARIANTS = "variants.json"
-
-
-class ModelLoadError(ValueError):
-    """A model directory that cannot be used, with the reason."""
+from adascale_ros.model.files import (
+    FORMAT_VERSION,
+    MODEL_CARD,
+    VARIANTS,
+    WEIGHTS,
+    ModelLoadError,
+    read_json,
+    write_json,
+)
 
 
 @dataclass
@@ -51,19 +50,6 @@ class LoadedModel:
     def input_shape(self) -> tuple[int, int, int]:
         shape = self.card["input"]
         return shape["channels"], shape["height"], shape["width"]
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=1) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path}: not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path}: unreadable JSON: {exc}") from exc
 
 
 def save_model(directory: Path, net: ElasticNet, card: dict[str, Any], variants: dict[str, Any]) -> None:
@@ -121,10 +107,3 @@ def load_model(directory: Path | str) -> LoadedModel:
     fit_state_dict(net, load_state_dict(directory / WEIGHTS), directory / WEIGHTS)
     net.eval()
     return LoadedModel(net, card, normalize, directory)
-
-
-def load_variant_table(directory: Path | str) -> dict[str, Any]:
-    table = read_json(Path(directory) / VARIANTS)
-    if table.get("format_version") != FORMAT_VERSION or not isinstance(table.get("variants"), list):
-        raise ModelLoadError(f"{Path(directory) / VARIANTS}: not a variant table of format {FORMAT_VERSION}")
-    return table

@@ -31,10 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from adascale_ros.model.artifacts import LoadedModel, load_variant_table, write_json
+from adascale_ros.model.artifacts import LoadedModel
 from adascale_ros.model.datasets import DatasetSplits, ImageSet, load_splits
 from adascale_ros.model.elastic import ElasticNet, Variant
 from adascale_ros.model.evaluation import Normalization, batches
+from adascale_ros.model.files import load_variant_table, write_json
 from adascale_ros.model.metrics import size_of
 from adascale_ros.model.pipeline import TrainRunConfig, best_per_exit, build_network, evaluate_splits
 from adascale_ros.model.torchvision_compat import import_torchvision

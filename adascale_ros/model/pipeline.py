@@ -13,10 +13,11 @@ from typing import Any
 import torch
 import yaml
 
-from adascale_ros.model.artifacts import LoadedModel, load_variant_table, save_model
+from adascale_ros.model.artifacts import LoadedModel, save_model
 from adascale_ros.model.datasets import DatasetSpec, DatasetSplits, ImageSet, load_splits
 from adascale_ros.model.elastic import ElasticConfig, ElasticNet
 from adascale_ros.model.evaluation import Normalization, evaluate_variants
+from adascale_ros.model.files import load_variant_table
 from adascale_ros.model.metrics import module_table, variant_metrics
 from adascale_ros.model.training import Trainer, TrainingConfig, TrainingResult
 

@@ -19,6 +19,7 @@ from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 # DiagnosticStatus levels (single bytes in the generated Python class).
 OK = DiagnosticStatus.OK
@@ -42,6 +43,11 @@ def declare_parameters(node: Node, params: Mapping[str, Param]) -> None:
             spec.default,
             ParameterDescriptor(description=spec.description, read_only=spec.read_only),
         )
+
+
+def latched_qos() -> QoSProfile:
+    """Reliable, transient local, depth 1: a late joiner receives the value in force."""
+    return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def current_values(node: Node, names: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ choice for ``dwell_s`` seconds and beats it by ``margin``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from adascale_ros.selection.tables import VariantTables
@@ -57,6 +58,7 @@ class Objective:
 @dataclass(frozen=True)
 class Choice:
     variant_id: str
+    exit_index: int
     feasible: bool
     reason: str
     latency_ms: float
@@ -71,43 +73,112 @@ def cost(tables: VariantTables, variant_id: str, objective: Objective) -> float:
     return objective.alpha * latency + objective.beta * energy
 
 
-def feasible_ids(tables: VariantTables, budgets: Budgets) -> list[str]:
-    in_latency = tables.within_latency(budgets.latency_ms)
-    if math.isinf(budgets.energy_mj):
-        candidates = list(in_latency)
+def fits(tables: VariantTables, variant_id: str, budgets: Budgets, objective: Objective) -> bool:
+    """Whether a variant meets every constraint (an unknown latency never does).
+
+    An unknown energy fails when there is an energy budget, or when the
+    objective is min_cost with beta > 0 (J would be undefined).
+    """
+    if tables.accuracy[variant_id] < budgets.min_accuracy:
+        return False
+    latency = tables.latency_ms.get(variant_id)
+    if latency is None or latency > budgets.latency_ms:
+        return False
+    if not math.isinf(budgets.energy_mj) or (objective.kind == "min_cost" and objective.beta > 0):
+        energy = tables.energy_mj.get(variant_id)
+        if energy is None or energy > budgets.energy_mj:
+            return False
+    return True
+
+
+def _order(tables: VariantTables, variant_id: str, objective: Objective) -> tuple[float, float, str]:
+    """Sort key of the objective, best first: a total order, so every search agrees."""
+    accuracy, j = tables.accuracy[variant_id], cost(tables, variant_id, objective)
+    if objective.kind == "max_accuracy":
+        return (-accuracy, j, variant_id)
+    return (j, -accuracy, variant_id)
+
+
+def _most_accurate(tables: VariantTables, budgets: Budgets, objective: Objective) -> str | None:
+    """Walk the variants from the most accurate down; the first that fits wins (then ties by J)."""
+    fastest = tables.by_latency.first()
+    if fastest is None or fastest[0] > budgets.latency_ms:
+        return None
+    best: str | None = None
+    for variant_id in tables.by_accuracy:
+        accuracy = tables.accuracy[variant_id]
+        if accuracy < budgets.min_accuracy or (best is not None and accuracy < tables.accuracy[best]):
+            break
+        if fits(tables, variant_id, budgets, objective) and (
+            best is None or _order(tables, variant_id, objective) < _order(tables, best, objective)
+        ):
+            best = variant_id
+    return best
+
+
+def _cheapest(tables: VariantTables, budgets: Budgets, objective: Objective) -> str | None:
+    """Walk the B+ tree of the weighted term up to its budget; stop once that term alone costs more than the best J."""
+    if objective.alpha > 0:
+        keys, weight = tables.by_latency.up_to(budgets.latency_ms), objective.alpha
     else:
-        in_energy = set(tables.within_energy(budgets.energy_mj))
-        candidates = [v for v in in_latency if v in in_energy]
-    return [v for v in candidates if tables.index[v].accuracy >= budgets.min_accuracy]
+        keys, weight = tables.by_energy.up_to(budgets.energy_mj), objective.beta
+    best: str | None = None
+    best_order: tuple[float, float, str] | None = None
+    for value, variant_id in keys:
+        if best_order is not None and weight * value > best_order[0]:
+            break
+        if fits(tables, variant_id, budgets, objective):
+            order = _order(tables, variant_id, objective)
+            if best_order is None or order < best_order:
+                best, best_order = variant_id, order
+    return best
+
+
+def search_indexed(tables: VariantTables, budgets: Budgets, objective: Objective) -> str | None:
+    """The best feasible variant, using the accuracy order and the B+ tree indexes."""
+    if objective.kind == "max_accuracy":
+        return _most_accurate(tables, budgets, objective)
+    return _cheapest(tables, budgets, objective)
+
+
+def search_linear(tables: VariantTables, budgets: Budgets, objective: Objective) -> str | None:
+    """The same answer by scanning every variant: the reference, and the benchmark's baseline."""
+    feasible = [v for v in tables.index if fits(tables, v, budgets, objective)]
+    return min(feasible, key=lambda v: _order(tables, v, objective)) if feasible else None
 
 
 def _choice(tables: VariantTables, variant_id: str, feasible: bool, reason: str) -> Choice:
     return Choice(
         variant_id=variant_id,
+        exit_index=tables.index[variant_id].exit_index,
         feasible=feasible,
         reason=reason,
         latency_ms=tables.latency_ms.get(variant_id, math.nan),
         energy_mj=tables.energy_mj.get(variant_id, math.nan),
-        accuracy=tables.index[variant_id].accuracy,
+        accuracy=tables.accuracy[variant_id],
     )
 
 
 def score(tables: VariantTables, variant_id: str, objective: Objective) -> float:
     """Higher is better: accuracy for max_accuracy, -J for min_cost."""
     if objective.kind == "max_accuracy":
-        return tables.index[variant_id].accuracy
+        return tables.accuracy[variant_id]
     return -cost(tables, variant_id, objective)
 
 
-def choose(tables: VariantTables, budgets: Budgets, objective: Objective) -> Choice | None:
+def choose(
+    tables: VariantTables,
+    budgets: Budgets,
+    objective: Objective,
+    search: Callable[[VariantTables, Budgets, Objective], str | None] = search_indexed,
+) -> Choice | None:
     """The best feasible variant, or the fastest when none is feasible; None before any prediction."""
-    candidates = feasible_ids(tables, budgets)
-    if not candidates:
+    best = search(tables, budgets, objective)
+    if best is None:
         fastest = tables.fastest()
         if fastest is None:
             return None
         return _choice(tables, fastest, False, "no variant meets the budgets: fastest variant chosen")
-    best = max(candidates, key=lambda v: (score(tables, v, objective), -cost(tables, v, objective)))
     return _choice(tables, best, True, f"best {objective.kind.replace('_', ' ')} within budgets")
 
 
@@ -123,8 +194,8 @@ def breaks_budgets(
     energy = tables.energy_mj.get(variant_id, math.nan)
     if not math.isinf(budgets.energy_mj) and not energy <= budgets.energy_mj:
         return f"predicted energy {energy:.3f} mJ > budget {budgets.energy_mj:.3f} mJ"
-    if tables.index[variant_id].accuracy < budgets.min_accuracy:
-        return f"accuracy {tables.index[variant_id].accuracy:.4f} < minimum {budgets.min_accuracy:.4f}"
+    if tables.accuracy[variant_id] < budgets.min_accuracy:
+        return f"accuracy {tables.accuracy[variant_id]:.4f} < minimum {budgets.min_accuracy:.4f}"
     return None
 
 

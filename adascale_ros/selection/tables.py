@@ -1,28 +1,37 @@
 """AdaScale's variant tables, indexed by B+ trees.
 
 - Performance Index Table: what a variant *is* (accuracy, parameters,
-  storage, FLOPs, memory accesses); fixed for a trained model.
+  storage, FLOPs, memory accesses); fixed for a trained model, so its
+  accuracy order is computed once.
 - Predictive Performance Table: what a variant *costs now* (predicted
-  latency and energy at the current load); replaced by every profile.
+  latency and energy at the current load); updated by every profile.
 
-The predictive table is indexed by two B+ trees (``BTrees.OOBTree``) keyed on
-``(predicted latency, variant id)`` and ``(predicted energy, variant id)``,
-so "every variant within T ms" is a range query. A new profile only moves the
-keys whose prediction changed. A variant whose prediction is unknown (NaN)
-is in no index and so never selectable.
+The predictive table is indexed by two B+ trees (``BTrees.OOBTree.OOTreeSet``)
+keyed on ``(predicted latency, variant id)`` and ``(predicted energy, variant
+id)``, so "every variant within T ms" is a range query and "the fastest" is
+the first key. A new profile only moves the keys whose prediction changed. A
+variant whose prediction is unknown (NaN) is in no index and so never
+selectable.
+
+``SortedArrayKeys`` (a Python list kept sorted with ``bisect``) and
+``UnorderedKeys`` (no index at all) have the same interface; they exist so
+the selector benchmark can compare the index structures side by side.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from BTrees.OOBTree import OOBTree
+from BTrees.OOBTree import OOTreeSet
 
 # Sorts after every variant id (ids are printable ASCII), for inclusive range ends.
 _AFTER_ALL_IDS = "\x7f"
+
+Key = tuple[float, str]
 
 
 @dataclass(frozen=True)
@@ -53,27 +62,110 @@ class VariantEntry:
         )
 
 
-def _finite(value: float) -> bool:
+class KeyIndex(Protocol):
+    """An ordered set of (value, variant id) keys."""
+
+    def add(self, key: Key) -> object: ...
+    def remove(self, key: Key) -> object: ...
+    def up_to(self, bound: float) -> Iterator[Key]: ...
+    def first(self) -> Key | None: ...
+    def __len__(self) -> int: ...
+
+
+class BTreeKeys:
+    """The shipped index: a B+ tree set, O(log n) updates."""
+
+    def __init__(self) -> None:
+        self._tree = OOTreeSet()
+        self.add = self._tree.add
+        self.remove = self._tree.remove
+
+    def up_to(self, bound: float) -> Iterator[Key]:
+        return iter(self._tree.keys() if math.isinf(bound) else self._tree.keys(max=(bound, _AFTER_ALL_IDS)))
+
+    def first(self) -> Key | None:
+        return self._tree.minKey() if len(self._tree) else None
+
+    def __len__(self) -> int:
+        return len(self._tree)
+
+
+class SortedArrayKeys:
+    """A sorted Python list searched with ``bisect``: O(log n) search, O(n) insert and delete."""
+
+    def __init__(self) -> None:
+        self._keys: list[Key] = []
+
+    def add(self, key: Key) -> None:
+        bisect.insort(self._keys, key)
+
+    def remove(self, key: Key) -> None:
+        del self._keys[bisect.bisect_left(self._keys, key)]
+
+    def up_to(self, bound: float) -> Iterator[Key]:
+        end = bisect.bisect_right(self._keys, (bound, _AFTER_ALL_IDS))
+        return iter(self._keys[:end])
+
+    def first(self) -> Key | None:
+        return self._keys[0] if self._keys else None
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class UnorderedKeys:
+    """No index: a hash set, O(1) updates, and every query scans all keys."""
+
+    def __init__(self) -> None:
+        self._keys: set[Key] = set()
+        self.add = self._keys.add
+        self.remove = self._keys.remove
+
+    def up_to(self, bound: float) -> Iterator[Key]:
+        return iter(sorted(k for k in self._keys if k[0] <= bound))
+
+    def first(self) -> Key | None:
+        return min(self._keys, default=None)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+INDEX_KINDS: dict[str, type] = {"btree": BTreeKeys, "sorted_array": SortedArrayKeys, "unordered": UnorderedKeys}
+
+
+def _usable(value: float) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value >= 0.0
 
 
 class VariantTables:
-    """Both tables and their B+ tree indexes."""
+    """Both tables and their indexes (B+ trees unless ``index_kind`` says otherwise)."""
 
-    def __init__(self, entries: Iterable[VariantEntry]) -> None:
+    def __init__(self, entries: Iterable[VariantEntry], index_kind: str = "btree") -> None:
+        if index_kind not in INDEX_KINDS:
+            raise ValueError(f"index_kind must be one of {sorted(INDEX_KINDS)}, got {index_kind!r}")
         self.index: dict[str, VariantEntry] = {}
         for entry in entries:
             if entry.variant_id in self.index:
                 raise ValueError(f"duplicate variant id {entry.variant_id!r}")
             self.index[entry.variant_id] = entry
+        # Most accurate first (ties by id): the walk order of the max_accuracy search.
+        self.by_accuracy: list[str] = sorted(self.index, key=lambda v: (-self.index[v].accuracy, v))
+        self.accuracy: dict[str, float] = {v: e.accuracy for v, e in self.index.items()}
         self.latency_ms: dict[str, float] = {}
         self.energy_mj: dict[str, float] = {}
-        self._by_latency = OOBTree()
-        self._by_energy = OOBTree()
+        self.by_latency: KeyIndex = INDEX_KINDS[index_kind]()
+        self.by_energy: KeyIndex = INDEX_KINDS[index_kind]()
 
     @classmethod
-    def from_variant_table(cls, table: Mapping[str, Any]) -> VariantTables:
-        return cls(VariantEntry.from_row(row) for row in table["variants"])
+    def from_variant_table(cls, table: Mapping[str, Any], index_kind: str = "btree") -> VariantTables:
+        try:
+            entries = [VariantEntry.from_row(row) for row in table["variants"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed variant table row: {exc!r}") from exc
+        if not entries:
+            raise ValueError("the variant table has no variants")
+        return cls(entries, index_kind)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -82,17 +174,18 @@ class VariantTables:
         return variant_id in self.index
 
     @staticmethod
-    def _move(tree: OOBTree, values: dict[str, float], variant_id: str, value: float) -> bool:
+    def _move(keys: KeyIndex, values: dict[str, float], variant_id: str, value: float) -> bool:
         old = values.get(variant_id)
         if old == value:
             return False
         if old is not None:
-            del tree[(old, variant_id)]
+            keys.remove((old, variant_id))
             del values[variant_id]
-        if _finite(value):
-            tree[(value, variant_id)] = None
+        if _usable(value):
+            value = float(value)
+            keys.add((value, variant_id))
             values[variant_id] = value
-        return old is not None or _finite(value)
+        return old is not None or _usable(value)
 
     def update_predictions(self, predictions: Mapping[str, tuple[float, float]]) -> int:
         """Set (latency ms, energy mJ) for the given variants; returns how many index entries moved.
@@ -104,23 +197,19 @@ class VariantTables:
         for variant_id, (latency, energy) in predictions.items():
             if variant_id not in self.index:
                 continue
-            moved += self._move(self._by_latency, self.latency_ms, variant_id, latency)
-            moved += self._move(self._by_energy, self.energy_mj, variant_id, energy)
+            moved += self._move(self.by_latency, self.latency_ms, variant_id, latency)
+            moved += self._move(self.by_energy, self.energy_mj, variant_id, energy)
         return moved
 
-    @staticmethod
-    def _up_to(tree: OOBTree, bound: float) -> Iterator[str]:
-        keys = tree.keys() if math.isinf(bound) else tree.keys(max=(bound, _AFTER_ALL_IDS))
-        return (variant_id for _, variant_id in keys)
-
     def within_latency(self, max_latency_ms: float) -> Iterator[str]:
-        """Ids with predicted latency <= the bound, fastest first (B+ tree range query)."""
-        return self._up_to(self._by_latency, max_latency_ms)
+        """Ids with predicted latency <= the bound, fastest first (range query)."""
+        return (variant_id for _, variant_id in self.by_latency.up_to(max_latency_ms))
 
     def within_energy(self, max_energy_mj: float) -> Iterator[str]:
         """Ids with predicted energy <= the bound, cheapest first."""
-        return self._up_to(self._by_energy, max_energy_mj)
+        return (variant_id for _, variant_id in self.by_energy.up_to(max_energy_mj))
 
     def fastest(self) -> str | None:
         """The variant with the lowest predicted latency, or None before any prediction."""
-        return self._by_latency.minKey()[1] if len(self._by_latency) else None
+        first = self.by_latency.first()
+        return None if first is None else first[1]

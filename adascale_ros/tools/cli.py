@@ -48,7 +48,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_variants(args: argparse.Namespace) -> int:
     import json
 
-    from adascale_ros.model.artifacts import load_model, load_variant_table
+    from adascale_ros.model.artifacts import load_model
+    from adascale_ros.model.files import load_variant_table
     from adascale_ros.model.pipeline import compare_prefix_reuse, format_variant_table, reevaluate
 
     if args.evaluate or args.compare_reuse:
@@ -94,6 +95,21 @@ def _cmd_compare_training(args: argparse.Namespace) -> int:
     )
     print((args.out / "training_modes.md").read_text(), end="")
     return 0 if report["results"] else 1
+
+
+def _cmd_bench_selector(args: argparse.Namespace) -> int:
+    import json
+
+    from adascale_ros.bringup import default_model_dir
+    from adascale_ros.model.files import load_variant_table
+    from adascale_ros.selection.benchmark import bench_selector, format_report
+    from adascale_ros.selection.tables import VariantEntry
+
+    table = load_variant_table(args.model_dir or default_model_dir())
+    entries = [VariantEntry.from_row(row) for row in table["variants"]]
+    report = bench_selector(entries, decisions=args.decisions, synthetic=args.synthetic)
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--modes", nargs="+", choices=["freeze", "guarded", "joint"], default=["freeze", "joint"])
     cmp.add_argument("--no-progress", action="store_true")
     cmp.set_defaults(func=_cmd_compare_training)
+
+    bench = sub.add_parser("bench", help="overhead benchmarks").add_subparsers(dest="target", required=True)
+    sel = bench.add_parser("selector", help="decision time of the selector: B+ tree vs sorted array vs linear scan")
+    sel.add_argument("--model-dir", type=Path, help="default: the embedded default model")
+    sel.add_argument("--decisions", type=int, default=2000, help="decisions timed per method and table")
+    sel.add_argument("--synthetic", type=int, default=10_000, help="variants in the synthetic table")
+    sel.add_argument("--json", action="store_true")
+    sel.set_defaults(func=_cmd_bench_selector)
     return parser
 
 

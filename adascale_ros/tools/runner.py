@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from adascale_ros.bringup import RESOURCE_STATE_TOPIC, NodeSpec
+from adascale_ros.bringup import RESOURCE_STATE_TOPIC, SELECTION_TOPIC, NodeSpec
 
 STOP_TIMEOUT_S = 2.0
 
@@ -82,14 +82,21 @@ def _fmt(value: float, spec: str = ".2f") -> str:
     return format(value, spec) if math.isfinite(value) else "n/a"
 
 
-def status_line(state) -> str:  # noqa: ANN001 - adascale_msgs.msg.ResourceState
+def status_line(state, selection=None) -> str:  # noqa: ANN001 - ResourceState, VariantSelection
     """One line of what the graph is doing, for the terminal."""
-    return (
+    line = (
         f"load {_fmt(state.load_index)} (forecast {_fmt(state.load_index_forecast)} "
         f"in {_fmt(state.forecast_horizon_s, '.1f')} s) | cpu {_fmt(state.cpu_util)} "
         f"mem {_fmt(state.mem_util)} gpu {_fmt(state.gpu_util)} | "
         f"{_fmt(state.cpu_freq_mhz, '.0f')} MHz | power {_fmt(state.power_w, '.1f')} W"
     )
+    if selection is not None:
+        budget = selection.latency_budget_ms
+        line += (
+            f" | variant {selection.variant_id} (predicted {_fmt(selection.predicted_latency_ms)} ms,"
+            f" budget {_fmt(budget) if budget != math.inf else 'none'})"
+        )
+    return line
 
 
 def run_graph(
@@ -103,13 +110,16 @@ def run_graph(
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    from adascale_msgs.msg import ResourceState
+    from adascale_msgs.msg import ResourceState, VariantSelection
+    from adascale_ros.nodes.common import latched_qos
 
     graph = GraphProcesses(specs, params_file, log_level)
     rclpy.init()  # installs SIGINT/SIGTERM handlers that end the loop below
     node = rclpy.create_node("adascale_run")
     latest: deque[ResourceState] = deque(maxlen=1)
     node.create_subscription(ResourceState, RESOURCE_STATE_TOPIC, lambda m: latest.append(m), 10)
+    selection: deque[VariantSelection] = deque(maxlen=1)
+    node.create_subscription(VariantSelection, SELECTION_TOPIC, lambda m: selection.append(m), latched_qos())
     graph.start()
     failed: dict[str, int] = {}
     deadline = math.inf if duration_s is None else time.monotonic() + duration_s
@@ -122,7 +132,10 @@ def run_graph(
                 break
             if time.monotonic() >= next_status:
                 next_status += status_period_s
-                print(status_line(latest[-1]) if latest else "waiting for the first resource state ...", flush=True)
+                if latest:
+                    print(status_line(latest[-1], selection[-1] if selection else None), flush=True)
+                else:
+                    print("waiting for the first resource state ...", flush=True)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

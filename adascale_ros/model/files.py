@@ -1,0 +1,40 @@
+"""The torch-free part of a model directory: file names, JSON and the variant table.
+
+Nodes that only need the variant table (the selector, the profiler) import
+this module and so never load torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+WEIGHTS = "weights.pt"
+MODEL_CARD = "model_card.json"
+VARIANTS = "variants.json"
+
+
+class ModelLoadError(ValueError):
+    """A model directory that cannot be used, with the reason."""
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path}: unreadable JSON: {exc}") from exc
+
+
+def load_variant_table(directory: Path | str) -> dict[str, Any]:
+    table = read_json(Path(directory) / VARIANTS)
+    if table.get("format_version") != FORMAT_VERSION or not isinstance(table.get("variants"), list):
+        raise ModelLoadError(f"{Path(directory) / VARIANTS}: not a variant table of format {FORMAT_VERSION}")
+    return table

@@ -1,0 +1,166 @@
+"""selector: chooses the variant the elastic-inference node runs.
+
+Subscriptions
+  ~/profiles     adascale_msgs/VariantProfileArray from the profiler (current and forecast load)
+Publications
+  ~/selection    adascale_msgs/VariantSelection, reliable + transient local (depth 1), on change
+  /diagnostics   diagnostic_msgs/DiagnosticArray at 1 Hz
+
+The decision loop lives in ``adascale_ros.selection``; this node converts
+messages, keeps parameters valid and publishes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from statistics import median
+from typing import Any
+
+from rclpy.node import Node
+
+from adascale_msgs.msg import VariantProfileArray, VariantSelection
+from adascale_ros.bringup import default_model_dir
+from adascale_ros.model.files import load_variant_table
+from adascale_ros.nodes.common import (
+    OK,
+    WARN,
+    DiagnosticsPublisher,
+    Param,
+    current_values,
+    declare_parameters,
+    latched_qos,
+    spin_node,
+    validating_callback,
+)
+from adascale_ros.selection.selector import Profile, Selection, SelectorConfig, VariantSelector
+from adascale_ros.selection.tables import VariantTables
+
+PARAMETERS: dict[str, Param] = {
+    "model_dir": Param("", "Model directory with variants.json; empty: the embedded default model.", read_only=True),
+    "objective": Param("max_accuracy", "max_accuracy (best accuracy within budgets) or min_cost (eq. 7: min J)."),
+    "latency_budget_ms": Param(0.0, "Latency budget T [ms]; 0: none; negative is rejected."),
+    "energy_budget_mj": Param(0.0, "Energy budget E_b per inference [mJ]; 0: none; negative is rejected."),
+    "min_accuracy": Param(0.0, "Minimum validation accuracy Acc_min, in [0, 1]."),
+    "alpha": Param(1.0, "Weight of latency in J = alpha*L + beta*E [1/ms] (>= 0)."),
+    "beta": Param(0.0, "Weight of energy in J [1/mJ] (>= 0)."),
+    "dwell_s": Param(2.0, "An upgrade must stay the best choice this long before it is taken [s] (>= 0)."),
+    "margin": Param(0.005, "An upgrade must beat the running variant's score by this much (>= 0)."),
+    "use_forecast": Param(True, "Act on the forecast-load profile when it predicts a higher load than the current."),
+    "profile_timeout_s": Param(2.0, "Profiles older than this are stale (kept, flagged in diagnostics) [s] (> 0)."),
+    "safe_default_variant": Param("", "Variant published before any profile; empty: the one with the fewest FLOPs."),
+}
+
+
+def to_message(selection: Selection, msg: VariantSelection) -> VariantSelection:
+    choice, budgets = selection.choice, selection.budgets
+    msg.variant_id = choice.variant_id
+    msg.exit_index = choice.exit_index
+    msg.predicted_latency_ms = choice.latency_ms
+    msg.predicted_energy_mj = choice.energy_mj
+    msg.expected_accuracy = choice.accuracy
+    msg.latency_budget_ms = budgets.latency_ms
+    msg.energy_budget_mj = budgets.energy_mj
+    msg.min_accuracy = budgets.min_accuracy
+    msg.load_index = selection.load_index
+    msg.feasible = choice.feasible
+    msg.reason = choice.reason
+    return msg
+
+
+class Selector(Node):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("selector", **kwargs)
+        declare_parameters(self, PARAMETERS)
+        values = current_values(self, PARAMETERS)
+        config = SelectorConfig.from_values(values)
+        model_dir = values["model_dir"] or str(default_model_dir())
+        tables = VariantTables.from_variant_table(load_variant_table(model_dir))
+        safe_default = values["safe_default_variant"] or min(tables.index, key=lambda v: (tables.index[v].flops, v))
+        self.core = VariantSelector(tables, config, safe_default)
+        self.profiles_received = 0
+        self.profiles_rejected = 0
+        self.unknown_ids = 0
+        self.selections_published = 0
+        self._decision_us: deque[float] = deque(maxlen=200)
+        self._pub = self.create_publisher(VariantSelection, "~/selection", latched_qos())
+        self._sub = self.create_subscription(VariantProfileArray, "~/profiles", self._on_profiles, 10)
+        self.add_on_set_parameters_callback(validating_callback(self, PARAMETERS, self._apply))
+        self._diagnostics = DiagnosticsPublisher(self, self._diagnostic_status)
+        self._publish(self.core.in_force)
+        self.get_logger().info(
+            f"{len(tables)} variants from {model_dir}; safe default {safe_default}; "
+            f"listening on {self._sub.topic_name}, publishing {self._pub.topic_name}"
+        )
+
+    def _now_s(self) -> float:
+        return self.get_clock().now().nanoseconds / 1e9
+
+    def _apply(self, values: dict[str, Any]) -> None:
+        config = SelectorConfig.from_values(values)  # raises with the reason when invalid
+        selection = self.core.reconfigure(config, self._now_s())
+        if selection is not None:
+            self._publish(selection)
+
+    def _on_profiles(self, msg: VariantProfileArray) -> None:
+        self.profiles_received += 1
+        if not msg.variants:
+            self.profiles_rejected += 1
+            self.get_logger().warning("rejected an empty VariantProfileArray", throttle_duration_sec=5.0)
+            return
+        predictions = {p.variant_id: (p.predicted_latency_ms, p.predicted_energy_mj) for p in msg.variants}
+        unknown = sum(1 for v in predictions if v not in self.core.tables)
+        if unknown:
+            self.unknown_ids += unknown
+            self.get_logger().warning(
+                f"{unknown} of {len(predictions)} profiled variants are not in this model's table; ignored",
+                throttle_duration_sec=5.0,
+            )
+        measured = {p.variant_id: p.measured_latency_ms for p in msg.variants}
+        profile = Profile(self._now_s(), float(msg.load_index), predictions, measured)
+        start = time.perf_counter()
+        selection = self.core.on_profile(profile, bool(msg.load_is_forecast))
+        self._decision_us.append((time.perf_counter() - start) * 1e6)
+        if selection is not None:
+            self._publish(selection)
+
+    def _publish(self, selection: Selection) -> None:
+        msg = to_message(selection, VariantSelection())
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._pub.publish(msg)
+        self.selections_published += 1
+        self.get_logger().info(f"selected {msg.variant_id}: {msg.reason}")
+
+    def _diagnostic_status(self) -> tuple[bytes, str, dict[str, Any]]:
+        now = self._now_s()
+        selection = self.core.in_force
+        latest = max((p.received_s for p in (self.core.current, self.core.forecast) if p), default=math.nan)
+        if self.core.stale(now):
+            level, message = WARN, f"profiles stale ({now - latest:.1f} s old): keeping the last table"
+        elif self.profiles_received == 0:
+            level, message = WARN, "no profile yet: safe default in force"
+        else:
+            level, message = OK, f"running {selection.choice.variant_id}"
+        values = {
+            "variant": selection.choice.variant_id,
+            "feasible": selection.choice.feasible,
+            "reason": selection.choice.reason,
+            "load_index": selection.load_index,
+            "load_is_forecast": selection.load_is_forecast,
+            "profiles_received": self.profiles_received,
+            "profiles_rejected": self.profiles_rejected,
+            "unknown_variant_ids": self.unknown_ids,
+            "selections_published": self.selections_published,
+            "last_profile_age_s": now - latest,
+            "decision_time_us_median": median(self._decision_us) if self._decision_us else math.nan,
+        }
+        return level, message, values
+
+
+def main(args: list[str] | None = None) -> int:
+    return spin_node(Selector, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

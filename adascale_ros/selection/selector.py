@@ -1,0 +1,160 @@
+"""The selector's decision loop, without ROS: profiles in, selections out.
+
+``VariantSelector`` keeps the latest profile at the current load and the
+latest at the forecast load, feeds the one to act on into the tables (the
+forecast when it is worse than the current load, so the switch happens
+before the load arrives), and asks ``StableSelector`` for the choice.
+Before any profile it answers with the configured safe default; when
+profiles stop, it keeps the last tables and reports them stale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from adascale_ros.selection.policy import Budgets, Choice, Objective, StableSelector
+from adascale_ros.selection.tables import VariantTables
+
+# Parameters whose value 0 means "no budget".
+_BUDGETS = ("latency_budget_ms", "energy_budget_mj")
+
+
+@dataclass(frozen=True)
+class SelectorConfig:
+    budgets: Budgets = field(default_factory=Budgets)
+    objective: Objective = field(default_factory=Objective)
+    dwell_s: float = 2.0
+    margin: float = 0.005
+    use_forecast: bool = True
+    profile_timeout_s: float = 2.0
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> SelectorConfig:
+        """From the node's parameter values; raises ``ValueError`` with the reason when invalid."""
+        limits = {}
+        for name in _BUDGETS:
+            value = float(values[name])
+            if math.isnan(value) or value < 0.0:
+                raise ValueError(f"{name} must be >= 0 (0: no budget), got {value}")
+            limits[name] = math.inf if value == 0.0 or math.isinf(value) else value
+        timeout = float(values["profile_timeout_s"])
+        if not (math.isfinite(timeout) and timeout > 0.0):
+            raise ValueError(f"profile_timeout_s must be > 0, got {timeout}")
+        for name in ("dwell_s", "margin"):
+            if not (math.isfinite(float(values[name])) and float(values[name]) >= 0.0):
+                raise ValueError(f"{name} must be >= 0, got {values[name]}")
+        return cls(
+            budgets=Budgets(limits["latency_budget_ms"], limits["energy_budget_mj"], float(values["min_accuracy"])),
+            objective=Objective(str(values["objective"]), float(values["alpha"]), float(values["beta"])),
+            dwell_s=float(values["dwell_s"]),
+            margin=float(values["margin"]),
+            use_forecast=bool(values["use_forecast"]),
+            profile_timeout_s=timeout,
+        )
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One VariantProfileArray, as the selector uses it."""
+
+    received_s: float
+    load_index: float  # NaN: unknown
+    predictions: dict[str, tuple[float, float]]  # id -> (latency ms, energy mJ)
+    measured_latency_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The choice in force and the context it was made in."""
+
+    choice: Choice
+    budgets: Budgets
+    load_index: float
+    load_is_forecast: bool
+
+
+class VariantSelector:
+    def __init__(self, tables: VariantTables, config: SelectorConfig, safe_default: str) -> None:
+        if safe_default not in tables:
+            raise ValueError(f"safe default variant {safe_default!r} is not in the variant table")
+        self.tables = tables
+        self.config = config
+        self.stable = StableSelector(config.dwell_s, config.margin)
+        self.current: Profile | None = None
+        self.forecast: Profile | None = None
+        self.in_force = Selection(
+            Choice(
+                variant_id=safe_default,
+                exit_index=tables.index[safe_default].exit_index,
+                feasible=False,
+                reason="safe default: no performance profile received yet",
+                latency_ms=math.nan,
+                energy_mj=math.nan,
+                accuracy=tables.accuracy[safe_default],
+            ),
+            config.budgets,
+            math.nan,
+            False,
+        )
+
+    def reconfigure(self, config: SelectorConfig, now_s: float) -> Selection | None:
+        """New parameters take effect at once; returns the new selection when it changed."""
+        budgets_changed = config.budgets != self.config.budgets
+        self.config = config
+        self.stable.dwell_s, self.stable.margin = config.dwell_s, config.margin
+        return self._decide(now_s, force_publish=budgets_changed)
+
+    def on_profile(self, profile: Profile, is_forecast: bool) -> Selection | None:
+        """Take in one profile; returns the new selection when the choice changed."""
+        if is_forecast:
+            self.forecast = profile
+        else:
+            self.current = profile
+        return self._decide(profile.received_s)
+
+    def acting_profile(self, now_s: float) -> tuple[Profile | None, bool]:
+        """The profile to act on: the forecast when it is fresh and predicts a higher load."""
+        current, forecast = self.current, self.forecast
+        if not self.config.use_forecast or forecast is None:
+            return current, False
+        fresh = now_s - forecast.received_s <= self.config.profile_timeout_s
+        if fresh and (current is None or forecast.load_index > current.load_index):
+            return forecast, True
+        return current, False
+
+    def stale(self, now_s: float) -> bool:
+        """True once profiles were received but none within the timeout."""
+        latest = max((p.received_s for p in (self.current, self.forecast) if p is not None), default=None)
+        return latest is not None and now_s - latest > self.config.profile_timeout_s
+
+    def _decide(self, now_s: float, force_publish: bool = False) -> Selection | None:
+        profile, is_forecast = self.acting_profile(now_s)
+        if profile is None:
+            if force_publish:
+                self.in_force = replace(self.in_force, budgets=self.config.budgets)
+                return self.in_force
+            return None
+        self.tables.update_predictions(profile.predictions)
+        running = self.stable.current.variant_id if self.stable.current else None
+        measured = profile.measured_latency_ms.get(running, math.nan) if running else math.nan
+        before = self.in_force.choice
+        first = self.stable.current is None
+        choice = self.stable.update(
+            now_s,
+            self.tables,
+            self.config.budgets,
+            self.config.objective,
+            measured if math.isfinite(measured) else None,
+        )
+        if choice is None:
+            return None
+        unchanged = (choice.variant_id, choice.feasible) == (before.variant_id, before.feasible)
+        if unchanged and not (first or force_publish):
+            return None
+        if is_forecast:
+            choice = replace(choice, reason=f"{choice.reason} (acting on forecast load {profile.load_index:.2f})")
+        self.in_force = Selection(choice, self.config.budgets, profile.load_index, is_forecast)
+        return self.in_force

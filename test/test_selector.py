@@ -1,0 +1,290 @@
+"""The selector: its decision loop (no ROS), its benchmark, and the node over real DDS."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest import spin_until
+
+from adascale_ros.selection.benchmark import bench_selector
+from adascale_ros.selection.selector import Profile, SelectorConfig, VariantSelector
+from adascale_ros.selection.tables import VariantEntry, VariantTables
+
+MODULE = "adascale_ros.nodes.selector"
+
+# A three-variant model: accuracy rises with cost.
+ROWS = [
+    ("e0:res", 0, ["res"], 0.80, 1_000_000),
+    ("e1:res-res", 1, ["res", "res"], 0.86, 2_000_000),
+    ("e2:res-res-res", 2, ["res", "res", "res"], 0.90, 3_000_000),
+]
+IDLE = {"e0:res": (2.0, 1.0), "e1:res-res": (5.0, 2.0), "e2:res-res-res": (9.0, 3.0)}
+LOADED = {v: (lat * 2.0, en * 2.0) for v, (lat, en) in IDLE.items()}  # 4, 10, 18 ms
+
+PARAMS = {
+    "objective": "max_accuracy",
+    "latency_budget_ms": 0.0,
+    "energy_budget_mj": 0.0,
+    "min_accuracy": 0.0,
+    "alpha": 1.0,
+    "beta": 0.0,
+    "dwell_s": 0.0,
+    "margin": 0.005,
+    "use_forecast": True,
+    "profile_timeout_s": 2.0,
+}
+
+
+def entries() -> list[VariantEntry]:
+    return [VariantEntry(v, e, tuple(ops), acc, flops=flops) for v, e, ops, acc, flops in ROWS]
+
+
+def selector(**overrides) -> VariantSelector:
+    return VariantSelector(VariantTables(entries()), SelectorConfig.from_values(PARAMS | overrides), "e0:res")
+
+
+def profile(at_s: float, load: float, predictions: dict, measured: dict | None = None) -> Profile:
+    return Profile(at_s, load, predictions, measured or {})
+
+
+def test_config_from_parameters_validates_with_a_reason():
+    config = SelectorConfig.from_values(PARAMS | {"latency_budget_ms": 0.0, "energy_budget_mj": 5.0})
+    assert math.isinf(config.budgets.latency_ms) and config.budgets.energy_mj == 5.0  # 0: no budget
+    for bad, word in [
+        ({"latency_budget_ms": -1.0}, "latency_budget_ms"),
+        ({"energy_budget_mj": math.nan}, "energy_budget_mj"),
+        ({"min_accuracy": 1.2}, "min_accuracy"),
+        ({"objective": "fastest"}, "objective"),
+        ({"profile_timeout_s": 0.0}, "profile_timeout_s"),
+        ({"dwell_s": -0.5}, "dwell_s"),
+    ]:
+        with pytest.raises(ValueError, match=word):
+            SelectorConfig.from_values(PARAMS | bad)
+
+
+def test_safe_default_until_the_first_profile():
+    core = selector(latency_budget_ms=10.0)
+    assert core.in_force.choice.variant_id == "e0:res" and "safe default" in core.in_force.choice.reason
+    first = core.on_profile(profile(0.0, 0.1, IDLE), is_forecast=False)
+    assert first.choice.variant_id == "e2:res-res-res" and first.choice.feasible
+    assert first.choice.exit_index == 2
+    # The same answer again is not a new selection.
+    assert core.on_profile(profile(0.1, 0.1, IDLE), is_forecast=False) is None
+    with pytest.raises(ValueError, match="safe default"):
+        VariantSelector(VariantTables(entries()), SelectorConfig(), "e9:nope")
+
+
+def test_acts_on_the_forecast_when_it_predicts_more_load():
+    core = selector(latency_budget_ms=10.0)
+    core.on_profile(profile(0.0, 0.2, IDLE), is_forecast=False)
+    # The forecaster expects load 0.8: at that load e2 takes 18 ms, so switch now (e1: 10 ms).
+    chosen = core.on_profile(profile(0.1, 0.8, LOADED), is_forecast=True)
+    assert chosen.choice.variant_id == "e1:res-res" and chosen.load_is_forecast
+    assert "forecast load 0.80" in chosen.choice.reason
+    # A forecast of less load than now is not acted on ...
+    core = selector(latency_budget_ms=10.0)
+    core.on_profile(profile(0.0, 0.8, LOADED), is_forecast=False)
+    assert core.on_profile(profile(0.1, 0.2, IDLE), is_forecast=True) is None
+    assert core.in_force.choice.variant_id == "e1:res-res"
+    # ... nor one that is older than the profile timeout, nor any with use_forecast off.
+    assert core.acting_profile(0.5)[1] is False
+    core = selector(latency_budget_ms=10.0, use_forecast=False)
+    core.on_profile(profile(0.0, 0.2, IDLE), is_forecast=False)
+    assert core.on_profile(profile(0.1, 0.8, LOADED), is_forecast=True) is None
+
+
+def test_measured_latency_over_budget_downgrades():
+    core = selector(latency_budget_ms=10.0)
+    core.on_profile(profile(0.0, 0.2, IDLE), is_forecast=False)
+    # Predictions still say 9 ms, but the running variant measures 14 ms: r = 1.56,
+    # so the choice is made within 10 / 1.56 = 6.4 ms.
+    chosen = core.on_profile(profile(0.1, 0.2, IDLE, {"e2:res-res-res": 14.0}), is_forecast=False)
+    assert chosen.choice.variant_id == "e1:res-res" and "measured latency 14.00" in chosen.choice.reason
+
+
+def test_budget_changes_take_effect_at_once_and_are_republished():
+    core = selector()
+    core.on_profile(profile(0.0, 0.2, IDLE), is_forecast=False)
+    assert core.in_force.choice.variant_id == "e2:res-res-res"
+    tighter = core.reconfigure(SelectorConfig.from_values(PARAMS | {"latency_budget_ms": 6.0}), 0.1)
+    assert tighter.choice.variant_id == "e1:res-res" and tighter.budgets.latency_ms == 6.0
+    # Same variant, new budgets: published so consumers see the budgets in force.
+    same = core.reconfigure(SelectorConfig.from_values(PARAMS | {"latency_budget_ms": 7.0}), 0.2)
+    assert same.choice.variant_id == "e1:res-res" and same.budgets.latency_ms == 7.0
+    # Nothing feasible: the fastest, flagged.
+    none = core.reconfigure(SelectorConfig.from_values(PARAMS | {"latency_budget_ms": 1.0}), 0.3)
+    assert none.choice.variant_id == "e0:res" and not none.choice.feasible
+
+
+def test_staleness():
+    core = selector()
+    assert not core.stale(100.0)  # nothing received yet: not stale, just waiting
+    core.on_profile(profile(0.0, 0.2, IDLE), is_forecast=False)
+    assert not core.stale(1.9) and core.stale(2.1)
+
+
+def test_benchmark_compares_three_indexes_that_agree():
+    table = [VariantEntry(f"v{i:02d}", 0, ("res",), round(0.5 + i / 150, 3), flops=(i + 1) * 10**5) for i in range(60)]
+    report = bench_selector(table, decisions=60, synthetic=300)
+    assert set(report["tables"]) == {"default", "synthetic_300"}
+    for result in report["tables"].values():
+        assert set(result["methods"]) == {"btree", "sorted_array", "linear_scan"}
+        assert result["answers_agree"]
+        for figures in result["methods"].values():
+            assert 0 < figures["min_us"] <= figures["median_us"] <= figures["p99_us"]
+    assert report["median_us"] == report["tables"]["default"]["methods"]["btree"]["median_us"]
+    json.dumps(report)
+
+
+# --- the node, in its own process, over DDS ----------------------------------------------------
+
+
+def write_model_dir(tmp_path):
+    rows = [
+        {"variant_id": v, "exit_index": e, "operators": ops, "accuracy": acc, "val_accuracy": acc, "flops": flops}
+        for v, e, ops, acc, flops in ROWS
+    ]
+    (tmp_path / "variants.json").write_text(json.dumps({"format_version": 1, "variants": rows}))
+    return tmp_path
+
+
+def profile_array(load: float, predictions: dict, forecast: bool = False, measured: dict | None = None):
+    from adascale_msgs.msg import VariantProfile, VariantProfileArray
+
+    msg = VariantProfileArray(load_index=load, load_is_forecast=forecast)
+    for variant_id, (latency, energy) in predictions.items():
+        msg.variants.append(
+            VariantProfile(
+                variant_id=variant_id,
+                predicted_latency_ms=latency,
+                predicted_energy_mj=energy,
+                measured_latency_ms=(measured or {}).get(variant_id, math.nan),
+            )
+        )
+    return msg
+
+
+class SelectorHarness:
+    """The selector node in a child process, seen from a test node."""
+
+    def __init__(self, tmp_path, ros_node, start_process, **params):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.parameter_client import AsyncParameterClient
+
+        from adascale_msgs.msg import VariantProfileArray
+        from adascale_ros.bringup import PROFILES_TOPIC
+
+        args = ["-m", MODULE, "--ros-args", "-r", f"~/profiles:={PROFILES_TOPIC}"]
+        args += ["-p", f"model_dir:={write_model_dir(tmp_path)}"]
+        for name, value in params.items():
+            args += ["-p", f"{name}:={value}"]
+        self.node = ros_node
+        self.process = start_process(args)
+        self.profiles = ros_node.create_publisher(VariantProfileArray, PROFILES_TOPIC, 10)
+        self.diagnostics: list = []
+        ros_node.create_subscription(
+            DiagnosticArray,
+            "/diagnostics",
+            lambda m: self.diagnostics.extend(s for s in m.status if s.name == "adascale: selector"),
+            10,
+        )
+        self.params = AsyncParameterClient(ros_node, "selector")
+        assert self.params.wait_for_services(timeout_sec=20.0), "selector did not come up"
+
+    def subscribe(self) -> list:
+        from adascale_msgs.msg import VariantSelection
+        from adascale_ros.bringup import SELECTION_TOPIC
+        from adascale_ros.nodes.common import latched_qos
+
+        received: list = []
+        self.node.create_subscription(VariantSelection, SELECTION_TOPIC, received.append, latched_qos())
+        return received
+
+    def publish_until(self, msg, condition, timeout_s: float = 10.0) -> bool:
+        """Publish ``msg`` every 0.1 s (as the profiler would) until ``condition()``."""
+
+        def step() -> bool:
+            self.profiles.publish(msg)
+            return spin_until(self.node, condition, 0.1)
+
+        return spin_until(self.node, step, timeout_s)
+
+    def set(self, **params):
+        from rclpy.parameter import Parameter
+
+        future = self.params.set_parameters([Parameter(k, value=v) for k, v in params.items()])
+        assert spin_until(self.node, future.done, timeout_s=10.0)
+        return future.result().results[0]
+
+
+@pytest.mark.ros
+def test_node_follows_load_and_budgets(tmp_path, ros_node, start_process):
+    harness = SelectorHarness(tmp_path, ros_node, start_process, latency_budget_ms=10.0)
+    # Subscribing after the node published: transient local hands over the safe default.
+    selections = harness.subscribe()
+    assert spin_until(ros_node, lambda: selections, timeout_s=10.0), "late joiner got no selection"
+    assert selections[0].variant_id == "e0:res" and "safe default" in selections[0].reason
+
+    def latest(variant_id: str):
+        return lambda: selections and selections[-1].variant_id == variant_id
+
+    assert harness.publish_until(profile_array(0.1, IDLE), latest("e2:res-res-res"))
+    chosen = selections[-1]
+    assert chosen.feasible and chosen.exit_index == 2 and chosen.predicted_latency_ms == 9.0
+    assert chosen.latency_budget_ms == 10.0 and chosen.load_index == pytest.approx(0.1)
+
+    # Load doubles every prediction: e2 (18 ms) and e1 (10 ms is within budget) ...
+    assert harness.publish_until(profile_array(0.7, LOADED), latest("e1:res-res"))
+    assert "breaks its budget" in selections[-1].reason
+    # ... a tighter budget takes effect without a new profile.
+    assert harness.set(latency_budget_ms=5.0).successful
+    assert spin_until(ros_node, latest("e0:res"), timeout_s=5.0)
+    # A negative budget is refused with the reason; the budget in force stays.
+    refused = harness.set(latency_budget_ms=-3.0)
+    assert not refused.successful and "latency_budget_ms must be >= 0" in refused.reason
+    assert selections[-1].latency_budget_ms == 5.0
+
+    # Load falls: with dwell 0 the upgrade follows the next profile.
+    assert harness.set(latency_budget_ms=10.0).successful
+    assert harness.publish_until(profile_array(0.1, IDLE), latest("e2:res-res-res"))
+    # The forecast of a load step makes it downgrade before the load arrives.
+    forecast = profile_array(0.8, LOADED, forecast=True)
+    assert harness.publish_until(forecast, latest("e1:res-res"))
+    assert "forecast" in selections[-1].reason and selections[-1].load_index == pytest.approx(0.8)
+
+
+@pytest.mark.ros
+def test_node_flags_stale_profiles_and_counts_bad_ones(tmp_path, ros_node, start_process):
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    harness = SelectorHarness(tmp_path, ros_node, start_process, profile_timeout_s=1.0)
+    selections = harness.subscribe()
+    harness.publish_until(profile_array(0.1, IDLE | {"e7:ghost": (1.0, 1.0)}), lambda: len(selections) >= 2)
+    assert selections[-1].variant_id == "e2:res-res-res"
+    harness.profiles.publish(profile_array(0.1, {}))  # empty: rejected
+
+    def values():
+        return {kv.key: kv.value for kv in harness.diagnostics[-1].values} if harness.diagnostics else {}
+
+    assert spin_until(ros_node, lambda: values().get("profiles_rejected") == "1", timeout_s=5.0)
+    assert int(values()["unknown_variant_ids"]) >= 1
+    # No profile for longer than profile_timeout_s: WARN, and the last choice stays in force.
+    assert spin_until(
+        ros_node, lambda: harness.diagnostics and harness.diagnostics[-1].level == DiagnosticStatus.WARN, 5.0
+    )
+    assert "stale" in harness.diagnostics[-1].message and values()["variant"] == "e2:res-res-res"
+    harness.process.terminate()
+    assert harness.process.wait(5) == 0
+
+
+def test_node_refuses_to_start_on_a_bad_model_dir_or_parameter(tmp_path, start_process):
+    for args, message in [
+        (["-p", f"model_dir:={tmp_path / 'missing'}"], "variants.json: not found"),
+        (["-p", f"model_dir:={write_model_dir(tmp_path)}", "-p", "energy_budget_mj:=-1.0"], "energy_budget_mj"),
+        (["-p", f"model_dir:={write_model_dir(tmp_path)}", "-p", "safe_default_variant:=e5:x"], "safe default"),
+    ]:
+        process = start_process(["-m", MODULE, "--ros-args", *args])
+        out, _ = process.communicate(timeout=20)
+        assert process.returncode == 2 and message in out, out
