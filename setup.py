@@ -31,6 +31,7 @@ setup(
         "console_scripts": [
             "resource_monitor = adascale_ros.nodes.resource_monitor:main",
             "selector = adascale_ros.nodes.selector:main",
+            "elastic_inference = adascale_ros.nodes.elastic_inference:main",
             "adascale = adascale_ros.tools.cli:main",
         ],
     },

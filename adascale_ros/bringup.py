@@ -62,10 +62,17 @@ def default_model_dir() -> Path:
 RESOURCE_STATE_TOPIC = "/resource_monitor/state"
 PROFILES_TOPIC = "/profiler/profiles"
 SELECTION_TOPIC = "/selector/selection"
+CLASSIFICATION_TOPIC = "/elastic_inference/classification"
+DEFAULT_CAMERA_TOPIC = "/camera/image_raw"
 
 
-def node_graph() -> list[NodeSpec]:
-    """The nodes of the adaptation loop, in start order."""
+def node_graph(camera_topic: str = DEFAULT_CAMERA_TOPIC) -> list[NodeSpec]:
+    """The nodes of the adaptation loop, in start order.
+
+    ``camera_topic`` is the raw image topic; compressed frames are read from
+    ``<camera_topic>/compressed`` (image_transport's naming) when the
+    inference node's ``input`` parameter says so.
+    """
     return [
         NodeSpec(
             name="resource_monitor",
@@ -77,5 +84,15 @@ def node_graph() -> list[NodeSpec]:
             executable="selector",
             module="adascale_ros.nodes.selector",
             remappings=(("~/profiles", PROFILES_TOPIC),),
+        ),
+        NodeSpec(
+            name="elastic_inference",
+            executable="elastic_inference",
+            module="adascale_ros.nodes.elastic_inference",
+            remappings=(
+                ("~/image", camera_topic),
+                ("~/image/compressed", f"{camera_topic}/compressed"),
+                ("~/selection", SELECTION_TOPIC),
+            ),
         ),
     ]

@@ -38,3 +38,11 @@ def load_variant_table(directory: Path | str) -> dict[str, Any]:
     if table.get("format_version") != FORMAT_VERSION or not isinstance(table.get("variants"), list):
         raise ModelLoadError(f"{Path(directory) / VARIANTS}: not a variant table of format {FORMAT_VERSION}")
     return table
+
+
+def cheapest_variant(table: dict[str, Any]) -> str:
+    """The variant with the fewest FLOPs (ties: lowest id): the default safe choice under any load."""
+    rows = table["variants"]
+    if not rows:
+        raise ModelLoadError("the variant table has no variants")
+    return min(rows, key=lambda row: (row.get("flops", 0), row["variant_id"]))["variant_id"]

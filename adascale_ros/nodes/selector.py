@@ -22,7 +22,7 @@ from rclpy.node import Node
 
 from adascale_msgs.msg import VariantProfileArray, VariantSelection
 from adascale_ros.bringup import default_model_dir
-from adascale_ros.model.files import load_variant_table
+from adascale_ros.model.files import cheapest_variant, load_variant_table
 from adascale_ros.nodes.common import (
     OK,
     WARN,
@@ -76,8 +76,9 @@ class Selector(Node):
         values = current_values(self, PARAMETERS)
         config = SelectorConfig.from_values(values)
         model_dir = values["model_dir"] or str(default_model_dir())
-        tables = VariantTables.from_variant_table(load_variant_table(model_dir))
-        safe_default = values["safe_default_variant"] or min(tables.index, key=lambda v: (tables.index[v].flops, v))
+        table = load_variant_table(model_dir)
+        tables = VariantTables.from_variant_table(table)
+        safe_default = values["safe_default_variant"] or cheapest_variant(table)
         self.core = VariantSelector(tables, config, safe_default)
         self.profiles_received = 0
         self.profiles_rejected = 0

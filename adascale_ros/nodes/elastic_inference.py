@@ -1,0 +1,271 @@
+"""elastic_inference: classifies the camera stream with the variant the selector chose.
+
+Subscriptions
+  ~/image             sensor_msgs/Image (input: raw), SensorDataQoS by default
+  ~/image/compressed  sensor_msgs/CompressedImage (input: compressed), same QoS
+  ~/selection         adascale_msgs/VariantSelection, reliable + transient local
+Publications
+  ~/classification    adascale_msgs/ElasticClassification, one per processed frame
+  ~/overlay           sensor_msgs/Image (bgr8), only while someone subscribes
+  /diagnostics        diagnostic_msgs/DiagnosticArray at 1 Hz
+
+The subscription callback only drops the frame into a one-slot mailbox; a
+worker thread takes the newest frame, converts, pre-processes and runs it, so
+callbacks never wait for inference and no queue ever builds. Conversion,
+pre-processing and execution live in ``adascale_ros.runtime``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+from cv_bridge import CvBridge
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image
+
+from adascale_msgs.msg import ElasticClassification, VariantSelection
+from adascale_ros.bringup import default_model_dir
+from adascale_ros.model.artifacts import load_model
+from adascale_ros.model.files import cheapest_variant, load_variant_table
+from adascale_ros.nodes.common import (
+    OK,
+    WARN,
+    DiagnosticsPublisher,
+    Param,
+    current_values,
+    declare_parameters,
+    latched_qos,
+    spin_node,
+    validating_callback,
+)
+from adascale_ros.runtime.engine import BACKENDS, ElasticEngine, Inference
+from adascale_ros.runtime.frames import LatestSlot
+from adascale_ros.runtime.images import FrameError, compressed_to_array, image_to_array
+from adascale_ros.runtime.overlay import draw_overlay
+from adascale_ros.runtime.preprocess import Preprocessor
+
+PARAMETERS: dict[str, Param] = {
+    "model_dir": Param("", "Model directory; empty: the embedded default model.", read_only=True),
+    "input": Param("raw", "raw: Image on ~/image; compressed: CompressedImage on ~/image/compressed.", True),
+    "backend": Param("onnxruntime", "onnxruntime (fast path) or torch (reference).", read_only=True),
+    "threads": Param(2, "Intra-op threads of the backend (>= 1).", read_only=True),
+    "qos_depth": Param(1, "Image subscription history depth (>= 1).", read_only=True),
+    "qos_reliability": Param("best_effort", "Image subscription reliability: best_effort or reliable.", read_only=True),
+    "early_exit_threshold": Param(0.0, "Answer at an earlier exit whose top score >= this, in [0, 1]; 0: off."),
+    "top_k": Param(3, "Classes reported per frame (>= 1)."),
+    "max_image_pixels": Param(16_777_216, "Frames with more pixels are rejected (>= 1)."),
+    "max_compressed_bytes": Param(20_000_000, "Compressed frames larger than this are rejected [B] (>= 1)."),
+    "safe_default_variant": Param("", "Variant run before any selection arrives; empty: the fewest FLOPs."),
+}
+
+
+def _validate(values: dict[str, Any]) -> None:
+    threshold = float(values["early_exit_threshold"])
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"early_exit_threshold must be in [0, 1] (0: off), got {threshold}")
+    for name in ("top_k", "max_image_pixels", "max_compressed_bytes", "threads", "qos_depth"):
+        if int(values[name]) < 1:
+            raise ValueError(f"{name} must be >= 1, got {values[name]}")
+    if values["input"] not in ("raw", "compressed"):
+        raise ValueError(f"input must be raw or compressed, got {values['input']!r}")
+    if values["backend"] not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {values['backend']!r}")
+    if values["qos_reliability"] not in ("best_effort", "reliable"):
+        raise ValueError(f"qos_reliability must be best_effort or reliable, got {values['qos_reliability']!r}")
+
+
+def image_qos(depth: int, reliability: str) -> QoSProfile:
+    """SensorDataQoS (best effort, volatile) with the configured depth and reliability."""
+    qos = QoSProfile(depth=depth)
+    qos.history, qos.durability = qos_profile_sensor_data.history, qos_profile_sensor_data.durability
+    qos.reliability = ReliabilityPolicy.RELIABLE if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
+    return qos
+
+
+class ElasticInference(Node):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("elastic_inference", **kwargs)
+        declare_parameters(self, PARAMETERS)
+        values = current_values(self, PARAMETERS)
+        _validate(values)
+        model_dir = values["model_dir"] or str(default_model_dir())
+        model = load_model(model_dir)
+        self.labels = model.classes
+        self.preprocess = Preprocessor.from_card(model.card)
+        self.engine = ElasticEngine(model.net, model.input_shape, values["backend"], int(values["threads"]))
+        safe_default = values["safe_default_variant"] or cheapest_variant(load_variant_table(model_dir))
+        self.variant = self.engine.check_variant(safe_default)  # ValueError -> refuse to start
+        self.selection_load = math.nan
+        self.settings = values
+
+        self.bridge = CvBridge()
+        self.slot: LatestSlot[Any] = LatestSlot()
+        self.counts = {"received": 0, "processed": 0, "early_exits": 0, "rejected_selections": 0}
+        self.errors: dict[str, int] = {}
+        self.latencies_ms: deque[float] = deque(maxlen=200)
+        self._rates_at = (time.monotonic(), 0, 0)
+        self._errors_reported = 0
+        self._lock = threading.Lock()  # guards counts and errors between the two threads
+
+        compressed = values["input"] == "compressed"
+        self._image_sub = self.create_subscription(
+            CompressedImage if compressed else Image,
+            "~/image/compressed" if compressed else "~/image",
+            self._on_image,
+            image_qos(int(values["qos_depth"]), values["qos_reliability"]),
+        )
+        self._selection_sub = self.create_subscription(
+            VariantSelection, "~/selection", self._on_selection, latched_qos()
+        )
+        self._result_pub = self.create_publisher(ElasticClassification, "~/classification", 10)
+        self._overlay_pub = self.create_publisher(Image, "~/overlay", 1)
+        self.add_on_set_parameters_callback(validating_callback(self, PARAMETERS, self._apply))
+        self._diagnostics = DiagnosticsPublisher(self, self._diagnostic_status)
+        self._worker = threading.Thread(target=self._work, name="inference", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"{values['backend']} backend, {len(self.labels)} classes from {model_dir}; "
+            f"running {self.variant} until a selection arrives on {self._selection_sub.topic_name}; "
+            f"input {self._image_sub.topic_name}"
+        )
+
+    def _apply(self, values: dict[str, Any]) -> None:
+        _validate(values)
+        self.settings = values
+
+    # -- callbacks: never wait for inference --------------------------------------------------
+
+    def _on_image(self, msg: Any) -> None:
+        with self._lock:
+            self.counts["received"] += 1
+        self.slot.put(msg)
+
+    def _on_selection(self, msg: VariantSelection) -> None:
+        try:
+            variant = self.engine.check_variant(msg.variant_id)
+        except ValueError as exc:
+            with self._lock:
+                self.counts["rejected_selections"] += 1
+            self.get_logger().warning(f"ignored selection: {exc}; still running {self.variant}")
+            return
+        if variant != self.variant:
+            self.get_logger().info(f"switching {self.variant} -> {variant}: {msg.reason}")
+        self.variant, self.selection_load = variant, float(msg.load_index)
+
+    # -- the inference thread ------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self.slot.closed:
+            msg = self.slot.take(timeout_s=0.2)
+            if msg is None:
+                continue
+            try:
+                self._process(msg)
+            except FrameError as exc:
+                self._count_error(exc.kind, str(exc))
+            except Exception as exc:  # one bad frame must never stop the node
+                self._count_error("internal", f"{type(exc).__name__}: {exc}")
+
+    def _count_error(self, kind: str, message: str) -> None:
+        with self._lock:
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+        self.get_logger().warning(f"frame skipped ({kind}): {message}", throttle_duration_sec=2.0)
+
+    def _decode(self, msg: Any) -> tuple[np.ndarray, str]:
+        limit = int(self.settings["max_image_pixels"])
+        if isinstance(msg, CompressedImage):
+            return compressed_to_array(msg, limit, int(self.settings["max_compressed_bytes"]))
+        return image_to_array(msg, limit)
+
+    def _process(self, msg: Any) -> None:
+        settings, variant = self.settings, self.variant
+        start = time.perf_counter()
+        image, encoding = self._decode(msg)
+        x = self.preprocess(image, encoding)
+        threshold = float(settings["early_exit_threshold"]) or math.inf
+        result = self.engine.run(x, variant, threshold)
+        latency_ms = (time.perf_counter() - start) * 1e3
+        self._publish(msg.header, variant.id, result, latency_ms, int(settings["top_k"]))
+        with self._lock:
+            self.counts["processed"] += 1
+            self.counts["early_exits"] += result.early_exited
+            self.latencies_ms.append(latency_ms)
+        if self._overlay_pub.get_subscription_count() > 0:
+            self._publish_overlay(msg.header, image, encoding, variant.id, result, latency_ms)
+
+    def _publish(self, header: Any, variant_id: str, result: Inference, latency_ms: float, top_k: int) -> None:
+        out = ElasticClassification()
+        out.header = header
+        out.variant_id = variant_id
+        out.exit_index = result.exit_index
+        out.early_exited = result.early_exited
+        out.class_ids, out.scores = result.top_k(top_k)
+        out.labels = [self.labels[i] for i in out.class_ids]
+        out.latency_ms = latency_ms
+        stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+        now_ns = self.get_clock().now().nanoseconds
+        out.age_ms = (now_ns - stamp_ns) / 1e6 if stamp_ns > 0 else math.nan
+        self._result_pub.publish(out)
+
+    def _publish_overlay(
+        self, header: Any, image: np.ndarray, encoding: str, variant_id: str, result: Inference, latency_ms: float
+    ) -> None:
+        ids, scores = result.top_k(1)
+        early = " (early)" if result.early_exited else ""
+        lines = [
+            f"{self.labels[ids[0]]} {scores[0]:.2f}",
+            f"exit {result.exit_index}{early} {variant_id}",
+            f"{latency_ms:.1f} ms  load {self.selection_load:.2f}",
+        ]
+        overlay = self.bridge.cv2_to_imgmsg(draw_overlay(image, encoding, lines), "bgr8")
+        overlay.header = header
+        self._overlay_pub.publish(overlay)
+
+    # -- diagnostics ---------------------------------------------------------------------------
+
+    def _diagnostic_status(self) -> tuple[bytes, str, dict[str, Any]]:
+        with self._lock:
+            counts, errors = dict(self.counts), dict(self.errors)
+            latencies = np.array(self.latencies_ms) if self.latencies_ms else None
+        counts["dropped"] = self.slot.dropped
+        now = time.monotonic()
+        then, received_then, processed_then = self._rates_at
+        self._rates_at = (now, counts["received"], counts["processed"])
+        total_errors = sum(errors.values())
+        new_errors = total_errors - self._errors_reported
+        self._errors_reported = total_errors
+        if new_errors:
+            level, message = WARN, f"{new_errors} frames skipped: " + ", ".join(f"{k} {v}" for k, v in errors.items())
+        else:
+            level, message = OK, f"running {self.variant}"
+        values: dict[str, Any] = {
+            "variant": self.variant.id,
+            "backend": self.settings["backend"],
+            "input_rate_hz": (counts["received"] - received_then) / (now - then),
+            "processed_rate_hz": (counts["processed"] - processed_then) / (now - then),
+            "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies is not None else math.nan,
+            "latency_p95_ms": float(np.percentile(latencies, 95)) if latencies is not None else math.nan,
+            **{f"frames_{k}" if k in ("received", "processed", "dropped") else k: v for k, v in counts.items()},
+            "frames_skipped": total_errors,
+            **{f"skipped.{kind}": n for kind, n in errors.items()},
+        }
+        return level, message, values
+
+    def destroy_node(self) -> None:
+        self.slot.close()
+        self._worker.join(timeout=2.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    return spin_node(ElasticInference, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

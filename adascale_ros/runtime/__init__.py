@@ -1,0 +1,1 @@
+"""Camera frames to classifications: image conversion, pre-processing, elastic execution (no ROS here)."""

@@ -1,0 +1,48 @@
+"""Newest frame wins: a one-slot mailbox between the subscription callback and the inference thread."""
+
+from __future__ import annotations
+
+import threading
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class LatestSlot(Generic[T]):
+    """Holds at most one item; a new item replaces (drops) the one not yet taken.
+
+    ``put`` never blocks on the consumer, so a slow network can never build a
+    queue behind the camera: it always works on the newest frame.
+    """
+
+    def __init__(self) -> None:
+        self._item: T | None = None
+        self._closed = False
+        self._ready = threading.Condition()
+        self.dropped = 0
+
+    def put(self, item: T) -> bool:
+        """Store ``item``; returns True when it replaced an item that was never taken."""
+        with self._ready:
+            replaced = self._item is not None
+            self.dropped += replaced
+            self._item = item
+            self._ready.notify()
+            return replaced
+
+    def take(self, timeout_s: float) -> T | None:
+        """The newest item, waiting up to ``timeout_s``; None on timeout or once closed."""
+        with self._ready:
+            if self._item is None and not self._closed:
+                self._ready.wait(timeout_s)
+            item, self._item = self._item, None
+            return item
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed

@@ -1,0 +1,67 @@
+"""Camera pixels to the model card's input: the one place pre-processing happens.
+
+1. depth: mono16 is scaled to 8 bits (the model was trained on uint8 pixels);
+2. colour: to grey (ITU-R 601 luma, OpenCV's RGB2GRAY) for a 1-channel model,
+   to RGB for a 3-channel model; alpha is dropped;
+3. size: resized to the card's height x width with area interpolation
+   (INTER_AREA when shrinking, which averages whole source pixels; linear
+   when enlarging);
+4. values: x / 255, then (x - mean) / std per channel, as in training
+   (``adascale_ros.model.evaluation.Normalization``).
+
+The result is a float32 (1, C, H, W) array, the batch-1 input of both backends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+_TO_GREY = {
+    "rgb8": cv2.COLOR_RGB2GRAY,
+    "bgr8": cv2.COLOR_BGR2GRAY,
+    "rgba8": cv2.COLOR_RGBA2GRAY,
+    "bgra8": cv2.COLOR_BGRA2GRAY,
+}
+_TO_RGB = {
+    "bgr8": cv2.COLOR_BGR2RGB,
+    "rgba8": cv2.COLOR_RGBA2RGB,
+    "bgra8": cv2.COLOR_BGRA2RGB,
+    "mono8": cv2.COLOR_GRAY2RGB,
+}
+
+
+class Preprocessor:
+    def __init__(self, channels: int, height: int, width: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        if channels not in (1, 3) or len(mean) != channels or len(std) != channels:
+            raise ValueError(f"unsupported model input: {channels} channels, mean {mean}, std {std}")
+        self.channels, self.height, self.width = channels, height, width
+        # Folded into one multiply-add: (x / 255 - mean) / std = x * scale + shift.
+        std_array = np.asarray(std, np.float32)
+        self._scale = (1.0 / (255.0 * std_array)).reshape(-1, 1, 1)
+        self._shift = (-np.asarray(mean, np.float32) / std_array).reshape(-1, 1, 1)
+
+    @classmethod
+    def from_card(cls, card: dict) -> Preprocessor:
+        shape, norm = card["input"], card["normalization"]
+        return cls(shape["channels"], shape["height"], shape["width"], norm["mean"], norm["std"])
+
+    def to_uint8(self, image: np.ndarray, encoding: str) -> np.ndarray:
+        """Steps 1-2: 8-bit pixels in the model's colour space, (H, W) grey or (H, W, 3) RGB."""
+        if encoding == "mono16":
+            image, encoding = (image >> 8).astype(np.uint8), "mono8"
+        if self.channels == 1:
+            return image if encoding == "mono8" else cv2.cvtColor(image, _TO_GREY[encoding])
+        return image if encoding == "rgb8" else cv2.cvtColor(image, _TO_RGB[encoding])
+
+    def __call__(self, image: np.ndarray, encoding: str) -> np.ndarray:
+        pixels = self.to_uint8(image, encoding)
+        height, width = pixels.shape[:2]
+        if (height, width) != (self.height, self.width):
+            shrink = height >= self.height and width >= self.width
+            interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+            pixels = cv2.resize(pixels, (self.width, self.height), interpolation=interpolation)
+        chw = pixels[np.newaxis] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        return (chw.astype(np.float32) * self._scale + self._shift)[np.newaxis]

@@ -1,0 +1,203 @@
+"""Image conversion, pre-processing, the newest-frame slot and both execution backends."""
+
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT
+from sensor_msgs.msg import CompressedImage, Image
+
+from adascale_ros.model.artifacts import load_model
+from adascale_ros.model.elastic import Variant
+from adascale_ros.model.evaluation import Normalization
+from adascale_ros.runtime.engine import ElasticEngine
+from adascale_ros.runtime.frames import LatestSlot
+from adascale_ros.runtime.images import FrameError, compressed_to_array, image_to_array
+from adascale_ros.runtime.overlay import draw_overlay
+from adascale_ros.runtime.preprocess import Preprocessor
+
+LIMIT = 1 << 20
+# A 2 x 3 RGB image with distinct pixels.
+RGB = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255]], [[10, 20, 30], [40, 50, 60], [70, 80, 90]]], np.uint8)
+
+
+def image_msg(array: np.ndarray, encoding: str, pad: int = 0, bigendian: bool = False) -> Image:
+    """An Image with rows padded by ``pad`` bytes, written in the given byte order."""
+    height, width = array.shape[:2]
+    wire = array.astype(array.dtype.newbyteorder(">" if bigendian else "<"))
+    rows = wire.reshape(height, -1).view(np.uint8).reshape(height, -1)
+    rows = np.concatenate([rows, np.full((height, pad), 0xEE, np.uint8)], axis=1)
+    return Image(
+        height=height,
+        width=width,
+        encoding=encoding,
+        is_bigendian=bigendian,
+        step=rows.shape[1],
+        data=rows.tobytes(),
+    )
+
+
+ENCODED = {
+    "rgb8": RGB,
+    "bgr8": RGB[..., ::-1],
+    "rgba8": np.dstack([RGB, np.full(RGB.shape[:2], 7, np.uint8)]),
+    "bgra8": np.dstack([RGB[..., ::-1], np.full(RGB.shape[:2], 7, np.uint8)]),
+    "mono8": np.array([[0, 128, 255], [1, 2, 3]], np.uint8),
+    "mono16": np.array([[0, 0x1234, 0xFFFF], [256, 512, 1024]], np.uint16),
+}
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODED))
+@pytest.mark.parametrize("pad", [0, 3])
+def test_every_encoding_converts_to_its_pixels(encoding, pad):
+    expected = np.ascontiguousarray(ENCODED[encoding])
+    array, got_encoding = image_to_array(image_msg(expected, encoding, pad), LIMIT)
+    assert got_encoding == encoding and array.dtype == expected.dtype
+    np.testing.assert_array_equal(array, expected)
+
+
+def test_big_endian_mono16():
+    expected = ENCODED["mono16"]
+    array, _ = image_to_array(image_msg(expected, "mono16", pad=2, bigendian=True), LIMIT)
+    np.testing.assert_array_equal(array, expected)
+
+
+@pytest.mark.parametrize(
+    "change, kind",
+    [
+        (dict(encoding="yuv422"), "encoding"),
+        (dict(encoding="32FC1"), "encoding"),
+        (dict(step=5), "step"),  # less than 3 pixels x 3 bytes
+        (dict(data=bytes(10)), "size"),  # truncated
+        (dict(height=0, data=b""), "size"),
+        (dict(height=2000, width=2000, step=6000, data=bytes(12_000_000)), "too_large"),
+    ],
+)
+def test_malformed_images_are_rejected_by_kind(change, kind):
+    msg = image_msg(RGB, "rgb8")
+    for name, value in change.items():
+        setattr(msg, name, value)
+    with pytest.raises(FrameError) as err:
+        image_to_array(msg, LIMIT)
+    assert err.value.kind == kind
+
+
+def compressed_msg(bgr: np.ndarray, fmt: str) -> CompressedImage:
+    ok, data = cv2.imencode(f".{fmt}", bgr)
+    assert ok
+    return CompressedImage(format=fmt, data=data.tobytes())
+
+
+def test_compressed_png_is_lossless_and_jpeg_close():
+    bgr = np.ascontiguousarray(np.kron(RGB[..., ::-1], np.ones((8, 8, 1), np.uint8)))  # 16 x 24, flat blocks
+    array, encoding = compressed_to_array(compressed_msg(bgr, "png"), LIMIT, LIMIT)
+    assert encoding == "bgr8"
+    np.testing.assert_array_equal(array, bgr)
+    array, _ = compressed_to_array(compressed_msg(bgr, "jpeg"), LIMIT, LIMIT)
+    assert np.abs(array.astype(int) - bgr).mean() < 12
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    array, encoding = compressed_to_array(compressed_msg(grey, "png"), LIMIT, LIMIT)
+    assert encoding == "mono8"
+    np.testing.assert_array_equal(array, grey)
+
+
+@pytest.mark.parametrize(
+    "msg, kind",
+    [
+        (CompressedImage(format="jpeg", data=b""), "size"),
+        (CompressedImage(format="jpeg", data=b"\xff\xd8 not really a jpeg"), "decode"),
+        (CompressedImage(format="png", data=bytes(range(256)) * 4), "decode"),
+        (CompressedImage(format="tiff", data=b"II*\x00"), "format"),
+        (CompressedImage(format="png", data=bytes(LIMIT + 1)), "too_large"),
+    ],
+)
+def test_bad_compressed_frames_are_rejected_by_kind(msg, kind):
+    with pytest.raises(FrameError) as err:
+        compressed_to_array(msg, LIMIT, LIMIT)
+    assert err.value.kind == kind
+
+
+def test_preprocessing_matches_training_normalisation():
+    normalize = Normalization((0.3,), (0.4,))
+    pre = Preprocessor(1, 28, 28, normalize.mean, normalize.std)
+    digit = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    expected = normalize(torch.from_numpy(digit)[None, None]).numpy()
+    # The same picture as a 224 x 224 colour camera frame (nearest upscale, grey in R=G=B).
+    camera = np.repeat(np.kron(digit, np.ones((8, 8), np.uint8))[..., None], 3, axis=2)
+    for encoding, frame in [("mono8", digit), ("rgb8", camera), ("bgra8", cv2.cvtColor(camera, cv2.COLOR_RGB2BGRA))]:
+        x = pre(frame, encoding)
+        assert x.shape == (1, 1, 28, 28) and x.dtype == np.float32
+        np.testing.assert_allclose(x, expected, atol=1e-5)
+    # mono16 carries the same picture in its high byte.
+    np.testing.assert_allclose(pre(digit.astype(np.uint16) << 8, "mono16"), expected, atol=1e-5)
+    # A 3-channel model gets RGB in R, G, B order.
+    rgb_model = Preprocessor(3, 2, 3, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    x = rgb_model(RGB[..., ::-1].copy(), "bgr8")
+    np.testing.assert_allclose(x[0].transpose(1, 2, 0) * 255.0, RGB, atol=1e-3)
+
+
+def test_latest_slot_keeps_only_the_newest():
+    slot: LatestSlot[int] = LatestSlot()
+    assert slot.put(1) is False
+    assert slot.put(2) is True and slot.put(3) is True
+    assert slot.take(0.01) == 3 and slot.dropped == 2
+    assert slot.take(0.01) is None
+    got = []
+    consumer = threading.Thread(target=lambda: got.append(slot.take(5.0)))
+    consumer.start()
+    slot.put(4)
+    consumer.join(2.0)
+    assert got == [4]
+    slot.close()
+    assert slot.take(5.0) is None and slot.closed
+
+
+def test_overlay_is_enlarged_bgr8():
+    canvas = draw_overlay(np.zeros((28, 28), np.uint8), "mono8", ["coat 0.93", "exit 1 e1:res-fac"])
+    assert canvas.shape == (320, 320, 3) and canvas.dtype == np.uint8 and canvas.any()
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return load_model(REPO_ROOT / "models" / "default")
+
+
+def test_backends_agree_and_run_only_the_variant(default_model):
+    model = default_model
+    torch_engine = ElasticEngine(model.net, model.input_shape, "torch", threads=1)
+    onnx_engine = ElasticEngine(model.net, model.input_shape, "onnxruntime", threads=1)
+    x = np.random.default_rng(1).standard_normal((1, *model.input_shape)).astype(np.float32)
+    for variant_id in ["e0:res", "e1:dws-fac", "e2:mbc-dense-res", "e3:fac-res-dws-mbc"]:
+        variant = Variant.parse(variant_id)
+        a, b = torch_engine.run(x, variant), onnx_engine.run(x, variant)
+        assert a.exit_index == b.exit_index == variant.exit_index
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-4)
+        with torch.inference_mode():
+            reference = torch.softmax(model.net(torch.from_numpy(x), variant), dim=1)[0].numpy()
+        np.testing.assert_allclose(a.probabilities, reference, atol=1e-5)
+    with pytest.raises(ValueError, match="no exit 7"):
+        onnx_engine.check_variant("e7:res-res-res-res-res-res-res-res")
+    with pytest.raises(ValueError, match="malformed"):
+        onnx_engine.check_variant("e1:res/fac")
+
+
+def test_confidence_early_exit(default_model):
+    model = default_model
+    engine = ElasticEngine(model.net, model.input_shape, "torch", threads=1)
+    variant = Variant.parse("e3:res-mbc-fac-fac")
+    x = np.random.default_rng(2).standard_normal((1, *model.input_shape)).astype(np.float32)
+    full = engine.run(x, variant)
+    assert full.exit_index == 3 and not full.early_exited
+    # Threshold 0: the first exit on the path always answers.
+    first = engine.run(x, variant, early_exit_threshold=0.0)
+    assert first.exit_index == 0 and first.early_exited
+    with torch.inference_mode():
+        exit0 = torch.softmax(model.net(torch.from_numpy(x), Variant(0, ("res",))), dim=1)[0].numpy()
+    np.testing.assert_allclose(first.probabilities, exit0, atol=1e-5)
+    # Just above exit 0's confidence, exit 0 may not answer.
+    later = engine.run(x, variant, early_exit_threshold=float(exit0.max()) + 1e-6)
+    assert later.exit_index > 0
