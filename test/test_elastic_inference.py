@@ -1,0 +1,231 @@
+"""elastic_inference as a separate process over real DDS, fed real Fashion-MNIST test images."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import cv2
+import numpy as np
+import pytest
+from conftest import REPO_ROOT
+
+from adascale_ros.model.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_idx_split
+from adascale_ros.model.files import load_variant_table
+
+pytestmark = pytest.mark.ros
+MODULE = "adascale_ros.nodes.elastic_inference"
+CAMERA = "/test_camera/image_raw"
+SELECTION = "/test_selector/selection"
+DEFAULT_TABLE = load_variant_table(REPO_ROOT / "models" / "default")
+SIDE = 224  # camera-like frames: each 28 x 28 image enlarged 8 times
+TEST_ACCURACY = {
+    row["variant_id"]: row["accuracy"] for row in load_variant_table(REPO_ROOT / "models/default")["variants"]
+}
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    test = load_idx_split(FASHION_MNIST_DIR, "t10k", FASHION_MNIST_CLASSES)
+    return test.images[:, 0].numpy(), test.labels.numpy()
+
+
+def camera_frame(image: np.ndarray) -> np.ndarray:
+    """A grey 28 x 28 image as a 224 x 224 RGB camera frame."""
+    big = cv2.resize(image, (SIDE, SIDE), interpolation=cv2.INTER_NEAREST)
+    return cv2.cvtColor(big, cv2.COLOR_GRAY2RGB)
+
+
+class InferenceHarness:
+    def __init__(self, ros_node, start_process, compressed: bool = False, reliable: bool = False, **params):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, qos_profile_sensor_data
+        from sensor_msgs.msg import CompressedImage, Image
+
+        from adascale_msgs.msg import ElasticClassification, VariantSelection
+        from adascale_ros.nodes.common import latched_qos
+
+        args = [
+            "-m",
+            MODULE,
+            "--ros-args",
+            "-r",
+            f"~/image:={CAMERA}",
+            "-r",
+            f"~/image/compressed:={CAMERA}/compressed",
+        ]
+        args += ["-r", f"~/selection:={SELECTION}", "-p", f"input:={'compressed' if compressed else 'raw'}"]
+        if reliable:  # every frame reaches the node's callback: what is dropped, the node dropped
+            params |= {"qos_reliability": "reliable", "qos_depth": 400}
+        for name, value in params.items():
+            args += ["-p", f"{name}:={value}"]
+        self.process = start_process(args)
+        self.node = ros_node
+        self.executor = SingleThreadedExecutor(context=ros_node.context)
+        self.executor.add_node(ros_node)
+        topic, kind = (f"{CAMERA}/compressed", CompressedImage) if compressed else (CAMERA, Image)
+        self.camera = ros_node.create_publisher(
+            kind, topic, QoSProfile(depth=400) if reliable else qos_profile_sensor_data
+        )
+        self.selection = ros_node.create_publisher(VariantSelection, SELECTION, latched_qos())
+        self.results: list = []
+        ros_node.create_subscription(
+            ElasticClassification, "/elastic_inference/classification", self.results.append, 100
+        )
+        self.diagnostics: list = []
+        ros_node.create_subscription(
+            DiagnosticArray,
+            "/diagnostics",
+            lambda m: self.diagnostics.extend(s for s in m.status if s.name == "adascale: elastic_inference"),
+            10,
+        )
+        assert self.spin_until(lambda: self.camera.get_subscription_count() > 0, 30.0), "node did not come up"
+
+    def spin_until(self, condition, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if condition():
+                return True
+            self.executor.spin_once(timeout_sec=0.01)
+        return condition()
+
+    def select(self, variant_id: str) -> None:
+        from adascale_msgs.msg import VariantSelection
+
+        self.selection.publish(VariantSelection(variant_id=variant_id, reason="test", load_index=0.25))
+
+    def frame(self, index: int, pixels: np.ndarray, fmt: str | None = None):
+        from sensor_msgs.msg import CompressedImage, Image
+
+        if fmt is None:
+            msg = Image(height=SIDE, width=SIDE, encoding="rgb8", step=SIDE * 3, data=pixels.tobytes())
+        else:
+            ok, data = cv2.imencode(f".{fmt}", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+            assert ok
+            msg = CompressedImage(format=fmt, data=data.tobytes())
+        msg.header.frame_id = str(index)
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        return msg
+
+    def classify(self, msg, timeout_s: float = 3.0):
+        """Publish one frame and wait for its result (lockstep, so no frame is dropped)."""
+        wanted = msg.header.frame_id
+        for _ in range(3):  # best effort: a frame can be lost; send it again
+            self.camera.publish(msg)
+            if self.spin_until(lambda: self.results and self.results[-1].header.frame_id == wanted, timeout_s):
+                return self.results[-1]
+        raise AssertionError(f"no classification for frame {wanted}")
+
+    def diagnostic_values(self) -> dict[str, str]:
+        return {kv.key: kv.value for kv in self.diagnostics[-1].values} if self.diagnostics else {}
+
+
+def run_stream(harness, images, labels, variant_id, count, fmt=None):
+    harness.select(variant_id)
+    # The selection is in force once a frame is answered by it (discovery takes a moment).
+    probe = harness.frame(-1, camera_frame(images[0]), fmt)
+    assert harness.spin_until(lambda: harness.classify(probe).variant_id == variant_id, 10.0)
+    correct = 0
+    for i in range(count):
+        result = harness.classify(harness.frame(i, camera_frame(images[i]), fmt))
+        assert result.variant_id == variant_id and not result.early_exited
+        correct += result.class_ids[0] == labels[i]
+    accuracy = correct / count
+    print(f"{variant_id} over {count} {fmt or 'raw'} frames: {accuracy:.4f} (table {TEST_ACCURACY[variant_id]:.4f})")
+    return accuracy
+
+
+def test_raw_stream_reaches_the_table_accuracy(ros_node, start_process, test_images):
+    images, labels = test_images
+    harness = InferenceHarness(ros_node, start_process)
+    variant = "e3:res-mbc-fac-fac"
+    accuracy = run_stream(harness, images, labels, variant, 1000)
+    assert abs(accuracy - TEST_ACCURACY[variant]) <= 0.02
+    last = harness.results[-1]
+    assert last.header.frame_id == "999" and last.exit_index == 3
+    assert len(last.class_ids) == len(last.labels) == len(last.scores) == 3
+    assert last.labels[0] == FASHION_MNIST_CLASSES[last.class_ids[0]]
+    assert list(last.scores) == sorted(last.scores, reverse=True) and 0.0 < last.scores[0] <= 1.0
+    assert last.latency_ms > 0.0 and math.isfinite(last.age_ms) and last.age_ms >= last.latency_ms - 1.0
+
+
+def test_compressed_stream_reaches_the_table_accuracy(ros_node, start_process, test_images):
+    images, labels = test_images
+    harness = InferenceHarness(ros_node, start_process, compressed=True, backend="torch")
+    variant = "e1:res-fac"
+    accuracy = run_stream(harness, images[1000:], labels[1000:], variant, 400, fmt="jpeg")
+    assert abs(accuracy - TEST_ACCURACY[variant]) <= 0.02
+
+
+def test_follows_selections_and_publishes_an_overlay(ros_node, start_process, test_images):
+    from sensor_msgs.msg import Image
+
+    images, _ = test_images
+    harness = InferenceHarness(ros_node, start_process)
+    overlays: list = []
+    ros_node.create_subscription(Image, "/elastic_inference/overlay", overlays.append, 10)
+    frames = iter(range(10_000))
+
+    def answer() -> str:
+        i = next(frames)
+        return harness.classify(harness.frame(i, camera_frame(images[i]))).variant_id
+
+    # Before any selection: the safe default (fewest FLOPs).
+    assert answer() == "e2:dws-dws-dws"
+    harness.select("e0:res")
+    assert harness.spin_until(lambda: answer() == "e0:res", 5.0)
+    harness.select("e3:dense-dense-dense-dense")
+    assert harness.spin_until(lambda: answer() == "e3:dense-dense-dense-dense", 5.0)
+    # An unknown id is refused; the variant in force stays.
+    harness.select("e9:warp")
+    time.sleep(0.5)
+    assert all(answer() == "e3:dense-dense-dense-dense" for _ in range(5))
+    assert harness.spin_until(lambda: harness.diagnostic_values().get("rejected_selections") == "1", 5.0)
+    assert harness.spin_until(lambda: overlays, 5.0), "no overlay while subscribed"
+    assert overlays[-1].encoding == "bgr8" and overlays[-1].width >= 320
+
+
+def test_malformed_burst_and_flood_leave_the_node_serving(ros_node, start_process, test_images):
+    from sensor_msgs.msg import Image
+
+    images, labels = test_images
+    harness = InferenceHarness(ros_node, start_process, reliable=True, max_image_pixels=100_000)
+    rng = np.random.default_rng(0)
+    bad = [
+        Image(height=224, width=224, encoding="rgb8", step=672, data=bytes(1000)),  # truncated
+        Image(height=224, width=224, encoding="rgb8", step=100, data=bytes(22400)),  # step < row
+        Image(height=4, width=4, encoding="yuv422", step=8, data=bytes(32)),  # unsupported
+        Image(height=0, width=0, encoding="mono8", step=0, data=b""),  # empty
+        Image(height=400, width=400, encoding="mono8", step=400, data=bytes(160_000)),  # over the limit
+    ]
+    for i in range(300):
+        msg = (
+            bad[i % len(bad)]
+            if i % 7
+            else Image(
+                height=int(rng.integers(1, 64)), width=int(rng.integers(1, 64)), encoding="mono16", step=3, data=b"x"
+            )
+        )
+        harness.camera.publish(msg)
+        harness.spin_until(lambda: False, 0.002)
+    # The next good frame is classified correctly.
+    result = harness.classify(harness.frame(0, camera_frame(images[0])))
+    assert result.class_ids[0] == labels[0]
+    assert harness.spin_until(lambda: int(harness.diagnostic_values().get("frames_skipped", 0)) >= 50, 5.0)
+    skipped = harness.diagnostic_values()
+    print("after the malformed burst:", {k: v for k, v in skipped.items() if k.startswith(("frames", "skipped"))})
+    assert {"skipped.size", "skipped.step", "skipped.encoding", "skipped.too_large"} <= set(skipped)
+
+    # A flood faster than inference: older frames are dropped, never queued.
+    good = harness.frame(1, camera_frame(images[1]))
+    for _ in range(300):
+        harness.camera.publish(good)
+    harness.spin_until(lambda: False, 2.0)
+    values = harness.diagnostic_values()
+    print("after the flood:", {k: v for k, v in values.items() if k.startswith("frames")})
+    assert int(values["frames_dropped"]) > 0
+    assert int(values["frames_processed"]) < int(values["frames_received"])
+    assert harness.process.poll() is None
+    harness.process.terminate()
+    assert harness.process.wait(5) == 0
