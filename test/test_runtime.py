@@ -201,3 +201,16 @@ def test_confidence_early_exit(default_model):
     # Just above exit 0's confidence, exit 0 may not answer.
     later = engine.run(x, variant, early_exit_threshold=float(exit0.max()) + 1e-6)
     assert later.exit_index > 0
+
+
+def test_inference_benchmark_times_both_backends_per_exit(default_model):
+    from adascale_ros.model.files import load_variant_table
+    from adascale_ros.runtime.benchmark import bench_inference, format_report
+
+    report = bench_inference(default_model, load_variant_table(REPO_ROOT / "models" / "default"), repeats=4, rounds=2)
+    assert [row["exit"] for row in report["exits"]] == [0, 1, 2, 3]
+    for row in report["exits"]:
+        for backend in ("torch", "onnxruntime"):
+            assert 0 < row[backend]["min_ms"] <= row[backend]["median_ms"] <= row[backend]["p90_ms"]
+        assert row["onnx_speedup"] > 0
+    assert "speedup" in format_report(report)

@@ -112,6 +112,20 @@ def _cmd_bench_selector(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_inference(args: argparse.Namespace) -> int:
+    import json
+
+    from adascale_ros.bringup import default_model_dir
+    from adascale_ros.model.artifacts import load_model
+    from adascale_ros.model.files import load_variant_table
+    from adascale_ros.runtime.benchmark import bench_inference, format_report
+
+    model_dir = args.model_dir or default_model_dir()
+    report = bench_inference(load_model(model_dir), load_variant_table(model_dir), args.repeats, threads=args.threads)
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adascale", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -186,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--synthetic", type=int, default=10_000, help="variants in the synthetic table")
     sel.add_argument("--json", action="store_true")
     sel.set_defaults(func=_cmd_bench_selector)
+    inf = bench.add_parser("inference", help="batch-1 latency per exit: torch eager vs ONNX Runtime")
+    inf.add_argument("--model-dir", type=Path, help="default: the embedded default model")
+    inf.add_argument("--repeats", type=int, default=200, help="timed runs per exit and backend")
+    inf.add_argument("--threads", type=int, default=2, help="intra-op threads of both backends")
+    inf.add_argument("--json", action="store_true")
+    inf.set_defaults(func=_cmd_bench_inference)
     return parser
 
 
