@@ -53,6 +53,18 @@ def spin_until(node, condition: Callable[[], bool], timeout_s: float) -> bool:
         executor.remove_node(node)
 
 
+def subscribe_diagnostics(node, node_name: str) -> list:
+    """Collect, in the returned list, every /diagnostics status the named adascale node publishes."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    statuses: list = []
+    wanted = f"adascale: {node_name}"
+    node.create_subscription(
+        DiagnosticArray, "/diagnostics", lambda m: statuses.extend(s for s in m.status if s.name == wanted), 10
+    )
+    return statuses
+
+
 @pytest.fixture
 def start_process() -> Iterator[Callable[..., subprocess.Popen[str]]]:
     """Start child processes (python modules) and make sure none outlives the test."""

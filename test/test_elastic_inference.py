@@ -8,7 +8,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, subscribe_diagnostics
 
 from adascale_ros.model.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_idx_split
 from adascale_ros.model.files import load_variant_table
@@ -38,7 +38,6 @@ def camera_frame(image: np.ndarray) -> np.ndarray:
 
 class InferenceHarness:
     def __init__(self, ros_node, start_process, compressed: bool = False, reliable: bool = False, **params):
-        from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, qos_profile_sensor_data
         from sensor_msgs.msg import CompressedImage, Image
@@ -73,13 +72,7 @@ class InferenceHarness:
         ros_node.create_subscription(
             ElasticClassification, "/elastic_inference/classification", self.results.append, 100
         )
-        self.diagnostics: list = []
-        ros_node.create_subscription(
-            DiagnosticArray,
-            "/diagnostics",
-            lambda m: self.diagnostics.extend(s for s in m.status if s.name == "adascale: elastic_inference"),
-            10,
-        )
+        self.diagnostics = subscribe_diagnostics(ros_node, "elastic_inference")
         assert self.spin_until(lambda: self.camera.get_subscription_count() > 0, 30.0), "node did not come up"
 
     def spin_until(self, condition, timeout_s: float) -> bool:

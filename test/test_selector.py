@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from conftest import spin_until
+from conftest import spin_until, subscribe_diagnostics
 
 from adascale_ros.selection.benchmark import bench_selector
 from adascale_ros.selection.selector import Profile, SelectorConfig, VariantSelector
@@ -170,7 +170,6 @@ class SelectorHarness:
     """The selector node in a child process, seen from a test node."""
 
     def __init__(self, tmp_path, ros_node, start_process, **params):
-        from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.parameter_client import AsyncParameterClient
 
         from adascale_msgs.msg import VariantProfileArray
@@ -183,13 +182,7 @@ class SelectorHarness:
         self.node = ros_node
         self.process = start_process(args)
         self.profiles = ros_node.create_publisher(VariantProfileArray, PROFILES_TOPIC, 10)
-        self.diagnostics: list = []
-        ros_node.create_subscription(
-            DiagnosticArray,
-            "/diagnostics",
-            lambda m: self.diagnostics.extend(s for s in m.status if s.name == "adascale: selector"),
-            10,
-        )
+        self.diagnostics = subscribe_diagnostics(ros_node, "selector")
         self.params = AsyncParameterClient(ros_node, "selector")
         assert self.params.wait_for_services(timeout_sec=20.0), "selector did not come up"
 
