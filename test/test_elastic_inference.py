@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, subscribe_diagnostics
 
+from adascale_ros.bringup import CLASSIFICATION_TOPIC
 from adascale_ros.model.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_idx_split
 from adascale_ros.model.files import load_variant_table
 
@@ -69,9 +70,7 @@ class InferenceHarness:
         )
         self.selection = ros_node.create_publisher(VariantSelection, SELECTION, latched_qos())
         self.results: list = []
-        ros_node.create_subscription(
-            ElasticClassification, "/elastic_inference/classification", self.results.append, 100
-        )
+        ros_node.create_subscription(ElasticClassification, CLASSIFICATION_TOPIC, self.results.append, 100)
         self.diagnostics = subscribe_diagnostics(ros_node, "elastic_inference")
         assert self.spin_until(lambda: self.camera.get_subscription_count() > 0, 30.0), "node did not come up"
 

@@ -177,16 +177,17 @@ class ElasticInference(Node):
             self.errors[kind] = self.errors.get(kind, 0) + 1
         self.get_logger().warning(f"frame skipped ({kind}): {message}", throttle_duration_sec=2.0)
 
-    def _decode(self, msg: Any) -> tuple[np.ndarray, str]:
-        limit = int(self.settings["max_image_pixels"])
+    @staticmethod
+    def _decode(msg: Any, settings: dict[str, Any]) -> tuple[np.ndarray, str]:
+        limit = int(settings["max_image_pixels"])
         if isinstance(msg, CompressedImage):
-            return compressed_to_array(msg, limit, int(self.settings["max_compressed_bytes"]))
+            return compressed_to_array(msg, limit, int(settings["max_compressed_bytes"]))
         return image_to_array(msg, limit)
 
     def _process(self, msg: Any) -> None:
         settings, variant = self.settings, self.variant
         start = time.perf_counter()
-        image, encoding = self._decode(msg)
+        image, encoding = self._decode(msg, settings)
         x = self.preprocess(image, encoding)
         threshold = float(settings["early_exit_threshold"]) or math.inf
         result = self.engine.run(x, variant, threshold)

@@ -136,7 +136,7 @@ class Selector(Node):
     def _diagnostic_status(self) -> tuple[bytes, str, dict[str, Any]]:
         now = self._now_s()
         selection = self.core.in_force
-        latest = max((p.received_s for p in (self.core.current, self.core.forecast) if p), default=math.nan)
+        latest = self.core.last_profile_s()
         if self.core.stale(now):
             level, message = WARN, f"profiles stale ({now - latest:.1f} s old): keeping the last table"
         elif self.profiles_received == 0:

@@ -16,6 +16,21 @@ class Timing:
     samples: int
 
 
+def quantile(ordered: list[float], q: float) -> float:
+    """The sample at quantile ``q`` of an ascending, non-empty list (nearest rank below)."""
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summarize(samples_ms: list[float]) -> Timing:
+    ordered = sorted(samples_ms)
+    return Timing(
+        median_ms=statistics.median(ordered),
+        p90_ms=quantile(ordered, 0.9),
+        min_ms=ordered[0],
+        samples=len(ordered),
+    )
+
+
 def time_call(fn: Callable[[], object], repeats: int = 50, warmup: int = 5) -> Timing:
     """Run ``fn`` ``warmup`` times unmeasured, then time ``repeats`` runs."""
     if repeats < 1:
@@ -27,10 +42,4 @@ def time_call(fn: Callable[[], object], repeats: int = 50, warmup: int = 5) -> T
         start = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - start) * 1e3)
-    samples.sort()
-    return Timing(
-        median_ms=statistics.median(samples),
-        p90_ms=samples[min(len(samples) - 1, int(0.9 * len(samples)))],
-        min_ms=samples[0],
-        samples=len(samples),
-    )
+    return summarize(samples)

@@ -8,7 +8,6 @@ part of every frame's latency whatever the backend.
 
 from __future__ import annotations
 
-import statistics
 import time
 from typing import Any
 
@@ -17,16 +16,17 @@ import numpy as np
 from adascale_ros.model.artifacts import LoadedModel
 from adascale_ros.model.elastic import Variant
 from adascale_ros.model.pipeline import best_per_exit
+from adascale_ros.profiling.timing import summarize
 from adascale_ros.runtime.engine import BACKENDS, ElasticEngine
 from adascale_ros.runtime.preprocess import Preprocessor
 
 
 def _summary(samples_ms: list[float]) -> dict[str, float]:
-    ordered = sorted(samples_ms)
+    timing = summarize(samples_ms)
     return {
-        "median_ms": round(statistics.median(ordered), 4),
-        "p90_ms": round(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], 4),
-        "min_ms": round(ordered[0], 4),
+        "median_ms": round(timing.median_ms, 4),
+        "p90_ms": round(timing.p90_ms, 4),
+        "min_ms": round(timing.min_ms, 4),
     }
 
 

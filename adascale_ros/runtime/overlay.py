@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from adascale_ros.runtime.preprocess import to_8bit
+
 _TO_BGR = {
     "rgb8": cv2.COLOR_RGB2BGR,
     "rgba8": cv2.COLOR_RGBA2BGR,
@@ -17,8 +19,7 @@ MIN_WIDTH = 320
 
 
 def to_bgr8(image: np.ndarray, encoding: str) -> np.ndarray:
-    if encoding == "mono16":
-        image, encoding = (image >> 8).astype(np.uint8), "mono8"
+    image, encoding = to_8bit(image, encoding)
     return image.copy() if encoding == "bgr8" else cv2.cvtColor(image, _TO_BGR[encoding])
 
 

@@ -33,6 +33,13 @@ _TO_RGB = {
 }
 
 
+def to_8bit(image: np.ndarray, encoding: str) -> tuple[np.ndarray, str]:
+    """mono16 to mono8 (the high byte); every other supported encoding is 8-bit already."""
+    if encoding == "mono16":
+        return (image >> 8).astype(np.uint8), "mono8"
+    return image, encoding
+
+
 class Preprocessor:
     def __init__(self, channels: int, height: int, width: int, mean: Sequence[float], std: Sequence[float]) -> None:
         if channels not in (1, 3) or len(mean) != channels or len(std) != channels:
@@ -50,8 +57,7 @@ class Preprocessor:
 
     def to_uint8(self, image: np.ndarray, encoding: str) -> np.ndarray:
         """Steps 1-2: 8-bit pixels in the model's colour space, (H, W) grey or (H, W, 3) RGB."""
-        if encoding == "mono16":
-            image, encoding = (image >> 8).astype(np.uint8), "mono8"
+        image, encoding = to_8bit(image, encoding)
         if self.channels == 1:
             return image if encoding == "mono8" else cv2.cvtColor(image, _TO_GREY[encoding])
         return image if encoding == "rgb8" else cv2.cvtColor(image, _TO_RGB[encoding])

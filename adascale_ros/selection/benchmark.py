@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from adascale_ros.profiling.timing import quantile
 from adascale_ros.selection.policy import Budgets, Objective, choose, search_indexed, search_linear
 from adascale_ros.selection.tables import VariantEntry, VariantTables
 
@@ -77,11 +78,12 @@ def synthetic_workload(n: int, seed: int = 0) -> Workload:
 
 def _percentiles(samples_ns: list[int]) -> dict[str, float]:
     ordered = sorted(samples_ns)
-
-    def at(q: float) -> float:
-        return ordered[min(len(ordered) - 1, math.floor(q * len(ordered)))] / 1e3
-
-    return {"median_us": at(0.5), "p90_us": at(0.9), "p99_us": at(0.99), "min_us": ordered[0] / 1e3}
+    return {
+        "median_us": quantile(ordered, 0.5) / 1e3,
+        "p90_us": quantile(ordered, 0.9) / 1e3,
+        "p99_us": quantile(ordered, 0.99) / 1e3,
+        "min_us": ordered[0] / 1e3,
+    }
 
 
 def run_workload(workload: Workload, decisions: int = 2000, rounds: int = 10, seed: int = 0) -> dict[str, Any]:

@@ -125,10 +125,13 @@ class VariantSelector:
             return forecast, True
         return current, False
 
+    def last_profile_s(self) -> float:
+        """When the newest profile (current or forecast load) arrived; NaN before any."""
+        return max((p.received_s for p in (self.current, self.forecast) if p is not None), default=math.nan)
+
     def stale(self, now_s: float) -> bool:
-        """True once profiles were received but none within the timeout."""
-        latest = max((p.received_s for p in (self.current, self.forecast) if p is not None), default=None)
-        return latest is not None and now_s - latest > self.config.profile_timeout_s
+        """True once profiles were received but none within the timeout (NaN compares false)."""
+        return now_s - self.last_profile_s() > self.config.profile_timeout_s
 
     def _decide(self, now_s: float, force_publish: bool = False) -> Selection | None:
         profile, is_forecast = self.acting_profile(now_s)
