@@ -108,13 +108,17 @@ def run_graph(
 ) -> int:
     """Run the graph until interrupted or ``duration_s``; return the exit code."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.signals import SignalHandlerOptions
 
     from adascale_msgs.msg import ResourceState, VariantSelection
     from adascale_ros.nodes.common import latched_qos
 
     graph = GraphProcesses(specs, params_file, log_level)
-    rclpy.init()  # installs SIGINT/SIGTERM handlers that end the loop below
+    # The runner handles SIGINT/SIGTERM itself: a flag ends the loop below, so the
+    # context is never shut down under a spin_once in progress.
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("adascale_run")
     latest: deque[ResourceState] = deque(maxlen=1)
     node.create_subscription(ResourceState, RESOURCE_STATE_TOPIC, lambda m: latest.append(m), 10)
@@ -125,7 +129,7 @@ def run_graph(
     deadline = math.inf if duration_s is None else time.monotonic() + duration_s
     next_status = time.monotonic() + status_period_s
     try:
-        while rclpy.ok() and time.monotonic() < deadline:
+        while not stop.is_set() and time.monotonic() < deadline:
             rclpy.spin_once(node, timeout_sec=0.1)
             failed = graph.exited()
             if failed:
@@ -136,12 +140,12 @@ def run_graph(
                     print(status_line(latest[-1], selection[-1] if selection else None), flush=True)
                 else:
                     print("waiting for the first resource state ...", flush=True)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
     finally:
         codes = graph.stop()
         node.destroy_node()
         rclpy.try_shutdown()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     if failed:
         print(f"stopped: node(s) exited early: {failed}", file=sys.stderr)
         return 1
