@@ -54,7 +54,9 @@ PARAMETERS: dict[str, Param] = {
     "model_dir": Param("", "Model directory; empty: the embedded default model.", read_only=True),
     "input": Param("raw", "raw: Image on ~/image; compressed: CompressedImage on ~/image/compressed.", True),
     "backend": Param("onnxruntime", "onnxruntime (fast path) or torch (reference).", read_only=True),
-    "threads": Param(2, "Intra-op threads of the backend (>= 1).", read_only=True),
+    "threads": Param(
+        1, "Intra-op threads of the backend (>= 1); more rarely pays for batch-1 modules this small.", read_only=True
+    ),
     "qos_depth": Param(1, "Image subscription history depth (>= 1).", read_only=True),
     "qos_reliability": Param("best_effort", "Image subscription reliability: best_effort or reliable.", read_only=True),
     "early_exit_threshold": Param(0.0, "Answer at an earlier exit whose top score >= this, in [0, 1]; 0: off."),

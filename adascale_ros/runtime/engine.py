@@ -132,7 +132,7 @@ class OnnxBackend:
         return self._heads[index].run(None, {"x": x})[0][0]
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max())
     return shifted / shifted.sum()
 
@@ -166,7 +166,7 @@ class ElasticEngine:
             features = self.backend.stage(stage, op, features)
             if stage < last and early_exit_threshold > 1.0:
                 continue
-            probabilities = _softmax(self.backend.head(stage, features))
+            probabilities = softmax(self.backend.head(stage, features))
             if stage == last or probabilities.max() >= early_exit_threshold:
                 return Inference(stage, stage < last, probabilities)
         raise AssertionError("unreachable: the loop returns at the variant's exit")

@@ -97,6 +97,72 @@ def _cmd_compare_training(args: argparse.Namespace) -> int:
     return 0 if report["results"] else 1
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from adascale_ros.profiling.calibrate import REPORT, CalibrateOptions, calibrate_model
+    from adascale_ros.tools.stress import stop_on_sigterm
+
+    options = CalibrateOptions(
+        quick=args.quick,
+        seconds_per_level=args.seconds_per_level,
+        backend=args.backend,
+        threads=args.threads,
+        energy_profile=args.energy_profile,
+        refit=args.refit,
+    )
+    with stop_on_sigterm():
+        _, report = calibrate_model(args.model_dir, options, progress=not args.no_progress)
+    print((args.model_dir / f"{REPORT}.md").read_text(), end="")
+    timing = report["prediction_ms"]
+    print(f"predicting all {timing['variants']} variants at two loads: median {timing['median_ms']} ms")
+    return 0
+
+
+def _predictor_state(predictor, args: argparse.Namespace):  # noqa: ANN001, ANN202
+    import numpy as np
+
+    from adascale_ros.profiling.predictor import state_vector
+
+    given = {
+        "cpu_util": args.cpu_util,
+        "load_index": args.load_index,
+        "mem_available_mb": args.mem_available_mb,
+        "cpu_freq_mhz": args.cpu_freq_mhz,
+    }
+    if not 0.0 <= args.load_index <= 1.0:
+        raise ValueError(f"--load-index must be in [0, 1], got {args.load_index}")
+    state = state_vector({k: v for k, v in given.items() if v is not None})
+    if args.cpu_util is None:  # only a load index: the calibration's typical state at that load
+        state = predictor.at_load(np.where(np.isfinite(state), state, predictor.state_mean), args.load_index)
+    return state
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from adascale_ros.model.files import load_variant_table
+    from adascale_ros.profiling.calibrate import predictions_json
+    from adascale_ros.profiling.calibration import device_fingerprint
+    from adascale_ros.profiling.predictor import LatencyPredictor
+
+    table = load_variant_table(args.model_dir)
+    predictor = LatencyPredictor.load(args.model_dir)
+    for warning in predictor.check_against(table, device_fingerprint()):
+        print(f"adascale predict: warning: {warning}", file=sys.stderr)
+    state = _predictor_state(predictor, args)
+    text = predictions_json(predictor, state, table)
+    if args.json:
+        print(text)
+    else:
+        import json
+
+        rows = sorted(json.loads(text)["variants"], key=lambda r: r["predicted_latency_ms"])
+        print(f"{'variant':<28}{'exit':>5}{'accuracy':>10}{'latency ms':>12}{'energy mJ':>11}")
+        for r in rows[: args.limit] if args.limit else rows:
+            print(
+                f"{r['variant_id']:<28}{r['exit_index']:>5}{r['accuracy']:>10.4f}"
+                f"{r['predicted_latency_ms']:>12.4f}{r['predicted_energy_mj']:>11.4f}"
+            )
+    return 0
+
+
 def _cmd_bench_selector(args: argparse.Namespace) -> int:
     import json
 
@@ -193,6 +259,27 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--no-progress", action="store_true")
     cmp.set_defaults(func=_cmd_compare_training)
 
+    cal = sub.add_parser("calibrate", help="measure module latencies under stress-ng load and fit the predictors")
+    cal.add_argument("model_dir", type=Path)
+    cal.add_argument("--quick", action="store_true", help="two load levels, 2 s each (CI)")
+    cal.add_argument("--seconds-per-level", type=float, help="default: 20 (2 with --quick)")
+    cal.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime")
+    cal.add_argument("--threads", type=int, default=1, help="intra-op threads, as the inference node's")
+    cal.add_argument("--energy-profile", type=Path, help="default: config/energy/x86_64_generic.yaml")
+    cal.add_argument("--refit", action="store_true", help="fit again from the stored dataset; measure nothing")
+    cal.add_argument("--no-progress", action="store_true")
+    cal.set_defaults(func=_cmd_calibrate)
+
+    pre = sub.add_parser("predict", help="predicted latency and energy of every variant at a load")
+    pre.add_argument("model_dir", type=Path)
+    pre.add_argument("--load-index", type=float, required=True)
+    pre.add_argument("--cpu-util", type=float, help="default: from the load index, as calibrated")
+    pre.add_argument("--mem-available-mb", type=float)
+    pre.add_argument("--cpu-freq-mhz", type=float)
+    pre.add_argument("--limit", type=int, help="print only the N fastest")
+    pre.add_argument("--json", action="store_true")
+    pre.set_defaults(func=_cmd_predict)
+
     bench = sub.add_parser("bench", help="overhead benchmarks").add_subparsers(dest="target", required=True)
     sel = bench.add_parser("selector", help="decision time of the selector: B+ tree vs sorted array vs linear scan")
     sel.add_argument("--model-dir", type=Path, help="default: the embedded default model")
@@ -216,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:  # includes ModelLoadError and DatasetError
         print(f"adascale {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"adascale {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,209 @@
+"""``adascale calibrate``: measure a model's modules on this device, fit, store, report.
+
+Writes into the model directory:
+
+    profiler/calibration_data.json.gz   what was measured (``--refit`` fits again from it)
+    profiler/predictor.json + .npz      the auto-selected predictors
+    calibration_report.json + .md       held-out accuracy of every regressor, the auto-selected
+                                        set and the ablation without state features
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adascale_ros.model.artifacts import LoadedModel, load_model
+from adascale_ros.model.elastic import Variant
+from adascale_ros.model.files import load_variant_table, write_json
+from adascale_ros.profiling.calibration import (
+    FIXED,
+    CalibrationData,
+    CalibrationPlan,
+    ModuleCalls,
+    default_levels,
+    device_fingerprint,
+    run_calibration,
+)
+from adascale_ros.profiling.energy import EnergyProfile
+from adascale_ros.profiling.fitting import fit_and_report, report_markdown
+from adascale_ros.profiling.predictor import PREDICTOR_DIR, STATE_FEATURES, LatencyPredictor
+from adascale_ros.runtime.engine import ElasticEngine, softmax
+from adascale_ros.runtime.preprocess import Preprocessor
+
+DATA_FILE = "calibration_data.json.gz"
+REPORT = "calibration_report"
+DEFAULT_ENERGY_PROFILE = Path(__file__).resolve().parents[2] / "config" / "energy" / "x86_64_generic.yaml"
+
+
+@dataclass(frozen=True)
+class CalibrateOptions:
+    quick: bool = False
+    seconds_per_level: float | None = None  # default: 20 s, or 2 s with quick
+    backend: str = "onnxruntime"
+    threads: int = 1
+    frame_width: int = 640
+    frame_height: int = 480
+    energy_profile: Path | None = None
+    refit: bool = False  # fit again from the stored dataset, measure nothing
+    seed: int = 0
+
+
+def engine_calls(
+    model: LoadedModel, engine: ElasticEngine, frame: np.ndarray
+) -> tuple[ModuleCalls, Callable[[Variant], object]]:
+    """Zero-argument calls of every module at its real batch-1 input, and a whole-variant call.
+
+    The whole-variant call is what the inference node times per frame:
+    pre-processing of one rgb8 camera frame, then the variant. The fixed
+    module is the part of that outside the network: pre-processing and soft-max.
+    """
+    preprocess = Preprocessor.from_card(model.card)
+    backend = engine.backend
+    x = preprocess(frame, "rgb8")
+    calls: ModuleCalls = {FIXED: lambda: softmax(np.asarray(preprocess(frame, "rgb8")[0, 0, 0, :10]))}
+    features = backend.stem(x)
+    calls["stem"] = lambda: backend.stem(x)
+    for stage, blocks in enumerate(model.net.stages):
+        for op in blocks:
+            calls[f"s{stage}:{op}"] = lambda s=stage, o=op, f=features: backend.stage(s, o, f)
+        features = backend.stage(stage, next(iter(blocks)), features)
+        calls[f"exit{stage}"] = lambda s=stage, f=features: backend.head(s, f)
+
+    def run_variant(variant: Variant) -> object:
+        return engine.run(preprocess(frame, "rgb8"), variant)
+
+    return calls, run_variant
+
+
+def calibrate_model(
+    model_dir: Path, options: CalibrateOptions, progress: bool = True
+) -> tuple[LatencyPredictor, dict[str, Any]]:
+    model_dir = Path(model_dir)
+    table = load_variant_table(model_dir)
+    data_path = model_dir / PREDICTOR_DIR / DATA_FILE
+    if options.refit:
+        data = CalibrationData.load(data_path)
+    else:
+        data = measure(model_dir, options, progress)
+        data_path.parent.mkdir(parents=True, exist_ok=True)
+        data.save(data_path)
+    profile = EnergyProfile.from_yaml(options.energy_profile or DEFAULT_ENERGY_PROFILE)
+    meta = {
+        "backend": data.device["backend"],
+        "threads": data.device["threads"],
+        "frame": data.device["frame"],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "quick": data.device.get("quick", False),
+    }
+    started = time.perf_counter()
+    predictor, report = fit_and_report(data, table, profile, meta, seed=options.seed)
+    report["fit_seconds"] = round(time.perf_counter() - started, 1)
+    report["prediction_ms"] = prediction_time_ms(predictor)
+    predictor.save(model_dir)
+    write_json(model_dir / f"{REPORT}.json", _finite(report))
+    (model_dir / f"{REPORT}.md").write_text(report_markdown(report))
+    return predictor, report
+
+
+def measure(model_dir: Path, options: CalibrateOptions, progress: bool) -> CalibrationData:
+    model = load_model(model_dir)
+    engine = ElasticEngine(model.net, model.input_shape, options.backend, options.threads)
+    frame = np.random.default_rng(options.seed).integers(
+        0, 256, (options.frame_height, options.frame_width, 3), dtype=np.uint8
+    )
+    calls, run_variant = engine_calls(model, engine, frame)
+    levels = default_levels(options.quick)
+    seconds = options.seconds_per_level or (2.0 if options.quick else 20.0)
+    plan = CalibrationPlan(
+        levels=levels,
+        seconds_per_level=seconds,
+        settle_s=0.5 if options.quick else 1.0,
+        variants_per_exit=8 if options.quick else 30,
+        seed=options.seed,
+    )
+    device = {
+        **device_fingerprint(),
+        "backend": options.backend,
+        "threads": options.threads,
+        "frame": f"{options.frame_width}x{options.frame_height} rgb8",
+        "quick": options.quick,
+    }
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=round(seconds * len(levels)), unit="s", desc="calibrating", leave=False)
+
+    def advance(done_s: float) -> None:
+        if bar is not None:
+            bar.update(max(0, round(done_s) - bar.n))
+
+    try:
+        return run_calibration(plan, calls, run_variant, model.net.variants(), device, progress=advance)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def prediction_time_ms(predictor: LatencyPredictor, repeats: int = 200) -> dict[str, float]:
+    """Median and p90 time to predict every variant at the current and the forecast load [ms]."""
+    state = np.nan_to_num(predictor.state_mean, nan=0.0)
+    samples = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        states = np.vstack([state, predictor.at_load(state, 0.5 + 0.4 * (i % 2))])
+        predictor.latency_ms(states)
+        predictor.energy_mj(states[0])
+        predictor.energy_mj(states[1])
+        samples.append((time.perf_counter() - start) * 1e3)
+    ordered = sorted(samples)
+    return {
+        "variants": len(predictor.variant_ids),
+        "median_ms": round(ordered[len(ordered) // 2], 3),
+        "p90_ms": round(ordered[int(0.9 * len(ordered))], 3),
+    }
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: unknown numbers become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, np.generic):
+        return _finite(value.item())
+    return value
+
+
+def predictions_json(predictor: LatencyPredictor, state: np.ndarray, table: dict[str, Any]) -> str:
+    latency, energy = predictor.predict(state)
+    rows = {v["variant_id"]: v for v in table["variants"]}
+    return json.dumps(
+        _finite(
+            {
+                "state": dict(zip(STATE_FEATURES, state.tolist(), strict=True)),
+                "mode": predictor.mode,
+                "variants": [
+                    {
+                        "variant_id": vid,
+                        "exit_index": rows[vid]["exit_index"],
+                        "accuracy": rows[vid]["val_accuracy"],
+                        "predicted_latency_ms": round(float(latency[i]), 4),
+                        "predicted_energy_mj": round(float(energy[i]), 4),
+                    }
+                    for i, vid in enumerate(predictor.variant_ids)
+                ],
+            }
+        ),
+        indent=1,
+    )

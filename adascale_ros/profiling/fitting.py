@@ -1,0 +1,372 @@
+"""From a calibration dataset to the stored predictor and its accuracy report.
+
+Module samples are split by calibration round, so a round's readings never
+sit on both sides: rounds 0-2 of every 5 train the regressors, round 3 is the
+auto-selection's, round 4 scores modules. Whole variants, measured end to
+end, are split by variant: one half fits and chooses the variant mode
+(additive or scaled), the other half is held out for the report.
+
+A single batch-1 timing on a shared machine varies by tens of percent from
+one tenth of a second to the next (host noise moves every module together),
+so the ground truth is measured as nn-Meter does: per variant and load level,
+the median over all its timings. The report scores those against the sum of
+the predicted modules at the median state: share within +-10 %, RMSE and R^2,
+at idle and under load, for every regressor family alone, for the
+auto-selected set and for the auto-selected set without the measured state
+features (the ablation).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from adascale_ros.model.elastic import Variant
+from adascale_ros.profiling.calibration import CalibrationData, ModuleInfo, module_infos, variant_module_keys
+from adascale_ros.profiling.energy import EnergyProfile, cache_hit_rate, fit_power_coefficients
+from adascale_ros.profiling.predictor import STATE_FEATURES, LatencyPredictor, table_fingerprint
+from adascale_ros.profiling.regressors import REGRESSORS, Candidate, FittedRegressor, Score, auto_select
+
+TARGETS = {"idle": 0.90, "load": 0.80}
+
+
+def split_of(rounds: np.ndarray) -> dict[str, np.ndarray]:
+    part = np.asarray(rounds) % 5
+    return {"train": part <= 2, "select": part == 3, "test": part == 4}
+
+
+def _states(table: dict[str, np.ndarray]) -> np.ndarray:
+    return np.column_stack([table[f].astype(np.float64) for f in STATE_FEATURES])
+
+
+class Fitter:
+    """Everything derived from one calibration dataset and one model's variant table."""
+
+    def __init__(self, data: CalibrationData, variants_table: dict[str, Any], seed: int = 0) -> None:
+        self.data, self.variants_table, self.seed = data, variants_table, seed
+        infos = module_infos(variants_table)
+        self.modules = data.table("modules")
+        self.variant_samples = data.table("variants")
+        self.module_keys = [k for k in infos if k in set(self.modules["key"])]
+        self.infos: dict[str, ModuleInfo] = {k: infos[k] for k in self.module_keys}
+        self.kinds = sorted({info.kind for info in self.infos.values()})
+        states = _states(self.modules)
+        self.state_mean = np.array([np.nanmean(c) if np.isfinite(c).any() else math.nan for c in states.T])
+        self.variant_ids = [v["variant_id"] for v in variants_table["variants"]]
+        column = {k: i for i, k in enumerate(self.module_keys)}
+        self.incidence = np.zeros((len(self.variant_ids), len(self.module_keys)))
+        for row, variant_id in enumerate(self.variant_ids):
+            for key in variant_module_keys(Variant.parse(variant_id)):
+                self.incidence[row, column[key]] = 1.0
+        self.module_split = split_of(self.modules["round"])
+        # Half of the ground-truth variants are held out for the report; the other half fits and
+        # chooses the variant mode. Module samples are split by calibration round.
+        measured = sorted(set(self.variant_samples["variant_id"]))
+        np.random.default_rng(seed).shuffle(measured)
+        self.held_out = np.isin(self.variant_samples["variant_id"], measured[::2])
+        idle_levels = {level["name"] for level in data.levels if level["idle"]}
+        self.variant_idle = np.isin(self.variant_samples["level"], list(idle_levels))
+
+    def _impute(self, states: np.ndarray) -> np.ndarray:
+        return np.where(np.isfinite(states), states, np.nan_to_num(self.state_mean, nan=0.0))
+
+    def features(self, mask: np.ndarray, use_state: bool) -> np.ndarray:
+        feats = np.array([self.infos[k].features() for k in self.modules["key"][mask]])
+        if use_state:
+            feats = np.hstack([feats, self._impute(_states(self.modules)[mask])])
+        return feats
+
+    def kind_mask(self, kind: str) -> np.ndarray:
+        keys = [k for k, info in self.infos.items() if info.kind == kind]
+        return np.isin(self.modules["key"], keys)
+
+    # -- regressors -----------------------------------------------------------------------------
+
+    def fit_kind(self, kind: str, family: str, use_state: bool) -> tuple[FittedRegressor, Candidate, Score]:
+        """Fit one family on one module kind: the fitted model, its selection-split candidate, its test score."""
+        of_kind = self.kind_mask(kind)
+        split = self.module_split
+        y = self.modules["latency_ms"].astype(np.float64)
+        train = of_kind & split["train"]
+        regressor = FittedRegressor.fit(family, self.features(train, use_state), y[train], self.seed)
+        scores = {}
+        for part in ("select", "test"):
+            mask = of_kind & split[part]
+            scores[part] = Score.of(regressor.predict(self.features(mask, use_state)), y[mask])
+        # One prediction call in the node: every module of this kind at the current and forecast state.
+        modules_of_kind = sum(info.kind == kind for info in self.infos.values())
+        probe = self.features(of_kind & split["train"], use_state)[: 2 * modules_of_kind]
+        candidate = Candidate(family, scores["select"], regressor.predict_us(probe), regressor.stored_bytes)
+        return regressor, candidate, scores["test"]
+
+    def predictor(self, regressors: dict[str, FittedRegressor], use_state: bool) -> LatencyPredictor:
+        throughput = self.data.device["throughput"]
+        flops = np.array([v["flops"] for v in self.variants_table["variants"]], np.float64)
+        memory = np.array([v["memory_accesses"] for v in self.variants_table["variants"]], np.float64)
+        return LatencyPredictor(
+            module_keys=self.module_keys,
+            module_kinds=[self.infos[k].kind for k in self.module_keys],
+            module_features=np.array([self.infos[k].features() for k in self.module_keys]),
+            module_memory=np.array([self.infos[k].memory_accesses for k in self.module_keys], np.float64),
+            regressors=regressors,
+            use_state=use_state,
+            state_mean=self.state_mean,
+            variant_ids=self.variant_ids,
+            incidence=self.incidence,
+            theoretical_ms=flops / (throughput["gflops"] * 1e6) + memory / (throughput["copy_gbs"] * 1e6),
+        )
+
+    def variant_groups(self, mask: np.ndarray) -> list[tuple[str, bool, float, np.ndarray]]:
+        """Whole-variant ground truth as nn-Meter measures it: per variant and load level, the median
+        latency of its samples, with the median of their states: (variant_id, idle, latency_ms, state)."""
+        samples = self.variant_samples
+        states = _states(samples)
+        groups = []
+        for variant_id, level in sorted(
+            {(v, lv) for v, lv in zip(samples["variant_id"][mask], samples["level"][mask], strict=True)}
+        ):
+            mine = mask & (samples["variant_id"] == variant_id) & (samples["level"] == level)
+            state = np.array([np.nanmedian(c) if np.isfinite(c).any() else math.nan for c in states[mine].T])
+            idle = bool(self.variant_idle[mine][0])
+            groups.append((variant_id, idle, float(np.median(samples["latency_ms"][mine])), state))
+        return groups
+
+    def variant_predictions(
+        self, predictor: LatencyPredictor, groups: list[tuple[str, bool, float, np.ndarray]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted, measured) latency of each ground-truth group, predicted at the group's state."""
+        if not groups:
+            return np.empty(0), np.empty(0)
+        rows = np.array([predictor.variant_index(g[0]) for g in groups], np.int64)
+        latency = predictor.latency_ms(np.vstack([g[3] for g in groups]))
+        return latency[np.arange(len(groups)), rows], np.array([g[2] for g in groups])
+
+    def variant_scores(self, predictor: LatencyPredictor) -> dict[str, Any]:
+        """Scores on the held-out half of the ground-truth variants, at idle and under load."""
+        groups = self.variant_groups(self.held_out)
+        out = {}
+        for name, idle in (("idle", True), ("load", False)):
+            predicted, measured = self.variant_predictions(predictor, [g for g in groups if g[1] == idle])
+            out[name] = asdict(Score.of(predicted, measured))
+        return out
+
+    def choose_mode(self, predictor: LatencyPredictor) -> dict[str, Any]:
+        """Fit the scaled mode on the other half of the ground-truth variants; keep it if it predicts them better."""
+        groups = self.variant_groups(~self.held_out)
+        predictor.mode, predictor.scale = "additive", np.array([1.0, 0.0, 0.0])
+        additive, measured = self.variant_predictions(predictor, groups)
+        rows = np.array([predictor.variant_index(g[0]) for g in groups], np.int64)
+        design = np.column_stack([additive, predictor.theoretical_ms[rows], np.ones_like(additive)])
+        scale, *_ = np.linalg.lstsq(design, measured, rcond=None)
+        scores = {}
+        for mode in ("additive", "scaled"):
+            predictor.mode, predictor.scale = mode, scale if mode == "scaled" else np.array([1.0, 0.0, 0.0])
+            scores[mode] = Score.of(*self.variant_predictions(predictor, groups))
+        chosen = "scaled" if scores["scaled"].within_10 > scores["additive"].within_10 else "additive"
+        predictor.mode = chosen
+        predictor.scale = scale if chosen == "scaled" else np.array([1.0, 0.0, 0.0])
+        return {
+            "chosen": chosen,
+            "scaled_coefficients": {"a_sum": scale[0], "b_theoretical": scale[1], "c_ms": scale[2]},
+            "fit_half": {mode: asdict(score) for mode, score in scores.items()},
+        }
+
+    def cpu_per_load(self) -> np.ndarray:
+        load, cpu = self.modules["load_index"].astype(float), self.modules["cpu_util"].astype(float)
+        ok = np.isfinite(load) & np.isfinite(cpu)
+        if ok.sum() < 2 or np.ptp(load[ok]) == 0:
+            return np.array([1.0, 0.0])
+        return np.polyfit(load[ok], cpu[ok], 1)
+
+    def hit_rate(self) -> np.ndarray | None:
+        cache = self.data.table("cache")
+        if not len(cache.get("key", [])):
+            return None
+        out = np.zeros((len(self.module_keys), 2))
+        for row, key in enumerate(self.module_keys):
+            mine = cache["key"] == key
+            eps = cache_hit_rate(cache["cold_ms"][mine], cache["warm_ms"][mine])
+            load = cache["load_index"][mine].astype(float)
+            if len(eps) >= 2 and np.ptp(load) > 0:
+                slope, intercept = np.polyfit(load, eps, 1)
+                out[row] = intercept, slope
+            elif len(eps):
+                out[row] = float(np.mean(eps)), 0.0
+        return out
+
+
+def _fit_set(fitter: Fitter, use_state: bool, families: list[str]) -> tuple[dict, dict, dict]:
+    """Every family on every kind, and the auto-selection per kind."""
+    fitted: dict[str, dict[str, FittedRegressor]] = {f: {} for f in families}
+    module_scores: dict[str, dict[str, Any]] = {f: {} for f in families}
+    selection: dict[str, Any] = {}
+    for kind in fitter.kinds:
+        candidates = []
+        for family in families:
+            regressor, candidate, test = fitter.fit_kind(kind, family, use_state)
+            fitted[family][kind] = regressor
+            module_scores[family][kind] = asdict(test)
+            candidates.append(candidate)
+        chosen = auto_select(candidates)
+        selection[kind] = {"chosen": chosen.family, "candidates": [asdict(c) for c in candidates]}
+    return fitted, module_scores, selection
+
+
+def fit_and_report(
+    data: CalibrationData,
+    variants_table: dict[str, Any],
+    profile: EnergyProfile | None,
+    meta: dict[str, Any],
+    families: list[str] | None = None,
+    seed: int = 0,
+) -> tuple[LatencyPredictor, dict[str, Any]]:
+    """Fit every regressor family, auto-select per module kind, choose the variant mode, build the report."""
+    families = families or list(REGRESSORS)
+    fitter = Fitter(data, variants_table, seed)
+    fitted, module_scores, selection = _fit_set(fitter, True, families)
+
+    per_family = {}
+    for family in families:
+        predictor = fitter.predictor(fitted[family], use_state=True)
+        fitter.choose_mode(predictor)
+        per_family[family] = {
+            "modules": module_scores[family],
+            "variant_mode": predictor.mode,
+            "variants": fitter.variant_scores(predictor),
+        }
+
+    chosen = {kind: fitted[s["chosen"]][kind] for kind, s in selection.items()}
+    predictor = fitter.predictor(chosen, use_state=True)
+    mode = fitter.choose_mode(predictor)
+    auto_scores = fitter.variant_scores(predictor)
+
+    ablation_fitted, _, ablation_selection = _fit_set(fitter, False, families)
+    ablation = fitter.predictor(
+        {kind: ablation_fitted[s["chosen"]][kind] for kind, s in ablation_selection.items()}, use_state=False
+    )
+    fitter.choose_mode(ablation)
+
+    predictor.cpu_per_load = fitter.cpu_per_load()
+    predictor.hit_rate = fitter.hit_rate()
+    energy_report: dict[str, Any] = {"source": "profile" if profile else "none"}
+    if profile is not None and data.energy.get("variant_id"):
+        energy_report = _fit_energy(predictor, data, profile)
+        profile = EnergyProfile(**energy_report["profile"])
+    predictor.energy_profile = profile
+    if profile is not None:
+        energy_report["profile"] = profile.to_dict()
+    predictor.meta = {**meta, "model_fingerprint": table_fingerprint(variants_table), "device": data.device}
+
+    report = {
+        "device": data.device,
+        "levels": data.levels,
+        "samples": {
+            "module": len(fitter.modules["key"]),
+            "variant": len(fitter.variant_samples["variant_id"]),
+            "held_out_groups": len(fitter.variant_groups(fitter.held_out)),
+            "variants_measured": len(set(fitter.variant_samples["variant_id"])),
+        },
+        "split": (
+            "modules by calibration round (rounds 0-2 of 5 train, 3 selects, 4 scores); whole variants: "
+            "half of the measured variants held out, scored per variant and load level (median latency)"
+        ),
+        "regressors": per_family,
+        "auto_selected": {"per_kind": selection, "variant_mode": mode, "variants": auto_scores},
+        "ablation_without_state": {
+            "per_kind": {kind: s["chosen"] for kind, s in ablation_selection.items()},
+            "variants": fitter.variant_scores(ablation),
+        },
+        "targets": {
+            name: {
+                "within_10_at_least": target,
+                "achieved": auto_scores[name]["within_10"],
+                "met": bool(auto_scores[name]["within_10"] >= target),
+            }
+            for name, target in TARGETS.items()
+        },
+        "energy": energy_report,
+        "meta": meta,
+    }
+    return predictor, report
+
+
+def _fit_energy(predictor: LatencyPredictor, data: CalibrationData, profile: EnergyProfile) -> dict[str, Any]:
+    energy = data.table("energy")
+    rows = np.array([predictor.variant_index(v) for v in energy["variant_id"]], np.int64)
+    eps = predictor.hit_rates(float(predictor.state_mean[1]))[rows]
+    memory = (predictor.incidence @ predictor.module_memory)[rows]
+    source = str(data.device.get("power_source", "power sensor"))
+    fitted = fit_power_coefficients(memory, eps, energy["energy_mj"], profile, source, float(predictor.state_mean[3]))
+    predictor.energy_profile = fitted
+    predicted = predictor.energy_mj(predictor.state_mean)[rows]
+    return {"source": source, "profile": fitted.to_dict(), "fit": asdict(Score.of(predicted, energy["energy_mj"]))}
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The report as markdown tables."""
+
+    def pct(x: float) -> str:
+        return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f} %"
+
+    def num(x: float, digits: int = 3) -> str:
+        return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+    lines = [
+        "# Latency calibration report",
+        "",
+        f"Device: {report['device'].get('cpu_model', '?')} ({report['device'].get('cores')} cores), "
+        f"backend {report['meta'].get('backend')}, {report['meta'].get('threads')} threads; "
+        f"{report['samples']['module']} module samples, {report['samples']['variant']} whole-variant samples "
+        f"of {report['samples']['variants_measured']} variants over {len(report['levels'])} load levels "
+        f"({', '.join(level['name'] for level in report['levels'])}).",
+        "",
+        f"Held out: {report['split']}; {report['samples']['held_out_groups']} held-out (variant, level) pairs. "
+        "Whole-variant prediction = sum of the predicted modules at the pair's median state; accurate when "
+        "within +-10 % of the measured median latency (nn-Meter's metric).",
+        "",
+        "| predictor | idle: within 10 % | idle RMSE ms | idle R2 | load: within 10 % | load RMSE ms | load R2 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def row(name: str, scores: dict[str, Any]) -> str:
+        idle, load = scores["idle"], scores["load"]
+        return (
+            f"| {name} | {pct(idle['within_10'])} | {num(idle['rmse_ms'])} | {num(idle['r2'])} | "
+            f"{pct(load['within_10'])} | {num(load['rmse_ms'])} | {num(load['r2'])} |"
+        )
+
+    for family, entry in report["regressors"].items():
+        lines.append(row(f"{family} (all modules, {entry['variant_mode']})", entry["variants"]))
+    auto = report["auto_selected"]
+    lines.append(row(f"**auto-selected** ({auto['variant_mode']['chosen']})", auto["variants"]))
+    lines.append(row("auto-selected, no state features (ablation)", report["ablation_without_state"]["variants"]))
+    lines += ["", "Auto-selection per module kind (selection split):", ""]
+    families = list(report["regressors"])
+    lines += ["| kind | chosen | " + " | ".join(families) + " |", "|---|---|" + "---|" * len(families)]
+    for kind, entry in auto["per_kind"].items():
+        cells = [
+            f"{pct(c['score']['within_10'])}, R2 {num(c['score']['r2'], 2)}, {c['predict_us']:.0f} us, "
+            f"{c['stored_bytes'] / 1024:.1f} KiB"
+            for c in entry["candidates"]
+        ]
+        lines.append(f"| {kind} | {entry['chosen']} | " + " | ".join(cells) + " |")
+    mode = auto["variant_mode"]
+    lines += [
+        "",
+        f"Variant mode: {mode['chosen']} (on the fitting half of the measured variants, within 10 %: "
+        f"additive {pct(mode['fit_half']['additive']['within_10'])}, "
+        f"scaled {pct(mode['fit_half']['scaled']['within_10'])}).",
+        "",
+        "Targets: "
+        + "; ".join(
+            f"{name} >= {pct(t['within_10_at_least'])}: {pct(t['achieved'])} ({'met' if t['met'] else 'NOT met'})"
+            for name, t in report["targets"].items()
+        ),
+        "",
+        f"Energy coefficients: {report['energy'].get('source')}"
+        + (f" ({report['energy']['profile']['name']})" if "profile" in report["energy"] else ""),
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,260 @@
+"""Latency and energy of every variant at a device state: the profiler's predictions (numpy only).
+
+A variant's latency is the sum of its modules' predicted latencies (the
+fixed per-frame cost included; AdaptiveNet's additive model), computed for all
+variants at once as one product with the variant-by-module incidence matrix.
+In ``scaled`` mode that sum is combined with a theoretical estimate
+(FLOPs / measured GFLOP/s + bytes / measured GB/s) by coefficients fitted on
+measured whole variants; calibration keeps whichever mode predicts better.
+
+The forecast load has no per-resource readings of its own, so the state at
+another load index moves the CPU utilisation along the line fitted between
+the two in the calibration data and keeps the rest.
+
+Stored in ``<model_dir>/profiler/``: ``predictor.json`` (names, choices,
+fingerprints) and ``predictor.npz`` (arrays, read with ``allow_pickle=False``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adascale_ros.model.files import ModelLoadError, read_json, write_json
+from adascale_ros.profiling.energy import EnergyProfile, energy_mj
+from adascale_ros.profiling.regressors import REGRESSORS, FittedRegressor
+
+PREDICTOR_FORMAT = 1
+PREDICTOR_DIR = "profiler"
+STATE_FEATURES = ("cpu_util", "load_index", "mem_available_mb", "cpu_freq_mhz")
+MODES = ("additive", "scaled")
+
+
+def table_fingerprint(variants_table: dict[str, Any]) -> str:
+    """Identifies the network a predictor was calibrated for: its module table and variant ids."""
+    content = {"modules": variants_table["modules"], "variants": [v["variant_id"] for v in variants_table["variants"]]}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def state_vector(state: dict[str, float]) -> np.ndarray:
+    return np.array([float(state.get(f, math.nan)) for f in STATE_FEATURES], np.float64)
+
+
+@dataclass
+class LatencyPredictor:
+    module_keys: list[str]
+    module_kinds: list[str]
+    module_features: np.ndarray  # (K, F) sampling parameters
+    module_memory: np.ndarray  # (K,) memory accesses [bytes]
+    regressors: dict[str, FittedRegressor]  # by module kind
+    use_state: bool
+    state_mean: np.ndarray  # (4,) stands in for unknown (NaN) readings
+    variant_ids: list[str]
+    incidence: np.ndarray  # (V, K) 1 where the variant runs the module
+    theoretical_ms: np.ndarray  # (V,)
+    mode: str = "additive"
+    scale: np.ndarray = field(default_factory=lambda: np.array([1.0, 0.0, 0.0]))  # a*sum + b*theory + c
+    cpu_per_load: np.ndarray = field(default_factory=lambda: np.array([1.0, 0.0]))  # cpu = s*load + i
+    hit_rate: np.ndarray | None = None  # (K, 2): eps = h0 + h1 * load_index
+    energy_profile: EnergyProfile | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        kinds = np.asarray(self.module_kinds)
+        self._by_kind = {kind: np.flatnonzero(kinds == kind) for kind in dict.fromkeys(self.module_kinds)}
+        self._index = {v: i for i, v in enumerate(self.variant_ids)}
+        self._variant_memory = self.incidence @ self.module_memory
+
+    # -- states ---------------------------------------------------------------------------------
+
+    def impute(self, states: np.ndarray) -> np.ndarray:
+        """Unknown readings (NaN) take the calibration's mean (0 where it never read one)."""
+        fill = np.nan_to_num(self.state_mean, nan=0.0)
+        return np.where(np.isfinite(states), states, fill)
+
+    def at_load(self, state: np.ndarray, load_index: float) -> np.ndarray:
+        """``state`` moved to another load index (the forecast): CPU utilisation follows the fitted line."""
+        moved = np.array(state, np.float64)
+        current = moved[1]
+        slope = self.cpu_per_load[0]
+        if math.isfinite(current) and math.isfinite(moved[0]):
+            moved[0] = min(1.0, max(0.0, moved[0] + slope * (load_index - current)))
+        else:
+            moved[0] = min(1.0, max(0.0, slope * load_index + self.cpu_per_load[1]))
+        moved[1] = load_index
+        return moved
+
+    def variant_index(self, variant_id: str) -> int:
+        try:
+            return self._index[variant_id]
+        except KeyError:
+            raise KeyError(f"unknown variant {variant_id!r}") from None
+
+    # -- predictions ----------------------------------------------------------------------------
+
+    def module_latency_ms(self, states: np.ndarray) -> np.ndarray:
+        """(S, K) latency of every module at each of S states (rows of STATE_FEATURES)."""
+        states = self.impute(np.atleast_2d(states))
+        out = np.empty((len(states), len(self.module_keys)))
+        for kind, modules in self._by_kind.items():
+            feats = np.repeat(self.module_features[modules], len(states), axis=0)
+            if self.use_state:
+                feats = np.hstack([feats, np.tile(states, (len(modules), 1))])
+            out[:, modules] = self.regressors[kind].predict(feats).reshape(len(modules), len(states)).T
+        return out
+
+    def latency_ms(self, states: np.ndarray) -> np.ndarray:
+        """(S, V) latency of every variant at each state."""
+        additive = self.module_latency_ms(states) @ self.incidence.T
+        if self.mode == "additive":
+            return additive
+        a, b, c = self.scale
+        return a * additive + b * self.theoretical_ms + c
+
+    def hit_rates(self, load_index: float) -> np.ndarray:
+        """(V,) cache-hit rate of each variant: module rates weighted by their memory accesses."""
+        if self.hit_rate is None:
+            return np.zeros(len(self.variant_ids))
+        load = load_index if math.isfinite(load_index) else float(self.state_mean[1])
+        module_eps = np.clip(self.hit_rate[:, 0] + self.hit_rate[:, 1] * np.nan_to_num(load), 0.0, 1.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            eps = (self.incidence @ (module_eps * self.module_memory)) / self._variant_memory
+        return np.nan_to_num(eps)
+
+    def energy_mj(self, state: np.ndarray) -> np.ndarray:
+        """(V,) eq. 3 energy of every variant at one state; NaN without an energy profile."""
+        if self.energy_profile is None:
+            return np.full(len(self.variant_ids), math.nan)
+        return energy_mj(self._variant_memory, self.hit_rates(float(state[1])), self.energy_profile, float(state[3]))
+
+    def predict(self, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(latency_ms, energy_mj), each (V,), at one state."""
+        return self.latency_ms(state[None, :])[0], self.energy_mj(state)
+
+    # -- storage --------------------------------------------------------------------------------
+
+    def save(self, model_dir: Path) -> Path:
+        directory = Path(model_dir) / PREDICTOR_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays = {
+            "module_features": self.module_features,
+            "module_memory": self.module_memory,
+            "state_mean": self.state_mean,
+            "incidence": self.incidence.astype(np.uint8),
+            "theoretical_ms": self.theoretical_ms,
+            "scale": self.scale,
+            "cpu_per_load": self.cpu_per_load,
+        }
+        if self.hit_rate is not None:
+            arrays["hit_rate"] = self.hit_rate
+        for kind, regressor in self.regressors.items():
+            arrays.update(regressor.to_arrays(f"reg.{kind}."))
+        np.savez_compressed(directory / "predictor.npz", **arrays)
+        write_json(
+            directory / "predictor.json",
+            {
+                "format_version": PREDICTOR_FORMAT,
+                "module_keys": self.module_keys,
+                "module_kinds": self.module_kinds,
+                "variant_ids": self.variant_ids,
+                "families": {kind: r.family for kind, r in self.regressors.items()},
+                "use_state": self.use_state,
+                "mode": self.mode,
+                "energy_profile": self.energy_profile.to_dict() if self.energy_profile else None,
+                "meta": self.meta,
+            },
+        )
+        return directory
+
+    @classmethod
+    def load(cls, model_dir: Path) -> LatencyPredictor:
+        """Load a stored predictor; ``ModelLoadError`` with a one-line reason when it cannot be."""
+        directory = Path(model_dir) / PREDICTOR_DIR
+        header = read_json(directory / "predictor.json")
+        if not isinstance(header, dict) or header.get("format_version") != PREDICTOR_FORMAT:
+            version = header.get("format_version") if isinstance(header, dict) else None
+            raise ModelLoadError(
+                f"{directory}/predictor.json: format {version}, expected {PREDICTOR_FORMAT}; "
+                f"re-run `adascale calibrate {model_dir}`"
+            )
+        try:
+            with np.load(directory / "predictor.npz", allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+            families = header["families"]
+            unknown = set(families.values()) - set(REGRESSORS)
+            if unknown:
+                raise ValueError(f"unknown regressor families {sorted(unknown)}")
+            regressors = {
+                kind: FittedRegressor.from_arrays(family, arrays, f"reg.{kind}.") for kind, family in families.items()
+            }
+            profile = header.get("energy_profile")
+            predictor = cls(
+                module_keys=list(header["module_keys"]),
+                module_kinds=list(header["module_kinds"]),
+                module_features=arrays["module_features"],
+                module_memory=arrays["module_memory"],
+                regressors=regressors,
+                use_state=bool(header["use_state"]),
+                state_mean=arrays["state_mean"],
+                variant_ids=list(header["variant_ids"]),
+                incidence=arrays["incidence"].astype(np.float64),
+                theoretical_ms=arrays["theoretical_ms"],
+                mode=header["mode"],
+                scale=arrays["scale"],
+                cpu_per_load=arrays["cpu_per_load"],
+                hit_rate=arrays.get("hit_rate"),
+                energy_profile=EnergyProfile(**profile) if profile else None,
+                meta=dict(header.get("meta", {})),
+            )
+            predictor.latency_ms(predictor.state_mean[None, :])  # every array has the shape it must have
+        except FileNotFoundError as exc:
+            raise ModelLoadError(f"{directory}: missing {Path(exc.filename).name}; run `adascale calibrate`") from exc
+        except (KeyError, ValueError, TypeError, IndexError, OSError, zipfile.BadZipFile) as exc:
+            raise ModelLoadError(f"{directory}: corrupt predictor ({type(exc).__name__}: {exc})") from exc
+        return predictor
+
+    def check_against(self, variants_table: dict[str, Any], device: dict[str, Any]) -> list[str]:
+        """Warnings when this predictor was built for another network or another machine."""
+        warnings = []
+        if self.meta.get("model_fingerprint") != table_fingerprint(variants_table):
+            warnings.append("predictor was calibrated for another network; predictions do not describe this model")
+        elif self.variant_ids != [v["variant_id"] for v in variants_table["variants"]]:
+            warnings.append("predictor's variant list differs from the model's")
+        calibrated_on = self.meta.get("device", {})
+        for key in ("machine", "cpu_model", "cores"):
+            if calibrated_on.get(key) != device.get(key):
+                warnings.append(
+                    f"predictor was calibrated on another machine ({key}: {calibrated_on.get(key)!r}, "
+                    f"here {device.get(key)!r}); run `adascale calibrate` on this one"
+                )
+                break
+        return warnings
+
+
+class LatencyCorrection:
+    """AdaptiveNet's latency monitor: r = measured / predicted, smoothed, applied to the next predictions."""
+
+    def __init__(self, alpha: float = 0.1, low: float = 0.25, high: float = 4.0) -> None:
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        self.alpha, self.low, self.high = alpha, low, high
+        self.ratio = 1.0
+        self.updates = 0
+
+    def update(self, measured_ms: float, predicted_ms: float) -> bool:
+        """Fold one measurement in; False (and nothing changes) for a non-finite or non-positive pair."""
+        if not (math.isfinite(measured_ms) and math.isfinite(predicted_ms) and measured_ms > 0 and predicted_ms > 0):
+            return False
+        sample = min(self.high, max(self.low, measured_ms / predicted_ms))
+        self.ratio = sample if self.updates == 0 else (1 - self.alpha) * self.ratio + self.alpha * sample
+        self.updates += 1
+        return True
