@@ -1,5 +1,6 @@
 """adascale_ros: ament_python package (also a plain pip-installable package)."""
 
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
@@ -16,7 +17,9 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
         (f"share/{PACKAGE}/config/train", glob("config/train/*.yaml")),
-        (f"share/{PACKAGE}/models/default", glob("models/default/*")),
+        (f"share/{PACKAGE}/config/energy", glob("config/energy/*.yaml")),
+        (f"share/{PACKAGE}/models/default", [f for f in glob("models/default/*") if os.path.isfile(f)]),
+        (f"share/{PACKAGE}/models/default/profiler", glob("models/default/profiler/*")),
     ],
     python_requires=">=3.10",
     # Runtime deps come from the distro on a robot (package.xml) and from
@@ -30,6 +33,7 @@ setup(
     entry_points={
         "console_scripts": [
             "resource_monitor = adascale_ros.nodes.resource_monitor:main",
+            "profiler = adascale_ros.nodes.profiler:main",
             "selector = adascale_ros.nodes.selector:main",
             "elastic_inference = adascale_ros.nodes.elastic_inference:main",
             "adascale = adascale_ros.tools.cli:main",

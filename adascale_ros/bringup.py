@@ -80,6 +80,16 @@ def node_graph(camera_topic: str = DEFAULT_CAMERA_TOPIC) -> list[NodeSpec]:
             module="adascale_ros.nodes.resource_monitor",
         ),
         NodeSpec(
+            name="profiler",
+            executable="profiler",
+            module="adascale_ros.nodes.profiler",
+            remappings=(
+                ("~/resource_state", RESOURCE_STATE_TOPIC),
+                ("~/classification", CLASSIFICATION_TOPIC),
+                ("~/profiles", PROFILES_TOPIC),
+            ),
+        ),
+        NodeSpec(
             name="selector",
             executable="selector",
             module="adascale_ros.nodes.selector",

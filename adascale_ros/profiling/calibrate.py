@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from adascale_ros.bringup import shipped_path
 from adascale_ros.model.artifacts import LoadedModel, load_model
 from adascale_ros.model.elastic import Variant
 from adascale_ros.model.files import load_variant_table, write_json
@@ -29,18 +30,17 @@ from adascale_ros.profiling.calibration import (
     CalibrationPlan,
     ModuleCalls,
     default_levels,
-    device_fingerprint,
     run_calibration,
 )
 from adascale_ros.profiling.energy import EnergyProfile
 from adascale_ros.profiling.fitting import fit_and_report, report_markdown
-from adascale_ros.profiling.predictor import PREDICTOR_DIR, STATE_FEATURES, LatencyPredictor
+from adascale_ros.profiling.predictor import PREDICTOR_DIR, STATE_FEATURES, LatencyPredictor, device_fingerprint
 from adascale_ros.runtime.engine import ElasticEngine, softmax
 from adascale_ros.runtime.preprocess import Preprocessor
 
 DATA_FILE = "calibration_data.json.gz"
 REPORT = "calibration_report"
-DEFAULT_ENERGY_PROFILE = Path(__file__).resolve().parents[2] / "config" / "energy" / "x86_64_generic.yaml"
+DEFAULT_ENERGY_PROFILE = "config/energy/x86_64_generic.yaml"
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def calibrate_model(
         data = measure(model_dir, options, progress)
         data_path.parent.mkdir(parents=True, exist_ok=True)
         data.save(data_path)
-    profile = EnergyProfile.from_yaml(options.energy_profile or DEFAULT_ENERGY_PROFILE)
+    profile = EnergyProfile.from_yaml(options.energy_profile or shipped_path(DEFAULT_ENERGY_PROFILE))
     meta = {
         "backend": data.device["backend"],
         "threads": data.device["threads"],

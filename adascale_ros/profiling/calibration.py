@@ -28,7 +28,6 @@ import gzip
 import json
 import math
 import os
-import platform
 import random
 import time
 from collections.abc import Callable
@@ -160,19 +159,6 @@ class CalibrationData:
 def _append(table: dict[str, list], **row: Any) -> None:
     for k, v in row.items():
         table.setdefault(k, []).append(v)
-
-
-def device_fingerprint() -> dict[str, Any]:
-    """What identifies the machine a calibration is valid for."""
-    cpu_model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"machine": platform.machine(), "cpu_model": cpu_model, "cores": os.cpu_count() or 1}
 
 
 def last_level_cache_bytes(sys_root: Path = Path("/sys")) -> int:

@@ -27,7 +27,13 @@ import numpy as np
 from adascale_ros.model.elastic import Variant
 from adascale_ros.profiling.calibration import CalibrationData, ModuleInfo, module_infos, variant_module_keys
 from adascale_ros.profiling.energy import EnergyProfile, cache_hit_rate, fit_power_coefficients
-from adascale_ros.profiling.predictor import STATE_FEATURES, LatencyPredictor, table_fingerprint
+from adascale_ros.profiling.predictor import (
+    ADDITIVE,
+    STATE_FEATURES,
+    LatencyPredictor,
+    scaled_terms,
+    table_fingerprint,
+)
 from adascale_ros.profiling.regressors import REGRESSORS, Candidate, FittedRegressor, Score, auto_select
 
 TARGETS = {"idle": 0.90, "load": 0.80}
@@ -40,6 +46,20 @@ def split_of(rounds: np.ndarray) -> dict[str, np.ndarray]:
 
 def _states(table: dict[str, np.ndarray]) -> np.ndarray:
     return np.column_stack([table[f].astype(np.float64) for f in STATE_FEATURES])
+
+
+def _median_groups(
+    table: dict[str, np.ndarray], id_column: str, mask: np.ndarray, idle: np.ndarray
+) -> list[tuple[str, bool, float, np.ndarray]]:
+    """Ground truth as nn-Meter measures it: per id (module or variant) and load level, the median
+    latency of its samples in ``mask`` and the median of their states: (id, idle, latency_ms, state)."""
+    states = _states(table)
+    groups = []
+    for item, level in sorted(set(zip(table[id_column][mask], table["level"][mask], strict=True))):
+        mine = mask & (table[id_column] == item) & (table["level"] == level)
+        state = np.array([np.nanmedian(c) if np.isfinite(c).any() else math.nan for c in states[mine].T])
+        groups.append((str(item), bool(idle[mine][0]), float(np.median(table["latency_ms"][mine])), state))
+    return groups
 
 
 class Fitter:
@@ -69,6 +89,7 @@ class Fitter:
         self.held_out = np.isin(self.variant_samples["variant_id"], measured[::2])
         idle_levels = {level["name"] for level in data.levels if level["idle"]}
         self.variant_idle = np.isin(self.variant_samples["level"], list(idle_levels))
+        self.module_idle = np.isin(self.modules["level"], list(idle_levels))
 
     def _impute(self, states: np.ndarray) -> np.ndarray:
         return np.where(np.isfinite(states), states, np.nan_to_num(self.state_mean, nan=0.0))
@@ -93,9 +114,12 @@ class Fitter:
         train = of_kind & split["train"]
         regressor = FittedRegressor.fit(family, self.features(train, use_state), y[train], self.seed)
         scores = {}
-        for part in ("select", "test"):
-            mask = of_kind & split[part]
-            scores[part] = Score.of(regressor.predict(self.features(mask, use_state)), y[mask])
+        for part in ("select", "test"):  # scored as nn-Meter measures: median per module and load level
+            groups = _median_groups(self.modules, "key", of_kind & split[part], self.module_idle)
+            feats = np.array([self.infos[g[0]].features() for g in groups])
+            if use_state:
+                feats = np.hstack([feats, self._impute(np.vstack([g[3] for g in groups]))])
+            scores[part] = Score.of(regressor.predict(feats), np.array([g[2] for g in groups]))
         # One prediction call in the node: every module of this kind at the current and forecast state.
         modules_of_kind = sum(info.kind == kind for info in self.infos.values())
         probe = self.features(of_kind & split["train"], use_state)[: 2 * modules_of_kind]
@@ -120,19 +144,8 @@ class Fitter:
         )
 
     def variant_groups(self, mask: np.ndarray) -> list[tuple[str, bool, float, np.ndarray]]:
-        """Whole-variant ground truth as nn-Meter measures it: per variant and load level, the median
-        latency of its samples, with the median of their states: (variant_id, idle, latency_ms, state)."""
-        samples = self.variant_samples
-        states = _states(samples)
-        groups = []
-        for variant_id, level in sorted(
-            {(v, lv) for v, lv in zip(samples["variant_id"][mask], samples["level"][mask], strict=True)}
-        ):
-            mine = mask & (samples["variant_id"] == variant_id) & (samples["level"] == level)
-            state = np.array([np.nanmedian(c) if np.isfinite(c).any() else math.nan for c in states[mine].T])
-            idle = bool(self.variant_idle[mine][0])
-            groups.append((variant_id, idle, float(np.median(samples["latency_ms"][mine])), state))
-        return groups
+        """Whole-variant ground truth: (variant_id, idle, median latency, median state) per variant and level."""
+        return _median_groups(self.variant_samples, "variant_id", mask, self.variant_idle)
 
     def variant_predictions(
         self, predictor: LatencyPredictor, groups: list[tuple[str, bool, float, np.ndarray]]
@@ -156,21 +169,23 @@ class Fitter:
     def choose_mode(self, predictor: LatencyPredictor) -> dict[str, Any]:
         """Fit the scaled mode on the other half of the ground-truth variants; keep it if it predicts them better."""
         groups = self.variant_groups(~self.held_out)
-        predictor.mode, predictor.scale = "additive", np.array([1.0, 0.0, 0.0])
+        predictor.mode, predictor.scale = "additive", ADDITIVE.copy()
         additive, measured = self.variant_predictions(predictor, groups)
         rows = np.array([predictor.variant_index(g[0]) for g in groups], np.int64)
-        design = np.column_stack([additive, predictor.theoretical_ms[rows], np.ones_like(additive)])
+        cpu = predictor.impute(np.vstack([g[3] for g in groups]))[:, 0] if predictor.use_state else 0.0
+        design = scaled_terms(additive, predictor.theoretical_ms[rows], cpu)
         scale, *_ = np.linalg.lstsq(design, measured, rcond=None)
         scores = {}
-        for mode in ("additive", "scaled"):
-            predictor.mode, predictor.scale = mode, scale if mode == "scaled" else np.array([1.0, 0.0, 0.0])
+        for mode, coefficients in (("additive", ADDITIVE), ("scaled", scale)):
+            predictor.mode, predictor.scale = mode, coefficients.copy()
             scores[mode] = Score.of(*self.variant_predictions(predictor, groups))
         chosen = "scaled" if scores["scaled"].within_10 > scores["additive"].within_10 else "additive"
         predictor.mode = chosen
-        predictor.scale = scale if chosen == "scaled" else np.array([1.0, 0.0, 0.0])
+        predictor.scale = scale if chosen == "scaled" else ADDITIVE.copy()
+        names = ("sum", "theoretical", "constant_ms", "cpu_x_sum")
         return {
             "chosen": chosen,
-            "scaled_coefficients": {"a_sum": scale[0], "b_theoretical": scale[1], "c_ms": scale[2]},
+            "scaled_coefficients": dict(zip(names, scale.tolist(), strict=True)),
             "fit_half": {mode: asdict(score) for mode, score in scores.items()},
         }
 

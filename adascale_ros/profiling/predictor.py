@@ -4,7 +4,8 @@ A variant's latency is the sum of its modules' predicted latencies (the
 fixed per-frame cost included; AdaptiveNet's additive model), computed for all
 variants at once as one product with the variant-by-module incidence matrix.
 In ``scaled`` mode that sum is combined with a theoretical estimate
-(FLOPs / measured GFLOP/s + bytes / measured GB/s) by coefficients fitted on
+(FLOPs / measured GFLOP/s + bytes / measured GB/s), a constant and a
+load-dependent share of the sum (``scaled_terms``), by coefficients fitted on
 measured whole variants; calibration keeps whichever mode predicts better.
 
 The forecast load has no per-resource readings of its own, so the state at
@@ -20,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import platform
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +38,36 @@ PREDICTOR_FORMAT = 1
 PREDICTOR_DIR = "profiler"
 STATE_FEATURES = ("cpu_util", "load_index", "mem_available_mb", "cpu_freq_mhz")
 MODES = ("additive", "scaled")
+ADDITIVE = np.array([1.0, 0.0, 0.0, 0.0])
+
+
+def scaled_terms(additive: np.ndarray, theoretical: np.ndarray, cpu_util: np.ndarray) -> np.ndarray:
+    """The scaled mode's terms, last axis: sum of modules, theoretical estimate, 1, background CPU x sum.
+
+    The last term lets the gap between a whole variant and its separately
+    timed modules (caches cooled by other work between modules) grow with load.
+    """
+    additive, theoretical, cpu_util = np.broadcast_arrays(additive, theoretical, cpu_util)
+    return np.stack([additive, theoretical, np.ones_like(additive), cpu_util * additive], axis=-1)
 
 
 def table_fingerprint(variants_table: dict[str, Any]) -> str:
     """Identifies the network a predictor was calibrated for: its module table and variant ids."""
     content = {"modules": variants_table["modules"], "variants": [v["variant_id"] for v in variants_table["variants"]]}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def device_fingerprint() -> dict[str, Any]:
+    """What identifies the machine a calibration is valid for."""
+    cpu_model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"machine": platform.machine(), "cpu_model": cpu_model, "cores": os.cpu_count() or 1}
 
 
 def state_vector(state: dict[str, float]) -> np.ndarray:
@@ -60,7 +87,7 @@ class LatencyPredictor:
     incidence: np.ndarray  # (V, K) 1 where the variant runs the module
     theoretical_ms: np.ndarray  # (V,)
     mode: str = "additive"
-    scale: np.ndarray = field(default_factory=lambda: np.array([1.0, 0.0, 0.0]))  # a*sum + b*theory + c
+    scale: np.ndarray = field(default_factory=lambda: ADDITIVE.copy())  # coefficients of scaled_terms
     cpu_per_load: np.ndarray = field(default_factory=lambda: np.array([1.0, 0.0]))  # cpu = s*load + i
     hit_rate: np.ndarray | None = None  # (K, 2): eps = h0 + h1 * load_index
     energy_profile: EnergyProfile | None = None
@@ -114,11 +141,12 @@ class LatencyPredictor:
 
     def latency_ms(self, states: np.ndarray) -> np.ndarray:
         """(S, V) latency of every variant at each state."""
+        states = np.atleast_2d(states)
         additive = self.module_latency_ms(states) @ self.incidence.T
         if self.mode == "additive":
             return additive
-        a, b, c = self.scale
-        return a * additive + b * self.theoretical_ms + c
+        cpu = self.impute(states)[:, :1] if self.use_state else np.zeros((len(states), 1))
+        return scaled_terms(additive, self.theoretical_ms[None, :], cpu) @ self.scale
 
     def hit_rates(self, load_index: float) -> np.ndarray:
         """(V,) cache-hit rate of each variant: module rates weighted by their memory accesses."""
@@ -179,6 +207,8 @@ class LatencyPredictor:
     def load(cls, model_dir: Path) -> LatencyPredictor:
         """Load a stored predictor; ``ModelLoadError`` with a one-line reason when it cannot be."""
         directory = Path(model_dir) / PREDICTOR_DIR
+        if not (directory / "predictor.json").is_file():
+            raise ModelLoadError(f"{directory}: no latency predictor; run `adascale calibrate {model_dir}` first")
         header = read_json(directory / "predictor.json")
         if not isinstance(header, dict) or header.get("format_version") != PREDICTOR_FORMAT:
             version = header.get("format_version") if isinstance(header, dict) else None

@@ -71,7 +71,7 @@ class Forest:
 
     name = "random_forest"
 
-    def __init__(self, trees: int = 40, max_depth: int = 12, min_samples_leaf: int = 3) -> None:
+    def __init__(self, trees: int = 30, max_depth: int = 10, min_samples_leaf: int = 20) -> None:
         self.trees, self.max_depth, self.min_samples_leaf = trees, max_depth, min_samples_leaf
 
     def fit(self, x: np.ndarray, y: np.ndarray, seed: int = 0) -> Arrays:

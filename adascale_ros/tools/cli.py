@@ -118,29 +118,27 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _predictor_state(predictor, args: argparse.Namespace):  # noqa: ANN001, ANN202
+    """The state to predict at: the readings given, the calibration's typical ones for the rest.
+
+    With only a load index, the CPU utilisation follows the load as calibrated
+    (the profiler's forecast-load rule).
+    """
     import numpy as np
 
-    from adascale_ros.profiling.predictor import state_vector
-
-    given = {
-        "cpu_util": args.cpu_util,
-        "load_index": args.load_index,
-        "mem_available_mb": args.mem_available_mb,
-        "cpu_freq_mhz": args.cpu_freq_mhz,
-    }
     if not 0.0 <= args.load_index <= 1.0:
         raise ValueError(f"--load-index must be in [0, 1], got {args.load_index}")
-    state = state_vector({k: v for k, v in given.items() if v is not None})
-    if args.cpu_util is None:  # only a load index: the calibration's typical state at that load
-        state = predictor.at_load(np.where(np.isfinite(state), state, predictor.state_mean), args.load_index)
-    return state
+    given = np.array([args.cpu_util, np.nan, args.mem_available_mb, args.cpu_freq_mhz], np.float64)
+    base = np.where(np.isfinite(given), given, predictor.state_mean)
+    if args.cpu_util is None:
+        return predictor.at_load(base, args.load_index)
+    base[1] = args.load_index
+    return base
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from adascale_ros.model.files import load_variant_table
     from adascale_ros.profiling.calibrate import predictions_json
-    from adascale_ros.profiling.calibration import device_fingerprint
-    from adascale_ros.profiling.predictor import LatencyPredictor
+    from adascale_ros.profiling.predictor import LatencyPredictor, device_fingerprint
 
     table = load_variant_table(args.model_dir)
     predictor = LatencyPredictor.load(args.model_dir)
@@ -175,6 +173,27 @@ def _cmd_bench_selector(args: argparse.Namespace) -> int:
     entries = [VariantEntry.from_row(row) for row in table["variants"]]
     report = bench_selector(entries, decisions=args.decisions, synthetic=args.synthetic)
     print(json.dumps(report, indent=1) if args.json else format_report(report))
+    return 0
+
+
+def _cmd_bench_profiler(args: argparse.Namespace) -> int:
+    import json
+
+    from adascale_ros.bringup import default_model_dir
+    from adascale_ros.profiling.calibrate import prediction_time_ms
+    from adascale_ros.profiling.predictor import LatencyPredictor
+
+    timing = prediction_time_ms(LatencyPredictor.load(args.model_dir or default_model_dir()), args.repeats)
+    timing["target_ms"] = 5.0
+    timing["meets_target"] = timing["median_ms"] < 5.0
+    if args.json:
+        print(json.dumps(timing, indent=1))
+    else:
+        print(
+            f"predicting all {timing['variants']} variants at the current and the forecast load "
+            f"(latency and energy): median {timing['median_ms']} ms, p90 {timing['p90_ms']} ms "
+            f"(target < 5 ms: {'met' if timing['meets_target'] else 'NOT met'})"
+        )
     return 0
 
 
@@ -273,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre = sub.add_parser("predict", help="predicted latency and energy of every variant at a load")
     pre.add_argument("model_dir", type=Path)
     pre.add_argument("--load-index", type=float, required=True)
-    pre.add_argument("--cpu-util", type=float, help="default: from the load index, as calibrated")
+    pre.add_argument("--cpu-util", type=float, help="background CPU utilisation; default: follows the load index")
     pre.add_argument("--mem-available-mb", type=float)
     pre.add_argument("--cpu-freq-mhz", type=float)
     pre.add_argument("--limit", type=int, help="print only the N fastest")
@@ -287,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--synthetic", type=int, default=10_000, help="variants in the synthetic table")
     sel.add_argument("--json", action="store_true")
     sel.set_defaults(func=_cmd_bench_selector)
+    prof = bench.add_parser("profiler", help="time to predict every variant at the current and forecast load")
+    prof.add_argument("--model-dir", type=Path, help="default: the embedded default model")
+    prof.add_argument("--repeats", type=int, default=500)
+    prof.add_argument("--json", action="store_true")
+    prof.set_defaults(func=_cmd_bench_profiler)
     inf = bench.add_parser("inference", help="batch-1 latency per exit: torch eager vs ONNX Runtime")
     inf.add_argument("--model-dir", type=Path, help="default: the embedded default model")
     inf.add_argument("--repeats", type=int, default=200, help="timed runs per exit and backend")

@@ -22,7 +22,9 @@ from typing import IO
 
 from adascale_ros.bringup import RESOURCE_STATE_TOPIC, SELECTION_TOPIC, NodeSpec
 
-STOP_TIMEOUT_S = 2.0
+# Grace before SIGKILL. Nodes end in well under 2 s on their own; four nodes
+# stopping at once on a busy 2-core machine have been seen to need more.
+STOP_TIMEOUT_S = 5.0
 
 
 class GraphProcesses:

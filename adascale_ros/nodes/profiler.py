@@ -1,0 +1,235 @@
+"""profiler: predicted latency and energy of every variant at the current and the forecast load.
+
+Subscriptions
+  ~/resource_state   adascale_msgs/ResourceState from the resource monitor
+  ~/classification   adascale_msgs/ElasticClassification: measured latency per variant (online correction)
+Publications
+  ~/profiles         adascale_msgs/VariantProfileArray, at most ``max_rate_hz``: one at the current load
+                     and, when the forecast is known, one at the forecast load (load_is_forecast)
+  /diagnostics       diagnostic_msgs/DiagnosticArray at 1 Hz
+
+The predictions come from ``adascale_ros.profiling.predictor`` (fitted by
+``adascale calibrate``); this node converts messages, rate-limits and keeps
+AdaptiveNet's measured/predicted ratio.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from statistics import median
+from typing import Any
+
+import numpy as np
+from rclpy.node import Node
+
+from adascale_msgs.msg import ElasticClassification, ResourceState, VariantProfile, VariantProfileArray
+from adascale_ros.bringup import default_model_dir
+from adascale_ros.model.files import load_variant_table
+from adascale_ros.nodes.common import (
+    OK,
+    WARN,
+    DiagnosticsPublisher,
+    Param,
+    current_values,
+    declare_parameters,
+    spin_node,
+    validating_callback,
+)
+from adascale_ros.profiling.predictor import LatencyCorrection, LatencyPredictor, device_fingerprint
+
+PARAMETERS: dict[str, Param] = {
+    "model_dir": Param(
+        "", "Model directory with variants.json and profiler/ (adascale calibrate); empty: the default.", read_only=True
+    ),
+    "max_rate_hz": Param(5.0, "Profiles are published at most this often [Hz], in (0, 100]."),
+    "publish_forecast": Param(True, "Also publish the profile at the forecast load when it is known."),
+    "correction_alpha": Param(0.1, "Smoothing of the measured/predicted latency ratio, in [0, 1]; 0: no correction."),
+    "state_timeout_s": Param(2.0, "A resource state older than this is stale (flagged in diagnostics) [s] (> 0)."),
+}
+
+
+def _check(values: dict[str, Any]) -> None:
+    if not 0.0 < float(values["max_rate_hz"]) <= 100.0:
+        raise ValueError(f"max_rate_hz must be in (0, 100], got {values['max_rate_hz']}")
+    if not 0.0 <= float(values["correction_alpha"]) <= 1.0:
+        raise ValueError(f"correction_alpha must be in [0, 1], got {values['correction_alpha']}")
+    if not float(values["state_timeout_s"]) > 0.0:
+        raise ValueError(f"state_timeout_s must be > 0, got {values['state_timeout_s']}")
+
+
+def state_of(msg: ResourceState) -> np.ndarray:
+    """The predictor's state vector; ValueError when the message cannot describe a load."""
+    load = float(msg.load_index)
+    if not (math.isfinite(load) and 0.0 <= load <= 1.0):
+        raise ValueError(f"load_index {load} is not in [0, 1]")
+    cpu = float(msg.cpu_util)
+    if math.isfinite(cpu) and not 0.0 <= cpu <= 1.0:
+        raise ValueError(f"cpu_util {cpu} is not in [0, 1]")
+    readings = [float(msg.mem_available_mb), float(msg.cpu_freq_mhz)]
+    readings = [v if math.isfinite(v) and v >= 0.0 else math.nan for v in readings]  # unknown, not fatal
+    return np.array([cpu, load, *readings])
+
+
+class Profiler(Node):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("profiler", **kwargs)
+        declare_parameters(self, PARAMETERS)
+        values = current_values(self, PARAMETERS)
+        _check(values)
+        model_dir = values["model_dir"] or str(default_model_dir())
+        table = load_variant_table(model_dir)
+        self.predictor = LatencyPredictor.load(model_dir)
+        self.warnings = self.predictor.check_against(table, device_fingerprint())
+        for warning in self.warnings:
+            self.get_logger().warning(warning)
+        self.correction = LatencyCorrection(alpha=max(float(values["correction_alpha"]), 1e-9))
+        self.correct = float(values["correction_alpha"]) > 0.0
+        self.publish_forecast = bool(values["publish_forecast"])
+        self.state_timeout_s = float(values["state_timeout_s"])
+
+        rows = {row["variant_id"]: row for row in table["variants"]}
+        self._messages = {False: self._profile_array(rows), True: self._profile_array(rows)}
+        self.measured_ms = np.full(len(self.predictor.variant_ids), math.nan)
+        self._raw_latency = np.full(len(self.predictor.variant_ids), math.nan)  # last uncorrected prediction
+        self._pending: np.ndarray | None = None
+        self._pending_forecast = math.nan
+        self._last_state_s = -math.inf
+        self.counts = {"states": 0, "states_rejected": 0, "results": 0, "results_rejected": 0, "profiles": 0}
+        self.last_error = ""
+        self._predict_ms: deque[float] = deque(maxlen=200)
+
+        self._pub = self.create_publisher(VariantProfileArray, "~/profiles", 10)
+        self.create_subscription(ResourceState, "~/resource_state", self._on_state, 10)
+        self.create_subscription(ElasticClassification, "~/classification", self._on_result, 10)
+        self._timer = self.create_timer(1.0 / float(values["max_rate_hz"]), self._publish_pending)
+        self.add_on_set_parameters_callback(validating_callback(self, PARAMETERS, self._apply))
+        self._diagnostics = DiagnosticsPublisher(self, self._diagnostic_status)
+        self.get_logger().info(
+            f"{len(rows)} variants from {model_dir}; predictors: {self.predictor.mode} sum of "
+            f"{', '.join(f'{k}={r.family}' for k, r in self.predictor.regressors.items())}; "
+            f"publishing {self._pub.topic_name}"
+        )
+
+    def _profile_array(self, rows: dict[str, dict[str, Any]]) -> VariantProfileArray:
+        """One message per kind, built once: only predictions change between publications."""
+        array = VariantProfileArray()
+        for variant_id in self.predictor.variant_ids:
+            row = rows[variant_id]
+            array.variants.append(
+                VariantProfile(
+                    variant_id=variant_id,
+                    exit_index=int(row["exit_index"]),
+                    operators=list(row["operators"]),
+                    accuracy=float(row["val_accuracy"]),
+                    params=int(row["params"]),
+                    flops=int(row["flops"]),
+                    storage_bytes=int(row["storage_bytes"]),
+                    memory_accesses=int(row["memory_accesses"]),
+                    measured_latency_ms=math.nan,
+                )
+            )
+        return array
+
+    def _now_s(self) -> float:
+        return self.get_clock().now().nanoseconds / 1e9
+
+    def _apply(self, values: dict[str, Any]) -> None:
+        _check(values)
+        self.correct = float(values["correction_alpha"]) > 0.0
+        if self.correct:
+            self.correction.alpha = float(values["correction_alpha"])
+        self.publish_forecast = bool(values["publish_forecast"])
+        self.state_timeout_s = float(values["state_timeout_s"])
+        period_ns = int(1e9 / float(values["max_rate_hz"]))
+        if period_ns != self._timer.timer_period_ns:
+            self._timer.timer_period_ns = period_ns
+            self._timer.reset()
+
+    def _on_state(self, msg: ResourceState) -> None:
+        self.counts["states"] += 1
+        try:
+            state = state_of(msg)
+        except ValueError as exc:
+            self.counts["states_rejected"] += 1
+            self.last_error = f"resource state rejected: {exc}"
+            self.get_logger().warning(self.last_error, throttle_duration_sec=5.0)
+            return
+        self._pending = state
+        forecast = float(msg.load_index_forecast)
+        self._pending_forecast = forecast if math.isfinite(forecast) and 0.0 <= forecast <= 1.0 else math.nan
+        self._last_state_s = self._now_s()
+
+    def _on_result(self, msg: ElasticClassification) -> None:
+        self.counts["results"] += 1
+        try:
+            index = self.predictor.variant_index(msg.variant_id)
+        except KeyError:
+            self.counts["results_rejected"] += 1
+            self.last_error = f"result for unknown variant {msg.variant_id!r}"
+            self.get_logger().warning(self.last_error, throttle_duration_sec=5.0)
+            return
+        latency = float(msg.latency_ms)
+        if not (math.isfinite(latency) and latency > 0.0):
+            self.counts["results_rejected"] += 1
+            self.last_error = f"result with latency_ms {latency}"
+            return
+        if msg.early_exited:  # a shorter path than the variant's: not a sample of its latency
+            return
+        self.measured_ms[index] = latency
+        self.correction.update(latency, float(self._raw_latency[index]))  # no-op before the first prediction
+
+    def _publish_pending(self) -> None:
+        state, self._pending = self._pending, None
+        if state is None:
+            return
+        start = time.perf_counter()
+        states = [state]
+        if self.publish_forecast and math.isfinite(self._pending_forecast):
+            states.append(self.predictor.at_load(state, self._pending_forecast))
+        latency = self.predictor.latency_ms(np.vstack(states))
+        self._raw_latency = latency[0]
+        ratio = self.correction.ratio if self.correct else 1.0
+        stamp = self.get_clock().now().to_msg()
+        for is_forecast, (row, s) in enumerate(zip(latency, states, strict=True)):
+            energy = self.predictor.energy_mj(s)
+            msg = self._messages[bool(is_forecast)]
+            msg.header.stamp = stamp
+            msg.load_index = float(s[1])
+            msg.load_is_forecast = bool(is_forecast)
+            for profile, ms, mj, measured in zip(msg.variants, row * ratio, energy, self.measured_ms, strict=True):
+                profile.predicted_latency_ms = float(ms)
+                profile.predicted_energy_mj = float(mj)
+                profile.measured_latency_ms = float(measured)
+            self._pub.publish(msg)
+            self.counts["profiles"] += 1
+        self._predict_ms.append((time.perf_counter() - start) * 1e3)
+
+    def _diagnostic_status(self) -> tuple[bytes, str, dict[str, Any]]:
+        age = self._now_s() - self._last_state_s
+        if self.counts["states"] == 0:
+            level, message = WARN, "no resource state yet: nothing published"
+        elif age > self.state_timeout_s:
+            level, message = WARN, f"resource state stale ({age:.1f} s old): profiles paused"
+        elif self.warnings:
+            level, message = WARN, self.warnings[0]
+        else:
+            level, message = OK, f"profiling {len(self.predictor.variant_ids)} variants"
+        values = {
+            **self.counts,
+            "last_state_age_s": age,
+            "latency_correction_ratio": self.correction.ratio if self.correct else 1.0,
+            "publish_and_predict_ms_median": median(self._predict_ms) if self._predict_ms else math.nan,
+            "predictor_mode": self.predictor.mode,
+            "last_error": self.last_error,
+        }
+        return level, message, values
+
+
+def main(args: list[str] | None = None) -> int:
+    return spin_node(Profiler, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

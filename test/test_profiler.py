@@ -1,0 +1,384 @@
+"""The profiler: regressors, auto-selection, predictor files, energy model, calibration under stress-ng, the node."""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, spin_until, subscribe_diagnostics
+
+from adascale_ros.model.elastic import Variant
+from adascale_ros.model.files import ModelLoadError, load_variant_table
+from adascale_ros.profiling.calibration import (
+    CalibrationData,
+    CalibrationPlan,
+    LoadLevel,
+    module_infos,
+    run_calibration,
+    variant_module_keys,
+)
+from adascale_ros.profiling.energy import EnergyProfile, cache_hit_rate, energy_mj, fit_power_coefficients
+from adascale_ros.profiling.fitting import fit_and_report, report_markdown
+from adascale_ros.profiling.predictor import LatencyCorrection, LatencyPredictor, device_fingerprint
+from adascale_ros.profiling.regressors import (
+    MLP,
+    REGRESSORS,
+    Candidate,
+    FittedRegressor,
+    Forest,
+    Score,
+    auto_select,
+)
+from adascale_ros.tools.stress import StressSpec
+
+DEFAULT_MODEL = REPO_ROOT / "models" / "default"
+PROFILE = EnergyProfile("test", cpu_w=10.0, gpu_w=0.0, mem_w=2.0, cpu_mhz=2000.0, gpu_mhz=0.0, mem_mhz=1000.0)
+
+
+# ---------------------------------------------------------------- regressors
+
+
+def synthetic_relation(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """latency = exp(0.4 a - 0.3 b + 0.2 c) ms with 1 % noise: a known relation, multiplicative like load."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1.5, 1.5, (n, 3))
+    return x, np.exp(0.4 * x[:, 0] - 0.3 * x[:, 1] + 0.2 * x[:, 2]) * rng.normal(1.0, 0.01, n)
+
+
+@pytest.mark.parametrize("family", sorted(REGRESSORS))
+def test_each_regressor_learns_a_known_relation(family):
+    x, y = synthetic_relation(5000, seed=1)
+    regressor = FittedRegressor.fit(family, x[:4000], y[:4000])
+    score = Score.of(regressor.predict(x[4000:]), y[4000:])
+    floor = 0.7 if family == Forest.name else 0.95  # trees are piecewise constant
+    assert score.within_10 >= floor, score
+    assert score.r2 > 0.9, score
+
+
+def test_exported_arrays_predict_what_scikit_learn_predicts():
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.neural_network import MLPRegressor
+
+    x, y = synthetic_relation(600, seed=2)
+    forest = Forest(trees=7, max_depth=6)
+    reference = RandomForestRegressor(n_estimators=7, max_depth=6, min_samples_leaf=20, random_state=3).fit(x, y)
+    np.testing.assert_allclose(Forest.predict(forest.fit(x, y, seed=3), x), reference.predict(x), rtol=1e-12)
+    mlp = MLP(hidden=(8,))
+    arrays = mlp.fit(x, y, seed=4)
+    reference = MLPRegressor(
+        hidden_layer_sizes=(8,), learning_rate_init=3e-3, max_iter=400, early_stopping=True,
+        n_iter_no_change=20, random_state=4,
+    ).fit(x, y)  # fmt: skip
+    np.testing.assert_allclose(MLP.predict(arrays, x), reference.predict(x), rtol=1e-9)
+
+
+def test_auto_selection_follows_the_rule():
+    def cand(family, within, r2, us, size):
+        return Candidate(family, Score(within, 0.1, r2, 100), us, size)
+
+    # Accuracy first: "slow" is the best; "close" is within the 2-point tolerance; "far" is not.
+    # R^2 then drops "weak"; of the rest the cheapest to run and store wins.
+    chosen = auto_select(
+        [
+            cand("slow", 0.95, 0.97, 100.0, 20_000),
+            cand("close", 0.94, 0.96, 10.0, 10_000),
+            cand("weak", 0.94, 0.80, 1.0, 100),
+            cand("far", 0.80, 0.99, 1.0, 100),
+        ]
+    )
+    assert chosen.family == "close"
+    # With nothing within tolerance the best stands, however slow.
+    assert auto_select([cand("best", 0.9, 0.9, 500.0, 10**6), cand("cheap", 0.5, 0.9, 1.0, 1)]).family == "best"
+    with pytest.raises(ValueError):
+        auto_select([])
+
+
+# ---------------------------------------------------------------- fitting on a known law
+
+LEVELS = {"idle": 0.02, "cpu30": 0.3, "cpu60": 0.6, "cpu95": 0.95}
+
+
+def module_law_ms(info, cpu: float) -> float:
+    """The synthetic device: a module costs its FLOPs at 50 GFLOP/s plus 20 us, slowed by background CPU."""
+    base = 0.3 if info.kind == "fixed" else 0.02 + info.flops / 5e7
+    return base * (1.0 + 1.5 * cpu)
+
+
+def synthetic_calibration(table: dict, rounds_per_level: int = 30, seed: int = 0) -> CalibrationData:
+    """A calibration dataset in the real format, measured on a device that follows ``module_law_ms``."""
+    rng = random.Random(seed)
+    infos = module_infos(table)
+    variants = [Variant.parse(v["variant_id"]) for v in table["variants"]]
+    truth = rng.sample(variants, 40)
+    data = CalibrationData(
+        device={**device_fingerprint(), "throughput": {"gflops": 50.0, "copy_gbs": 10.0}},
+        levels=[{"name": n, "idle": n == "idle", "stress_ng": []} for n in LEVELS],
+    )
+    round_index = 0
+    for level, cpu_mean in LEVELS.items():
+        for _ in range(rounds_per_level):
+            cpu = min(1.0, max(0.0, rng.gauss(cpu_mean, 0.02)))
+            state = {"cpu_util": cpu, "load_index": (0.5 * cpu + 0.2 * 0.1) / 0.7, "mem_available_mb": 20000.0}
+            state["cpu_freq_mhz"] = math.nan  # unknown on this device, as in many VMs
+            for key, info in infos.items():
+                ms = module_law_ms(info, cpu) * rng.gauss(1.0, 0.02)
+                for column, value in {"key": key, "level": level, "round": round_index, "latency_ms": ms}.items():
+                    data.modules.setdefault(column, []).append(value)
+                for column, value in state.items():
+                    data.modules.setdefault(column, []).append(value)
+            for variant in rng.sample(truth, 8):
+                ms = sum(module_law_ms(infos[k], cpu) for k in variant_module_keys(variant)) * rng.gauss(1.0, 0.02)
+                row = {"variant_id": variant.id, "level": level, "round": round_index, "latency_ms": ms, **state}
+                for column, value in row.items():
+                    data.variants.setdefault(column, []).append(value)
+            round_index += 1
+        for key in infos:
+            row = {"key": key, "level": level, "cold_ms": 0.4, "warm_ms": 0.1 + 0.2 * cpu_mean}
+            for column, value in {**row, "load_index": (0.5 * cpu_mean + 0.02) / 0.7}.items():
+                data.cache.setdefault(column, []).append(value)
+    return data
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """The default model's variant table with a predictor fitted to the synthetic device, on disk."""
+    model_dir = tmp_path_factory.mktemp("model")
+    for name in ("variants.json", "model_card.json"):
+        shutil.copy(DEFAULT_MODEL / name, model_dir / name)
+    table = load_variant_table(model_dir)
+    data = synthetic_calibration(table)
+    predictor, report = fit_and_report(data, table, PROFILE, {"backend": "onnxruntime", "threads": 1})
+    predictor.save(model_dir)
+    return model_dir, table, predictor, report
+
+
+def test_fitting_recovers_a_known_device_and_reports_it(fitted):
+    *_, report = fitted
+    auto = report["auto_selected"]
+    assert set(auto["per_kind"]) == {"fixed", "stem", "exit", "res", "dws", "mbc", "dense", "fac"}
+    for name in ("idle", "load"):
+        assert report["targets"][name]["met"], report["targets"]
+        assert auto["variants"][name]["within_10"] >= 0.9
+    # Without the state features the regressors cannot see the load: the ablation must be worse under load.
+    assert report["ablation_without_state"]["variants"]["load"]["within_10"] < auto["variants"]["load"]["within_10"]
+    text = report_markdown(report)
+    assert "auto-selected" in text and "ablation" in text and "NOT met" not in text
+
+
+def test_predictions_follow_the_law_and_rise_with_load(fitted):
+    _, table, predictor, _ = fitted
+    infos = module_infos(table)
+    state = np.array([0.5, (0.25 + 0.02) / 0.7, 20000.0, math.nan])
+    latency, energy = predictor.predict(state)
+    assert latency.shape == energy.shape == (780,)
+    for variant_id in ("e0:dws", "e3:res-mbc-fac-fac"):
+        expected = sum(module_law_ms(infos[k], 0.5) for k in variant_module_keys(Variant.parse(variant_id)))
+        assert latency[predictor.variant_index(variant_id)] == pytest.approx(expected, rel=0.1)
+    low = predictor.latency_ms(predictor.at_load(state, 0.1)[None, :])[0]
+    high = predictor.latency_ms(predictor.at_load(state, 0.9)[None, :])[0]
+    assert np.all(high > low)
+    assert np.all(np.isfinite(energy)) and np.all(energy > 0)
+
+
+def test_predictor_files_round_trip_and_fail_clearly(fitted, tmp_path):
+    model_dir, table, predictor, _ = fitted
+    loaded = LatencyPredictor.load(model_dir)
+    state = np.array([0.3, 0.3, 8000.0, math.nan])
+    np.testing.assert_array_equal(loaded.latency_ms(state[None, :]), predictor.latency_ms(state[None, :]))
+    np.testing.assert_array_equal(loaded.energy_mj(state), predictor.energy_mj(state))
+    assert loaded.check_against(table, device_fingerprint()) == []
+    other = dict(device_fingerprint(), cpu_model="another CPU")
+    assert any("another machine" in w for w in loaded.check_against(table, other))
+    changed = {**table, "modules": table["modules"][1:]}
+    assert any("another network" in w for w in loaded.check_against(changed, device_fingerprint()))
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    with pytest.raises(ModelLoadError, match="calibrate"):
+        LatencyPredictor.load(tmp_path)  # no profiler/ at all
+    (broken / "profiler" / "predictor.npz").write_bytes(b"not a zip")
+    with pytest.raises(ModelLoadError, match="corrupt predictor"):
+        LatencyPredictor.load(broken)
+    # An object array can only be read by unpickling: refused, never run.
+    np.savez(broken / "profiler" / "predictor.npz", module_features=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(ModelLoadError, match="corrupt predictor"):
+        LatencyPredictor.load(broken)
+
+
+# ---------------------------------------------------------------- energy and correction
+
+
+def test_energy_model_eq3_and_cache_rate_eq5():
+    assert cache_hit_rate(np.array([1.0, 1.0, 0.0]), np.array([0.25, 1.5, 0.1])).tolist() == [0.75, 0.0, 0.0]
+    # 1 MB, eps 0.5: 1e6*10*0.5/2e9 + 1e6*2*0.5/1e9 J = 2.5 mJ + 1.0 mJ.
+    assert energy_mj(np.array([1e6]), np.array([0.5]), PROFILE)[0] == pytest.approx(3.5)
+    # A measured clock replaces the profile's: at 4 GHz the CPU term halves.
+    assert energy_mj(np.array([1e6]), np.array([0.5]), PROFILE, cpu_mhz=4000.0)[0] == pytest.approx(2.25)
+    memory = np.array([1e6, 2e6, 4e6, 3e6])
+    eps = np.array([0.2, 0.5, 0.9, 0.7])
+    truth = EnergyProfile("truth", 7.0, 0.0, 3.0, 2000.0, 0.0, 1000.0)
+    fitted = fit_power_coefficients(memory, eps, energy_mj(memory, eps, truth), PROFILE, "rapl")
+    assert (fitted.cpu_w, fitted.mem_w, fitted.source) == (pytest.approx(7.0), pytest.approx(3.0), "rapl")
+    with pytest.raises(ValueError, match="mem_w"):
+        EnergyProfile("bad", 1.0, 0.0, -1.0, 1000.0, 0.0, 1000.0)
+    for shipped in (REPO_ROOT / "config" / "energy").glob("*.yaml"):
+        assert EnergyProfile.from_yaml(shipped).name == shipped.stem
+
+
+def test_latency_correction_tracks_the_measured_ratio():
+    correction = LatencyCorrection(alpha=0.5)
+    assert correction.ratio == 1.0
+    assert not correction.update(math.nan, 1.0) and not correction.update(2.0, math.nan)
+    assert not correction.update(2.0, 0.0) and correction.updates == 0
+    for _ in range(20):
+        correction.update(3.0, 1.5)
+    assert correction.ratio == pytest.approx(2.0)
+    correction.update(100.0, 1.0)  # one outlier moves it, clamped
+    assert correction.ratio == pytest.approx(0.5 * 2.0 + 0.5 * 4.0)
+
+
+# ---------------------------------------------------------------- calibration under real load
+
+
+def _stress_ng_running() -> bool:
+    return subprocess.run(["pgrep", "-x", "stress-ng"], capture_output=True).returncode == 0
+
+
+def test_calibration_measures_under_stress_ng_and_leaves_nothing_behind():
+    work = np.random.default_rng(0).standard_normal((64, 64))
+    calls = {
+        "fixed": lambda: work.sum(),
+        "stem": lambda: work @ work,
+        "exit0": lambda: work @ work,
+        "s0:res": lambda: work @ work,
+    }
+    variants = [Variant.parse("e0:res")]
+    plan = CalibrationPlan(
+        levels=[LoadLevel("idle", StressSpec()), LoadLevel("cpu2x100", StressSpec(2, 100))],
+        seconds_per_level=1.0, settle_s=0.3, round_s=0.1, repeats=3,
+    )  # fmt: skip
+    data = run_calibration(plan, calls, lambda v: work @ work, variants, device_fingerprint())
+    modules = data.table("modules")
+    assert set(modules["level"]) == {"idle", "cpu2x100"} and set(modules["key"]) == set(calls)
+    idle = modules["cpu_util"][modules["level"] == "idle"]
+    loaded = modules["cpu_util"][modules["level"] == "cpu2x100"]
+    assert np.nanmedian(loaded) > np.nanmedian(idle) + 0.3  # background load is seen, our own is not
+    assert len(data.table("variants")["variant_id"]) > 0 and len(data.cache["key"]) == 2 * len(calls)
+    assert not _stress_ng_running()
+
+    def interrupt(done_s: float) -> None:
+        if done_s > 1.2:  # inside the loaded level
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_calibration(plan, calls, lambda v: work @ work, variants, device_fingerprint(), progress=interrupt)
+    assert not _stress_ng_running()
+
+
+@pytest.mark.slow
+def test_calibrate_and_predict_commands_on_the_real_model(tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, model_dir, ignore=shutil.ignore_patterns("profiler", "calibration_report.*"))
+    run = subprocess.run(
+        ["adascale", "calibrate", str(model_dir), "--quick", "--no-progress"], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "auto-selected" in run.stdout and (model_dir / "calibration_report.json").exists()
+    assert not _stress_ng_running()
+
+
+# ---------------------------------------------------------------- the node, in its own process
+
+MODULE = "adascale_ros.nodes.profiler"
+
+
+def resource_state(load: float, cpu: float, forecast: float = math.nan):
+    from adascale_msgs.msg import ResourceState
+
+    msg = ResourceState()
+    msg.cpu_util, msg.load_index, msg.load_index_forecast = cpu, load, forecast
+    msg.mem_available_mb, msg.cpu_freq_mhz = 20000.0, math.nan
+    msg.mem_util = msg.gpu_util = msg.gpu_mem_util = msg.power_w = math.nan
+    return msg
+
+
+def test_node_publishes_profiles_that_follow_load_forecast_and_measurements(fitted, ros_node, start_process):
+    from adascale_msgs.msg import ElasticClassification, ResourceState, VariantProfileArray
+
+    model_dir, _, predictor, _ = fitted
+    proc = start_process(["-m", MODULE, "--ros-args", "-p", f"model_dir:={model_dir}", "-p", "max_rate_hz:=20.0"])
+    current, forecast = [], []
+    ros_node.create_subscription(
+        VariantProfileArray, "/profiler/profiles", lambda m: (forecast if m.load_is_forecast else current).append(m), 10
+    )
+    diagnostics = subscribe_diagnostics(ros_node, "profiler")
+    states = ros_node.create_publisher(ResourceState, "/profiler/resource_state", 10)
+    results = ros_node.create_publisher(ElasticClassification, "/profiler/classification", 10)
+
+    def publish_until(msg, condition, timeout_s=20.0):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not condition():
+            states.publish(msg)
+            spin_until(ros_node, condition, 0.3)
+        return condition()
+
+    def mean_latency(array) -> float:
+        return float(np.mean([p.predicted_latency_ms for p in array.variants]))
+
+    assert publish_until(resource_state(0.05, 0.05), lambda: bool(current)), proc.poll()
+    idle = current[-1]
+    assert len(idle.variants) == 780 and not idle.load_is_forecast
+    assert idle.load_index == pytest.approx(0.05)
+    first = idle.variants[0]
+    assert first.variant_id == predictor.variant_ids[0] and first.flops > 0 and 0 < first.accuracy <= 1
+    assert math.isnan(first.measured_latency_ms) and first.predicted_energy_mj > 0
+
+    count = len(current)
+    assert publish_until(resource_state(0.8, 0.95), lambda: len(current) > count and current[-1].load_index > 0.5)
+    assert mean_latency(current[-1]) > 1.5 * mean_latency(idle)  # the synthetic device slows 2.4x at full CPU
+
+    # A forecast of more load comes as a second array at the forecast load, predicting more latency.
+    assert publish_until(resource_state(0.05, 0.05, forecast=0.9), lambda: bool(forecast))
+    assert forecast[-1].load_index == pytest.approx(0.9) and mean_latency(forecast[-1]) > mean_latency(idle)
+
+    # Malformed states are rejected and counted; the node keeps answering.
+    for bad in (resource_state(math.nan, 0.1), resource_state(1.5, 0.1), resource_state(0.2, -3.0)):
+        states.publish(bad)
+    assert spin_until(
+        ros_node,
+        lambda: any(kv.key == "states_rejected" and kv.value == "3" for s in diagnostics for kv in s.values),
+        10,
+    )
+
+    # Measured latencies twice the prediction: the correction doubles the next predictions.
+    idle_ms = {p.variant_id: p.predicted_latency_ms for p in idle.variants}
+    variant = "e1:res-fac"
+    result = ElasticClassification(variant_id=variant, exit_index=1, latency_ms=2.0 * idle_ms[variant])
+    count = len(current)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for _ in range(5):
+            results.publish(result)
+        states.publish(resource_state(0.05, 0.05))
+        spin_until(ros_node, lambda: False, 0.2)
+        latest = {p.variant_id: p for p in current[-1].variants}
+        if len(current) > count and latest[variant].predicted_latency_ms > 1.8 * idle_ms[variant]:
+            break
+    latest = {p.variant_id: p for p in current[-1].variants}
+    assert latest[variant].predicted_latency_ms == pytest.approx(2.0 * idle_ms[variant], rel=0.1)
+    assert latest[variant].measured_latency_ms == pytest.approx(2.0 * idle_ms[variant], rel=1e-5)
+    assert proc.poll() is None
+
+
+def test_node_refuses_to_start_without_predictors(tmp_path, start_process):
+    for name in ("variants.json", "model_card.json"):
+        shutil.copy(DEFAULT_MODEL / name, tmp_path / name)
+    proc = start_process(["-m", MODULE, "--ros-args", "-p", f"model_dir:={tmp_path}"])
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "adascale calibrate" in out and "Traceback" not in out
