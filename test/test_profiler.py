@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -284,12 +286,19 @@ def test_calibration_measures_under_stress_ng_and_leaves_nothing_behind():
 def test_calibrate_and_predict_commands_on_the_real_model(tmp_path):
     model_dir = tmp_path / "model"
     shutil.copytree(DEFAULT_MODEL, model_dir, ignore=shutil.ignore_patterns("profiler", "calibration_report.*"))
+    cli = [sys.executable, "-m", "adascale_ros.tools.cli"]
     run = subprocess.run(
-        ["adascale", "calibrate", str(model_dir), "--quick", "--no-progress"], capture_output=True, text=True
+        [*cli, "calibrate", str(model_dir), "--quick", "--no-progress"], capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr
     assert "auto-selected" in run.stdout and (model_dir / "calibration_report.json").exists()
     assert not _stress_ng_running()
+    run = subprocess.run(
+        [*cli, "predict", str(model_dir), "--load-index", "0.5", "--json"], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    variants = json.loads(run.stdout)["variants"]
+    assert len(variants) == 780 and all(v["predicted_latency_ms"] > 0 for v in variants)
 
 
 # ---------------------------------------------------------------- the node, in its own process
