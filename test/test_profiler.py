@@ -6,6 +6,7 @@ import json
 import math
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -391,3 +392,18 @@ def test_node_refuses_to_start_without_predictors(tmp_path, start_process):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "adascale calibrate" in out and "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_interrupted_calibrate_leaves_no_stress_ng(tmp_path, start_process):
+    model_dir = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, model_dir, ignore=shutil.ignore_patterns("profiler", "calibration_report.*"))
+    proc = start_process(["-m", "adascale_ros.tools.cli", "calibrate", str(model_dir), "--quick", "--no-progress"])
+    deadline = time.monotonic() + 60
+    while not _stress_ng_running() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert _stress_ng_running(), "calibration never reached its loaded level"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 130 and "interrupted" in out, out
+    assert not _stress_ng_running()

@@ -50,7 +50,7 @@ PARAMETERS: dict[str, Param] = {
 }
 
 
-def _check(values: dict[str, Any]) -> None:
+def _validate(values: dict[str, Any]) -> None:
     if not 0.0 < float(values["max_rate_hz"]) <= 100.0:
         raise ValueError(f"max_rate_hz must be in (0, 100], got {values['max_rate_hz']}")
     if not 0.0 <= float(values["correction_alpha"]) <= 1.0:
@@ -77,7 +77,7 @@ class Profiler(Node):
         super().__init__("profiler", **kwargs)
         declare_parameters(self, PARAMETERS)
         values = current_values(self, PARAMETERS)
-        _check(values)
+        _validate(values)
         model_dir = values["model_dir"] or str(default_model_dir())
         table = load_variant_table(model_dir)
         self.predictor = LatencyPredictor.load(model_dir)
@@ -136,7 +136,7 @@ class Profiler(Node):
         return self.get_clock().now().nanoseconds / 1e9
 
     def _apply(self, values: dict[str, Any]) -> None:
-        _check(values)
+        _validate(values)
         self.correct = float(values["correction_alpha"]) > 0.0
         if self.correct:
             self.correction.alpha = float(values["correction_alpha"])
