@@ -18,6 +18,7 @@ setup(
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
         (f"share/{PACKAGE}/config/train", glob("config/train/*.yaml")),
         (f"share/{PACKAGE}/config/energy", glob("config/energy/*.yaml")),
+        (f"share/{PACKAGE}/config/load_traces", glob("config/load_traces/*.yaml")),
         (f"share/{PACKAGE}/models/default", [f for f in glob("models/default/*") if os.path.isfile(f)]),
         (f"share/{PACKAGE}/models/default/profiler", glob("models/default/profiler/*")),
     ],

@@ -97,6 +97,47 @@ def _cmd_compare_training(args: argparse.Namespace) -> int:
     return 0 if report["results"] else 1
 
 
+def resolve_trace(name_or_path: str) -> Path:
+    """A trace file by path, or by the name of one shipped in config/load_traces/."""
+    from adascale_ros.bringup import shipped_path
+
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    shipped = shipped_path("config/load_traces")
+    if not (shipped / f"{name_or_path}.yaml").is_file():
+        names = ", ".join(sorted(p.stem for p in shipped.glob("*.yaml")))
+        raise ValueError(f"no load trace {name_or_path!r}: give a YAML file or one of {names}")
+    return shipped / f"{name_or_path}.yaml"
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+    import time
+
+    from adascale_ros.tools.traces import LoadTrace, play_trace
+
+    trace = LoadTrace.from_yaml(resolve_trace(args.trace))
+    print(f"{trace.name}: {trace.description} ({trace.duration_s:g} s{', looping' if args.loop else ''})", flush=True)
+    start = time.monotonic()
+    stop = threading.Event()
+    # Ctrl-C and SIGTERM end the trace normally: the phase's stress-ng is stopped, exit 0.
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        play_trace(
+            trace,
+            on_phase=lambda i, p: print(f"[{time.monotonic() - start:7.1f} s] phase {i}: {p.describe()}", flush=True),
+            loop=args.loop,
+            should_stop=stop.is_set,
+        )
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    print(f"[{time.monotonic() - start:7.1f} s] {'stopped' if stop.is_set() else 'done'}", flush=True)
+    return 0
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from adascale_ros.profiling.calibrate import REPORT, CalibrateOptions, calibrate_model
     from adascale_ros.tools.stress import stop_on_sigterm
@@ -277,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--modes", nargs="+", choices=["freeze", "guarded", "joint"], default=["freeze", "joint"])
     cmp.add_argument("--no-progress", action="store_true")
     cmp.set_defaults(func=_cmd_compare_training)
+
+    load = sub.add_parser("load", help="drive stress-ng through a load trace, phase by phase")
+    load.add_argument("trace", help="a trace YAML, or a shipped one: steady, step, bursty, ramp")
+    load.add_argument("--loop", action="store_true", help="start over at the end, until Ctrl-C")
+    load.set_defaults(func=_cmd_load)
 
     cal = sub.add_parser("calibrate", help="measure module latencies under stress-ng load and fit the predictors")
     cal.add_argument("model_dir", type=Path)
