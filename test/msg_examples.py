@@ -8,6 +8,7 @@ from std_msgs.msg import Header
 
 from adascale_msgs.msg import (
     ElasticClassification,
+    FrameLabel,
     ResourceState,
     VariantProfile,
     VariantProfileArray,
@@ -82,4 +83,5 @@ def examples() -> dict[str, object]:
             latency_ms=1.5,
             age_ms=4.0,
         ),
+        "FrameLabel": FrameLabel(header=HEADER, class_id=9, label="ankle boot"),
     }

@@ -138,6 +138,64 @@ def _cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_bag(args: argparse.Namespace) -> int:
+    from adascale_ros.model.datasets import DatasetSpec, load_splits
+    from adascale_ros.tools.bags import BagSpec, make_camera_bag
+
+    splits = load_splits(DatasetSpec(name=args.dataset, root=args.root))
+    part = getattr(splits, args.split)
+    count = min(args.limit, len(part)) if args.limit else len(part)
+    images = part.images[:count].numpy()  # (N, C, H, W)
+    images = images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
+    spec = BagSpec(width=args.width, height=args.height, rate_hz=args.rate_hz, camera_topic=args.camera_topic)
+    make_camera_bag(args.out, images, part.labels[:count].numpy(), part.classes, spec)
+    print(
+        f"{args.out}: {count} {args.dataset} {args.split} frames, {args.width}x{args.height} rgb8 at "
+        f"{args.rate_hz:g} Hz on {spec.camera_topic}, labels on {spec.labels_topic} ({count / args.rate_hz:g} s)"
+    )
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    import importlib
+    import signal
+    import threading
+
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+
+    from adascale_ros.tools.bags import ReplaySpec, read_bag, replay
+
+    spec = ReplaySpec(rate=args.rate, loop=args.loop, start_offset_s=args.start_offset)
+    topics, messages = read_bag(args.bag)
+    if args.topics:
+        missing = set(args.topics) - set(topics)
+        if missing:
+            raise ValueError(f"{args.bag}: no topics {sorted(missing)}; it has {sorted(topics)}")
+        topics = {t: topics[t] for t in args.topics}
+        messages = [m for m in messages if m.topic in topics]
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    node = rclpy.create_node("adascale_replay")
+    try:
+        publishers = {}
+        for topic, msgtype in topics.items():
+            package, _, name = msgtype.split("/")
+            publishers[topic] = node.create_publisher(
+                getattr(importlib.import_module(f"{package}.msg"), name), topic, 10
+            )
+        print(f"{args.bag}: {len(messages)} messages on {', '.join(sorted(topics))} at x{args.rate:g}", flush=True)
+        count = replay(messages, lambda m: publishers[m.topic].publish(m.data), spec, stop.is_set)
+        print(f"published {count} messages{' (stopped)' if stop.is_set() else ''}", flush=True)
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return 0
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from adascale_ros.profiling.calibrate import REPORT, CalibrateOptions, calibrate_model
     from adascale_ros.tools.stress import stop_on_sigterm
@@ -318,6 +376,26 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--modes", nargs="+", choices=["freeze", "guarded", "joint"], default=["freeze", "joint"])
     cmp.add_argument("--no-progress", action="store_true")
     cmp.set_defaults(func=_cmd_compare_training)
+
+    bag = sub.add_parser("make-bag", help="write a labelled camera bag (rosbag2, MCAP) from a dataset")
+    bag.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist-idx, cifar, image-folder")
+    bag.add_argument("--root", help="dataset directory (default: the Debian package's, for fashion-mnist)")
+    bag.add_argument("--split", choices=["test", "val", "train"], default="test")
+    bag.add_argument("--out", type=Path, required=True)
+    bag.add_argument("--limit", type=int, default=300, help="frames (0: the whole split)")
+    bag.add_argument("--width", type=int, default=250)
+    bag.add_argument("--height", type=int, default=250)
+    bag.add_argument("--rate-hz", type=float, default=10.0)
+    bag.add_argument("--camera-topic", default="/camera/image_raw")
+    bag.set_defaults(func=_cmd_make_bag)
+
+    rep = sub.add_parser("replay", help="play a bag like `ros2 bag play`")
+    rep.add_argument("bag", type=Path)
+    rep.add_argument("--rate", type=float, default=1.0, help="speed factor")
+    rep.add_argument("--loop", action="store_true")
+    rep.add_argument("--start-offset", type=float, default=0.0, help="skip this many seconds of the bag")
+    rep.add_argument("--topics", nargs="+", help="only these topics (default: all)")
+    rep.set_defaults(func=_cmd_replay)
 
     load = sub.add_parser("load", help="drive stress-ng through a load trace, phase by phase")
     load.add_argument("trace", help="a trace YAML, or a shipped one: steady, step, bursty, ramp")

@@ -1,0 +1,112 @@
+"""Labelled camera bags: written with rosbags (MCAP), read back, scheduled and replayed over DDS."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import numpy as np
+import pytest
+from conftest import spin_until
+
+from adascale_ros.model.datasets import DatasetSpec, load_splits
+from adascale_ros.tools.bags import (
+    FRAME_LABEL,
+    IMAGE,
+    LABELS_TOPIC,
+    BagMessage,
+    BagSpec,
+    ReplaySpec,
+    camera_frame,
+    make_camera_bag,
+    read_bag,
+    read_labels,
+    schedule,
+    typestore,
+)
+
+FRAMES = 20
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    test = load_splits(DatasetSpec(limit_train=100, limit_test=FRAMES)).test
+    return test.images[:, 0].numpy(), test.labels.numpy(), test.classes
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory, fashion):
+    out = tmp_path_factory.mktemp("bags") / "fashion"
+    images, labels, classes = fashion
+    make_camera_bag(out, images, labels, classes, BagSpec(width=64, height=48, rate_hz=20.0))
+    return out
+
+
+def test_bag_holds_every_frame_and_its_label(bag, fashion):
+    images, labels, classes = fashion
+    topics, messages = read_bag(bag)
+    assert topics == {"/camera/image_raw": IMAGE, LABELS_TOPIC: FRAME_LABEL}
+    assert len(messages) == 2 * FRAMES and (bag / "metadata.yaml").exists() and list(bag.glob("*.mcap"))
+    store = typestore()
+    frames = [store.deserialize_cdr(m.data, IMAGE) for m in messages if m.topic == "/camera/image_raw"]
+    first = frames[0]
+    assert (first.width, first.height, first.encoding, first.step) == (64, 48, "rgb8", 192)
+    np.testing.assert_array_equal(first.data.reshape(48, 64, 3), camera_frame(images[0], 64, 48))
+    stamps = [f.header.stamp.sec * 10**9 + f.header.stamp.nanosec for f in frames]
+    assert np.all(np.diff(stamps) == 50_000_000)  # 20 Hz
+    truth = read_labels(bag)
+    assert [truth[s] for s in stamps] == labels.tolist()
+    label = store.deserialize_cdr(next(m.data for m in messages if m.topic == LABELS_TOPIC), FRAME_LABEL)
+    assert label.label == classes[labels[0]]
+
+
+def test_bad_bags_and_arguments_fail_clearly(tmp_path, bag, fashion):
+    with pytest.raises(ValueError, match="cannot read the bag"):
+        read_bag(tmp_path / "missing")
+    with pytest.raises(ValueError, match="exists"):
+        make_camera_bag(bag, *fashion)
+    with pytest.raises(ValueError, match="same"):
+        make_camera_bag(tmp_path / "x", fashion[0][:3], fashion[1][:2], fashion[2])
+    with pytest.raises(ValueError, match="rate"):
+        ReplaySpec(rate=0.0)
+
+
+def test_schedule_follows_rate_offset_and_loop():
+    messages = [BagMessage("/t", "std_msgs/msg/Empty", t * 10**8, b"") for t in range(5)]  # 0.0 .. 0.4 s
+    assert [round(at, 3) for at, _ in schedule(messages, ReplaySpec(rate=2.0))] == [0.0, 0.05, 0.1, 0.15, 0.2]
+    offset = list(schedule(messages, ReplaySpec(start_offset_s=0.25)))
+    assert [m.timestamp_ns for _, m in offset] == [3 * 10**8, 4 * 10**8] and offset[0][0] == 0.0
+    looped = schedule(messages, ReplaySpec(loop=True))
+    times = [round(next(looped)[0], 3) for _ in range(7)]
+    assert times == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]  # one frame period between loops
+    with pytest.raises(ValueError, match="past the end"):
+        list(schedule(messages, ReplaySpec(start_offset_s=9.0)))
+
+
+def test_adascale_replay_publishes_the_bag_over_dds(bag, ros_node, start_process):
+    from sensor_msgs.msg import Image
+
+    from adascale_msgs.msg import FrameLabel
+
+    frames, labels = [], []
+    ros_node.create_subscription(Image, "/camera/image_raw", frames.append, 50)
+    ros_node.create_subscription(FrameLabel, LABELS_TOPIC, labels.append, 50)
+    proc = start_process(["-m", "adascale_ros.tools.cli", "replay", str(bag), "--rate", "2", "--loop"])
+    assert spin_until(ros_node, lambda: len(frames) >= FRAMES and len(labels) >= FRAMES, 30), proc.poll()
+    assert frames[0].width == 64 and frames[0].encoding == "rgb8"
+
+    def stamps(msgs):
+        return {(m.header.stamp.sec, m.header.stamp.nanosec) for m in msgs[:FRAMES]}
+
+    assert len(stamps(frames)) == FRAMES and stamps(labels) == stamps(frames)  # every frame has its label
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and "(stopped)" in out, out
+    assert time.monotonic() - started < 2.0
+
+
+def test_adascale_replay_refuses_a_bad_bag(tmp_path, start_process):
+    proc = start_process(["-m", "adascale_ros.tools.cli", "replay", str(tmp_path)])
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "cannot read the bag" in out and "Traceback" not in out
