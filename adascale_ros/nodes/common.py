@@ -16,10 +16,13 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+
+from adascale_ros.tools.signals import stop_flag
 
 # DiagnosticStatus levels (single bytes in the generated Python class).
 OK = DiagnosticStatus.OK
@@ -112,21 +115,31 @@ class DiagnosticsPublisher:
 def spin_node(node_factory: Callable[[], Node], args: list[str] | None = None) -> int:
     """Entry point body: init, spin until SIGINT/SIGTERM, shut down cleanly, exit 0.
 
+    SIGINT and SIGTERM only set a flag that the spin loop checks every 0.1 s:
+    rclpy's own handler would shut the context down, or raise
+    KeyboardInterrupt, wherever the main thread is, including inside native
+    code (a message being taken, an ONNX export during start-up), which ends
+    the process with an error or an abort instead of a clean stop.
+
     A node whose configuration is invalid raises ``ValueError`` from its
     constructor; that is reported in one line and the process exits with 2.
     """
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = None
-    try:
-        node = node_factory()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    with stop_flag() as stop:
+        rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+        node = None
+        try:
+            node = node_factory()
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            while not stop.is_set() and rclpy.ok():
+                executor.spin_once(timeout_sec=0.1)
+        except ExternalShutdownException:
+            pass
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            if node is not None:
+                node.destroy_node()
+            rclpy.try_shutdown()
     return 0

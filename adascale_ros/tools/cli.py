@@ -112,28 +112,22 @@ def resolve_trace(name_or_path: str) -> Path:
 
 
 def _cmd_load(args: argparse.Namespace) -> int:
-    import signal
-    import threading
     import time
 
+    from adascale_ros.tools.signals import stop_flag
     from adascale_ros.tools.traces import LoadTrace, play_trace
 
     trace = LoadTrace.from_yaml(resolve_trace(args.trace))
     print(f"{trace.name}: {trace.description} ({trace.duration_s:g} s{', looping' if args.loop else ''})", flush=True)
     start = time.monotonic()
-    stop = threading.Event()
     # Ctrl-C and SIGTERM end the trace normally: the phase's stress-ng is stopped, exit 0.
-    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with stop_flag() as stop:
         play_trace(
             trace,
             on_phase=lambda i, p: print(f"[{time.monotonic() - start:7.1f} s] phase {i}: {p.describe()}", flush=True),
             loop=args.loop,
             should_stop=stop.is_set,
         )
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
     print(f"[{time.monotonic() - start:7.1f} s] {'stopped' if stop.is_set() else 'done'}", flush=True)
     return 0
 
@@ -158,13 +152,12 @@ def _cmd_make_bag(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     import importlib
-    import signal
-    import threading
 
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
     from adascale_ros.tools.bags import ReplaySpec, read_bag, replay
+    from adascale_ros.tools.signals import stop_flag
 
     spec = ReplaySpec(rate=args.rate, loop=args.loop, start_offset_s=args.start_offset)
     topics, messages = read_bag(args.bag)
@@ -174,31 +167,28 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.bag}: no topics {sorted(missing)}; it has {sorted(topics)}")
         topics = {t: topics[t] for t in args.topics}
         messages = [m for m in messages if m.topic in topics]
-    stop = threading.Event()
-    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
-    node = rclpy.create_node("adascale_replay")
-    try:
-        publishers = {}
-        for topic, msgtype in topics.items():
-            package, _, name = msgtype.split("/")
-            publishers[topic] = node.create_publisher(
-                getattr(importlib.import_module(f"{package}.msg"), name), topic, 10
-            )
-        print(f"{args.bag}: {len(messages)} messages on {', '.join(sorted(topics))} at x{args.rate:g}", flush=True)
-        count = replay(messages, lambda m: publishers[m.topic].publish(m.data), spec, stop.is_set)
-        print(f"published {count} messages{' (stopped)' if stop.is_set() else ''}", flush=True)
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    # Our own signal handling: a flag ends the replay, then the context shuts down (exit 0).
+    with stop_flag() as stop:
+        rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+        node = rclpy.create_node("adascale_replay")
+        try:
+            publishers = {}
+            for topic, msgtype in topics.items():
+                package, _, name = msgtype.split("/")
+                message_class = getattr(importlib.import_module(f"{package}.msg"), name)
+                publishers[topic] = node.create_publisher(message_class, topic, 10)
+            print(f"{args.bag}: {len(messages)} messages on {', '.join(sorted(topics))} at x{args.rate:g}", flush=True)
+            count = replay(messages, lambda m: publishers[m.topic].publish(m.data), spec, stop.is_set)
+            print(f"published {count} messages{' (stopped)' if stop.is_set() else ''}", flush=True)
+        finally:
+            node.destroy_node()
+            rclpy.try_shutdown()
     return 0
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from adascale_ros.profiling.calibrate import REPORT, CalibrateOptions, calibrate_model
-    from adascale_ros.tools.stress import stop_on_sigterm
+    from adascale_ros.tools.signals import stop_on_sigterm
 
     options = CalibrateOptions(
         quick=args.quick,

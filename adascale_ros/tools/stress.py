@@ -11,8 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -97,17 +95,3 @@ class StressNg:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-@contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt for the block, so it unwinds (and stops stress-ng) like Ctrl-C."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
