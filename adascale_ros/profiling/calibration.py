@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from adascale_ros.model.elastic import Variant
+from adascale_ros.model.metrics import module_keys
 from adascale_ros.profiling.predictor import STATE_FEATURES
 from adascale_ros.profiling.timing import summarize
 from adascale_ros.resources import ARForecaster, LoadIndexWeights, ResourceSampler
@@ -101,13 +102,8 @@ class ModuleInfo:
         return cls(FIXED, FIXED, 0, 0, 0, 0, 0, 0, 0)
 
     def features(self) -> list[float]:
-        return [
-            float(v)
-            for v in (
-                self.in_channels, self.in_hw, self.out_channels, self.out_hw,
-                self.params, self.flops, self.memory_accesses,
-            )
-        ]  # fmt: skip
+        """The regressors' sampling parameters, in ``MODULE_FEATURES`` order."""
+        return [float(getattr(self, name)) for name in MODULE_FEATURES]
 
 
 MODULE_FEATURES = ("in_channels", "in_hw", "out_channels", "out_hw", "params", "flops", "memory_accesses")
@@ -121,7 +117,7 @@ def module_infos(variants_table: dict[str, Any]) -> dict[str, ModuleInfo]:
 
 def variant_module_keys(variant: Variant) -> list[str]:
     """Modules a variant runs, the fixed per-frame cost included (AdaptiveNet's additive model)."""
-    return [FIXED, "stem", *(f"s{s}:{op}" for s, op in enumerate(variant.operators)), f"exit{variant.exit_index}"]
+    return [FIXED, *module_keys(variant)]
 
 
 @dataclass

@@ -312,7 +312,7 @@ def _fit_energy(predictor: LatencyPredictor, data: CalibrationData, profile: Ene
     energy = data.table("energy")
     rows = np.array([predictor.variant_index(v) for v in energy["variant_id"]], np.int64)
     eps = predictor.hit_rates(float(predictor.state_mean[1]))[rows]
-    memory = (predictor.incidence @ predictor.module_memory)[rows]
+    memory = predictor.variant_memory[rows]
     source = str(data.device.get("power_source", "power sensor"))
     fitted = fit_power_coefficients(memory, eps, energy["energy_mj"], profile, source, float(predictor.state_mean[3]))
     predictor.energy_profile = fitted

@@ -70,10 +70,6 @@ def device_fingerprint() -> dict[str, Any]:
     return {"machine": platform.machine(), "cpu_model": cpu_model, "cores": os.cpu_count() or 1}
 
 
-def state_vector(state: dict[str, float]) -> np.ndarray:
-    return np.array([float(state.get(f, math.nan)) for f in STATE_FEATURES], np.float64)
-
-
 @dataclass
 class LatencyPredictor:
     module_keys: list[str]
@@ -99,7 +95,7 @@ class LatencyPredictor:
         kinds = np.asarray(self.module_kinds)
         self._by_kind = {kind: np.flatnonzero(kinds == kind) for kind in dict.fromkeys(self.module_kinds)}
         self._index = {v: i for i, v in enumerate(self.variant_ids)}
-        self._variant_memory = self.incidence @ self.module_memory
+        self.variant_memory = self.incidence @ self.module_memory  # (V,) memory accesses per variant [bytes]
 
     # -- states ---------------------------------------------------------------------------------
 
@@ -155,14 +151,14 @@ class LatencyPredictor:
         load = load_index if math.isfinite(load_index) else float(self.state_mean[1])
         module_eps = np.clip(self.hit_rate[:, 0] + self.hit_rate[:, 1] * np.nan_to_num(load), 0.0, 1.0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            eps = (self.incidence @ (module_eps * self.module_memory)) / self._variant_memory
+            eps = (self.incidence @ (module_eps * self.module_memory)) / self.variant_memory
         return np.nan_to_num(eps)
 
     def energy_mj(self, state: np.ndarray) -> np.ndarray:
         """(V,) eq. 3 energy of every variant at one state; NaN without an energy profile."""
         if self.energy_profile is None:
             return np.full(len(self.variant_ids), math.nan)
-        return energy_mj(self._variant_memory, self.hit_rates(float(state[1])), self.energy_profile, float(state[3]))
+        return energy_mj(self.variant_memory, self.hit_rates(float(state[1])), self.energy_profile, float(state[3]))
 
     def predict(self, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(latency_ms, energy_mj), each (V,), at one state."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from adascale_ros.bringup import RESOURCE_STATE_TOPIC, SELECTION_TOPIC, NodeSpec
+from adascale_ros.tools.signals import stop_flag
 
 # Grace before SIGKILL. Nodes end in well under 2 s on their own; four nodes
 # stopping at once on a busy 2-core machine have been seen to need more.
@@ -118,36 +119,33 @@ def run_graph(
     graph = GraphProcesses(specs, params_file, log_level)
     # The runner handles SIGINT/SIGTERM itself: a flag ends the loop below, so the
     # context is never shut down under a spin_once in progress.
-    stop = threading.Event()
-    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
-    node = rclpy.create_node("adascale_run")
-    latest: deque[ResourceState] = deque(maxlen=1)
-    node.create_subscription(ResourceState, RESOURCE_STATE_TOPIC, lambda m: latest.append(m), 10)
-    selection: deque[VariantSelection] = deque(maxlen=1)
-    node.create_subscription(VariantSelection, SELECTION_TOPIC, lambda m: selection.append(m), latched_qos())
-    graph.start()
-    failed: dict[str, int] = {}
-    deadline = math.inf if duration_s is None else time.monotonic() + duration_s
-    next_status = time.monotonic() + status_period_s
-    try:
-        while not stop.is_set() and time.monotonic() < deadline:
-            rclpy.spin_once(node, timeout_sec=0.1)
-            failed = graph.exited()
-            if failed:
-                break
-            if time.monotonic() >= next_status:
-                next_status += status_period_s
-                if latest:
-                    print(status_line(latest[-1], selection[-1] if selection else None), flush=True)
-                else:
-                    print("waiting for the first resource state ...", flush=True)
-    finally:
-        codes = graph.stop()
-        node.destroy_node()
-        rclpy.try_shutdown()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    with stop_flag() as stop:
+        rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+        node = rclpy.create_node("adascale_run")
+        latest: deque[ResourceState] = deque(maxlen=1)
+        node.create_subscription(ResourceState, RESOURCE_STATE_TOPIC, lambda m: latest.append(m), 10)
+        selection: deque[VariantSelection] = deque(maxlen=1)
+        node.create_subscription(VariantSelection, SELECTION_TOPIC, lambda m: selection.append(m), latched_qos())
+        graph.start()
+        failed: dict[str, int] = {}
+        deadline = math.inf if duration_s is None else time.monotonic() + duration_s
+        next_status = time.monotonic() + status_period_s
+        try:
+            while not stop.is_set() and time.monotonic() < deadline:
+                rclpy.spin_once(node, timeout_sec=0.1)
+                failed = graph.exited()
+                if failed:
+                    break
+                if time.monotonic() >= next_status:
+                    next_status += status_period_s
+                    if latest:
+                        print(status_line(latest[-1], selection[-1] if selection else None), flush=True)
+                    else:
+                        print("waiting for the first resource state ...", flush=True)
+        finally:
+            codes = graph.stop()
+            node.destroy_node()
+            rclpy.try_shutdown()
     if failed:
         print(f"stopped: node(s) exited early: {failed}", file=sys.stderr)
         return 1
