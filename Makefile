@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMPS := $(VENV)/.stamps
 
-.PHONY: setup test test-slow demo lint lock debs clean model
+.PHONY: setup test test-slow demo evaluate lint lock debs clean model
 
 setup: debs $(STAMPS)/package
 
@@ -41,8 +41,19 @@ test: setup
 test-slow: setup
 	$(VENV)/bin/pytest -m slow
 
+# The demo: the full graph as separate processes on the default camera bag under
+# the step load trace (one minute), then the same for the most accurate static
+# variant, and the evaluation table of the two. Report: build/demo/.
+DEMO_BAG := build/bags/fashion-mnist-test
+
 demo: setup
-	$(VENV)/bin/adascale run --duration 8
+	@[ -d $(DEMO_BAG) ] || $(VENV)/bin/adascale make-bag --dataset fashion-mnist --split test --out $(DEMO_BAG)
+	$(VENV)/bin/adascale evaluate --bag $(DEMO_BAG) --trace step --policies adascale static-largest --out build/demo
+
+# Every policy (six, about eight minutes): the README's evaluation table. Report: build/evaluation/.
+evaluate: setup
+	@[ -d $(DEMO_BAG) ] || $(VENV)/bin/adascale make-bag --dataset fashion-mnist --split test --out $(DEMO_BAG)
+	$(VENV)/bin/adascale evaluate --bag $(DEMO_BAG) --trace step --out build/evaluation
 
 # Retrain the committed default model (tens of minutes on 2 CPU cores).
 model: setup

@@ -9,7 +9,7 @@ parameters and remappings.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 PACKAGE = "adascale_ros"
@@ -33,7 +33,8 @@ class NodeSpec:
         if params_file is not None:
             cmd += ["--params-file", str(params_file)]
         for name, value in self.parameters.items():
-            cmd += ["-p", f"{name}:={value}"]
+            text = str(value).lower() if isinstance(value, bool) else str(value)  # YAML booleans
+            cmd += ["-p", f"{name}:={text}"]
         for src, dst in self.remappings:
             cmd += ["-r", f"{src}:={dst}"]
         return cmd
@@ -66,13 +67,42 @@ CLASSIFICATION_TOPIC = "/elastic_inference/classification"
 DEFAULT_CAMERA_TOPIC = "/camera/image_raw"
 
 
-def node_graph(camera_topic: str = DEFAULT_CAMERA_TOPIC) -> list[NodeSpec]:
+def node_graph(
+    camera_topic: str = DEFAULT_CAMERA_TOPIC,
+    model_dir: str = "",
+    image_input: str = "",
+    use_sim_time: bool | None = None,
+) -> list[NodeSpec]:
     """The nodes of the adaptation loop, in start order.
 
     ``camera_topic`` is the raw image topic; compressed frames are read from
     ``<camera_topic>/compressed`` (image_transport's naming) when the
-    inference node's ``input`` parameter says so.
+    inference node's ``input`` parameter says so. ``model_dir`` (for every node
+    that reads the model), ``image_input`` (raw or compressed) and
+    ``use_sim_time`` override the parameters file when given; empty or None
+    leaves its values.
     """
+    if image_input not in ("", "raw", "compressed"):
+        raise ValueError(f"input must be raw or compressed, got {image_input!r}")
+    specs = _graph(camera_topic)
+    if model_dir:
+        specs = [with_parameters(s, model_dir=model_dir) if s.name in MODEL_READERS else s for s in specs]
+    if image_input:
+        specs = [with_parameters(s, input=image_input) if s.name == "elastic_inference" else s for s in specs]
+    if use_sim_time is not None:
+        specs = [with_parameters(s, use_sim_time=use_sim_time) for s in specs]
+    return specs
+
+
+MODEL_READERS = ("profiler", "selector", "elastic_inference")
+
+
+def with_parameters(spec: NodeSpec, **parameters: object) -> NodeSpec:
+    """``spec`` with these parameters set on top of its own."""
+    return replace(spec, parameters={**spec.parameters, **parameters})
+
+
+def _graph(camera_topic: str) -> list[NodeSpec]:
     return [
         NodeSpec(
             name="resource_monitor",

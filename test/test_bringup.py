@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import REPO_ROOT
 
-from adascale_ros.bringup import default_params_file, node_graph
+from adascale_ros.bringup import MODEL_READERS, default_params_file, node_graph
 
 
 def test_graph_nodes_are_runnable_and_configured():
@@ -36,16 +36,57 @@ def test_node_command_line_carries_params_and_remaps(tmp_path):
     assert f"__node:={spec.name}" in cmd and "debug" in cmd
 
 
-def test_launch_file_builds_the_same_graph():
+def test_graph_overrides_reach_the_right_nodes():
+    specs = {s.name: s for s in node_graph("/oakd/rgb/preview/image_raw", "/models/m", "compressed", True)}
+    inference = specs["elastic_inference"]
+    assert ("~/image", "/oakd/rgb/preview/image_raw") in inference.remappings
+    assert ("~/image/compressed", "/oakd/rgb/preview/image_raw/compressed") in inference.remappings
+    assert inference.parameters["input"] == "compressed"
+    assert {n for n, s in specs.items() if s.parameters.get("model_dir") == "/models/m"} == set(MODEL_READERS)
+    assert all(s.parameters["use_sim_time"] is True for s in specs.values())
+    assert "use_sim_time:=true" in inference.command()
+    assert all(s.parameters == {} for s in node_graph())  # nothing given: the parameters file decides
+    with pytest.raises(ValueError, match="raw or compressed"):
+        node_graph(image_input="jpeg")
+
+
+LAUNCH_FILES = {
+    "adascale.launch.py": "/camera/image_raw",
+    "turtlebot3.launch.py": "/camera/image_raw",
+    "turtlebot4.launch.py": "/oakd/rgb/preview/image_raw",
+    "replay.launch.py": "/camera/image_raw",
+}
+
+
+@pytest.mark.parametrize("name", LAUNCH_FILES)
+def test_launch_files_compile(name):
+    compile((REPO_ROOT / "launch" / name).read_text(), name, "exec")
+
+
+@pytest.mark.parametrize("name", LAUNCH_FILES)
+def test_launch_files_build_the_same_graph(name):
     pytest.importorskip("launch_ros", reason="launch_ros is not installed (only on a full ROS 2 install)")
-    spec = importlib.util.spec_from_file_location("adascale_launch", REPO_ROOT / "launch" / "adascale.launch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
+    from launch.utilities import perform_substitutions
     from launch_ros.actions import Node
 
+    from launch import LaunchContext
+
+    spec = importlib.util.spec_from_file_location("adascale_launch", REPO_ROOT / "launch" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     description = module.generate_launch_description()
-    launched = [e for e in description.entities if isinstance(e, Node)]
-    assert len(launched) == len(node_graph())
+    context = LaunchContext()
+    for entity in description.entities:
+        if isinstance(entity, DeclareLaunchArgument):
+            context.launch_configurations[entity.name] = perform_substitutions(context, entity.default_value)
+    assert context.launch_configurations["camera_topic"] == LAUNCH_FILES[name]
+    if name == "replay.launch.py":
+        context.launch_configurations["bag"] = "/bags/b"
+    actions = [a for e in description.entities if isinstance(e, OpaqueFunction) for a in e.execute(context)]
+    nodes = [a for a in actions if isinstance(a, Node)]
+    assert len(nodes) == len(node_graph())
+    assert (name == "replay.launch.py") == any(isinstance(a, ExecuteProcess) for a in actions)
 
 
 @pytest.mark.ros

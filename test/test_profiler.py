@@ -233,16 +233,27 @@ def test_energy_model_eq3_and_cache_rate_eq5():
         assert EnergyProfile.from_yaml(shipped).name == shipped.stem
 
 
-def test_latency_correction_tracks_the_measured_ratio():
-    correction = LatencyCorrection(alpha=0.5)
+def test_latency_correction_tracks_a_quantile_of_the_measured_ratio():
+    correction = LatencyCorrection(window=10, quantile=0.9, min_samples=3)
     assert correction.ratio == 1.0
+    correction.update(5.0, 1.0)
+    assert correction.ratio == 1.0  # too few samples yet
+    correction.samples.clear()
     assert not correction.update(math.nan, 1.0) and not correction.update(2.0, math.nan)
-    assert not correction.update(2.0, 0.0) and correction.updates == 0
-    for _ in range(20):
+    assert not correction.update(2.0, 0.0) and correction.updates == 1
+    for _ in range(10):
         correction.update(3.0, 1.5)
     assert correction.ratio == pytest.approx(2.0)
-    correction.update(100.0, 1.0)  # one outlier moves it, clamped
-    assert correction.ratio == pytest.approx(0.5 * 2.0 + 0.5 * 4.0)
+    correction.update(100.0, 1.0)  # one slow frame in ten barely moves the 0.9 quantile (clamped at 4)
+    assert correction.ratio == pytest.approx(2.0 + 0.1 * (4.0 - 2.0))
+    for _ in range(3):
+        correction.update(3.0, 1.0)  # a sustained rise moves it: the 0.9 quantile of 2 x6, 3 x3, 4
+    assert correction.ratio == pytest.approx(3.1)
+    for _ in range(10):
+        correction.update(1.0, 1.0)  # old samples leave the window
+    assert correction.ratio == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        LatencyCorrection(window=0)
 
 
 # ---------------------------------------------------------------- calibration under real load
@@ -382,6 +393,32 @@ def test_node_publishes_profiles_that_follow_load_forecast_and_measurements(fitt
     latest = {p.variant_id: p for p in current[-1].variants}
     assert latest[variant].predicted_latency_ms == pytest.approx(2.0 * idle_ms[variant], rel=0.1)
     assert latest[variant].measured_latency_ms == pytest.approx(2.0 * idle_ms[variant], rel=1e-5)
+    assert proc.poll() is None
+
+
+def test_reactive_mode_ignores_resource_states(fitted, ros_node, start_process):
+    """resource_aware false (the evaluation's `reactive` baseline): idle-state predictions, no state needed."""
+    from adascale_msgs.msg import ResourceState, VariantProfileArray
+
+    model_dir, _, predictor, _ = fitted
+    args = ["-p", f"model_dir:={model_dir}", "-p", "max_rate_hz:=20.0", "-p", "resource_aware:=false"]
+    proc = start_process(["-m", MODULE, "--ros-args", *args])
+    arrays = []
+    ros_node.create_subscription(VariantProfileArray, "/profiler/profiles", arrays.append, 10)
+    assert spin_until(ros_node, lambda: bool(arrays), 30), proc.poll()  # no resource state was ever sent
+    idle = [p.predicted_latency_ms for p in arrays[-1].variants]
+    expected = predictor.latency_ms(predictor.at_load(predictor.impute(predictor.state_mean), 0.0)[None, :])[0]
+    np.testing.assert_allclose(idle, expected, rtol=1e-5)
+
+    states = ros_node.create_publisher(ResourceState, "/profiler/resource_state", 10)
+    count = len(arrays)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(arrays) < count + 5:
+        states.publish(resource_state(0.9, 0.95, forecast=0.95))
+        spin_until(ros_node, lambda: False, 0.2)
+    assert len(arrays) >= count + 5
+    assert not any(a.load_is_forecast for a in arrays)
+    np.testing.assert_allclose([p.predicted_latency_ms for p in arrays[-1].variants], idle, rtol=1e-5)
     assert proc.poll() is None
 
 

@@ -39,22 +39,42 @@ from adascale_ros.nodes.common import (
 )
 from adascale_ros.profiling.predictor import LatencyCorrection, LatencyPredictor, device_fingerprint
 
+# A variant's measured latency is the median of its last results (one slow frame is not a trend),
+# and only of recent ones: what a variant measured before the load changed says nothing now.
+MEASURED_WINDOW = 5
+MEASURED_MAX_AGE_S = 2.0
+
 PARAMETERS: dict[str, Param] = {
     "model_dir": Param(
         "", "Model directory with variants.json and profiler/ (adascale calibrate); empty: the default.", read_only=True
     ),
     "max_rate_hz": Param(5.0, "Profiles are published at most this often [Hz], in (0, 100]."),
     "publish_forecast": Param(True, "Also publish the profile at the forecast load when it is known."),
-    "correction_alpha": Param(0.1, "Smoothing of the measured/predicted latency ratio, in [0, 1]; 0: no correction."),
+    "correction_window": Param(
+        30,
+        "Results whose measured/predicted latency ratio corrects the predictions (>= 0; 0: no correction).",
+        read_only=True,
+    ),
+    "correction_quantile": Param(
+        0.9, "Quantile of those ratios applied, in [0, 1]: predictions then describe that latency quantile."
+    ),
     "state_timeout_s": Param(2.0, "A resource state older than this is stale (flagged in diagnostics) [s] (> 0)."),
+    "resource_aware": Param(
+        True,
+        "false: AdaptiveNet's reactive mode: predictions at the calibration's idle state, adjusted only by "
+        "the measured/predicted ratio; resource states are ignored.",
+        read_only=True,
+    ),
 }
 
 
 def _validate(values: dict[str, Any]) -> None:
     if not 0.0 < float(values["max_rate_hz"]) <= 100.0:
         raise ValueError(f"max_rate_hz must be in (0, 100], got {values['max_rate_hz']}")
-    if not 0.0 <= float(values["correction_alpha"]) <= 1.0:
-        raise ValueError(f"correction_alpha must be in [0, 1], got {values['correction_alpha']}")
+    if int(values["correction_window"]) < 0:
+        raise ValueError(f"correction_window must be >= 0 (0: off), got {values['correction_window']}")
+    if not 0.0 <= float(values["correction_quantile"]) <= 1.0:
+        raise ValueError(f"correction_quantile must be in [0, 1], got {values['correction_quantile']}")
     if not float(values["state_timeout_s"]) > 0.0:
         raise ValueError(f"state_timeout_s must be > 0, got {values['state_timeout_s']}")
 
@@ -84,14 +104,19 @@ class Profiler(Node):
         self.warnings = self.predictor.check_against(table, device_fingerprint())
         for warning in self.warnings:
             self.get_logger().warning(warning)
-        self.correction = LatencyCorrection(alpha=max(float(values["correction_alpha"]), 1e-9))
-        self.correct = float(values["correction_alpha"]) > 0.0
+        window = int(values["correction_window"])
+        self.correction = LatencyCorrection(max(window, 1), float(values["correction_quantile"]))
+        self.correct = window > 0
         self.publish_forecast = bool(values["publish_forecast"])
         self.state_timeout_s = float(values["state_timeout_s"])
+        self.resource_aware = bool(values["resource_aware"])
+        # Reactive mode predicts every variant at this one state: the calibration's, moved to load 0.
+        self.idle_state = self.predictor.at_load(self.predictor.impute(self.predictor.state_mean), 0.0)
 
         rows = {row["variant_id"]: row for row in table["variants"]}
         self._messages = {False: self._profile_array(rows), True: self._profile_array(rows)}
-        self.measured_ms = np.full(len(self.predictor.variant_ids), math.nan)
+        self.measured_ms = np.full(len(self.predictor.variant_ids), math.nan)  # median of the recent results
+        self._recent: dict[int, deque[tuple[float, float]]] = {}  # variant -> (time [s], latency [ms])
         self._raw_latency = np.full(len(self.predictor.variant_ids), math.nan)  # last uncorrected prediction
         self._pending: np.ndarray | None = None
         self._pending_forecast = math.nan
@@ -137,9 +162,7 @@ class Profiler(Node):
 
     def _apply(self, values: dict[str, Any]) -> None:
         _validate(values)
-        self.correct = float(values["correction_alpha"]) > 0.0
-        if self.correct:
-            self.correction.alpha = float(values["correction_alpha"])
+        self.correction.quantile = float(values["correction_quantile"])
         self.publish_forecast = bool(values["publish_forecast"])
         self.state_timeout_s = float(values["state_timeout_s"])
         period_ns = int(1e9 / float(values["max_rate_hz"]))
@@ -177,19 +200,22 @@ class Profiler(Node):
             return
         if msg.early_exited:  # a shorter path than the variant's: not a sample of its latency
             return
-        self.measured_ms[index] = latency
+        self._recent.setdefault(index, deque(maxlen=MEASURED_WINDOW)).append((self._now_s(), latency))
         self.correction.update(latency, float(self._raw_latency[index]))  # no-op before the first prediction
 
     def _publish_pending(self) -> None:
         state, self._pending = self._pending, None
+        if not self.resource_aware:
+            state = self.idle_state
         if state is None:
             return
         start = time.perf_counter()
         states = [state]
-        if self.publish_forecast and math.isfinite(self._pending_forecast):
+        if self.resource_aware and self.publish_forecast and math.isfinite(self._pending_forecast):
             states.append(self.predictor.at_load(state, self._pending_forecast))
         latency = self.predictor.latency_ms(np.vstack(states))
         self._raw_latency = latency[0]
+        self._update_measured()
         ratio = self.correction.ratio if self.correct else 1.0
         stamp = self.get_clock().now().to_msg()
         for is_forecast, (row, s) in enumerate(zip(latency, states, strict=True)):
@@ -206,16 +232,25 @@ class Profiler(Node):
             self.counts["profiles"] += 1
         self._predict_ms.append((time.perf_counter() - start) * 1e3)
 
+    def _update_measured(self) -> None:
+        oldest = self._now_s() - MEASURED_MAX_AGE_S
+        for index, recent in list(self._recent.items()):
+            fresh = [ms for t, ms in recent if t >= oldest]
+            self.measured_ms[index] = median(fresh) if fresh else math.nan
+            if not fresh:
+                del self._recent[index]
+
     def _diagnostic_status(self) -> tuple[bytes, str, dict[str, Any]]:
         age = self._now_s() - self._last_state_s
-        if self.counts["states"] == 0:
+        if self.resource_aware and self.counts["states"] == 0:
             level, message = WARN, "no resource state yet: nothing published"
-        elif age > self.state_timeout_s:
+        elif self.resource_aware and age > self.state_timeout_s:
             level, message = WARN, f"resource state stale ({age:.1f} s old): profiles paused"
         elif self.warnings:
             level, message = WARN, self.warnings[0]
         else:
-            level, message = OK, f"profiling {len(self.predictor.variant_ids)} variants"
+            mode = "" if self.resource_aware else " (reactive: idle state x measured ratio)"
+            level, message = OK, f"profiling {len(self.predictor.variant_ids)} variants{mode}"
         values = {
             **self.counts,
             "last_state_age_s": age,

@@ -151,6 +151,18 @@ class ElasticEngine:
         self.backend: Backend = (
             TorchBackend(net, threads) if backend == "torch" else OnnxBackend(net, input_shape, threads)
         )
+        self._warm_up(input_shape)
+
+    def _warm_up(self, input_shape: tuple[int, int, int], runs: int = 2) -> None:
+        """Run every module a few times, so the first frame after a switch is not also a module's first run."""
+        features = self.backend.stem(np.zeros((1, *input_shape), np.float32))
+        for stage, ops in enumerate(self.net.stages):
+            for op in ops:
+                for _ in range(runs):
+                    out = self.backend.stage(stage, op, features)
+            for _ in range(runs):
+                self.backend.head(stage, out)
+            features = out
 
     def check_variant(self, variant_id: str) -> Variant:
         """Parse and check a variant id against this network; ``ValueError`` with the reason if it does not fit."""

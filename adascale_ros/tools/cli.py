@@ -97,25 +97,11 @@ def _cmd_compare_training(args: argparse.Namespace) -> int:
     return 0 if report["results"] else 1
 
 
-def resolve_trace(name_or_path: str) -> Path:
-    """A trace file by path, or by the name of one shipped in config/load_traces/."""
-    from adascale_ros.bringup import shipped_path
-
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        return path
-    shipped = shipped_path("config/load_traces")
-    if not (shipped / f"{name_or_path}.yaml").is_file():
-        names = ", ".join(sorted(p.stem for p in shipped.glob("*.yaml")))
-        raise ValueError(f"no load trace {name_or_path!r}: give a YAML file or one of {names}")
-    return shipped / f"{name_or_path}.yaml"
-
-
 def _cmd_load(args: argparse.Namespace) -> int:
     import time
 
     from adascale_ros.tools.signals import stop_flag
-    from adascale_ros.tools.traces import LoadTrace, play_trace
+    from adascale_ros.tools.traces import LoadTrace, play_trace, resolve_trace
 
     trace = LoadTrace.from_yaml(resolve_trace(args.trace))
     print(f"{trace.name}: {trace.description} ({trace.duration_s:g} s{', looping' if args.loop else ''})", flush=True)
@@ -150,8 +136,12 @@ def _cmd_make_bag(args: argparse.Namespace) -> int:
     return 0
 
 
+SUBSCRIBER_WAIT_S = 30.0
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     import importlib
+    import time
 
     import rclpy
     from rclpy.signals import SignalHandlerOptions
@@ -178,11 +168,63 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 message_class = getattr(importlib.import_module(f"{package}.msg"), name)
                 publishers[topic] = node.create_publisher(message_class, topic, 10)
             print(f"{args.bag}: {len(messages)} messages on {', '.join(sorted(topics))} at x{args.rate:g}", flush=True)
+            deadline = time.monotonic() + SUBSCRIBER_WAIT_S
+            while (
+                not stop.is_set()
+                and time.monotonic() < deadline
+                and any(p.get_subscription_count() < args.wait_for_subscribers for p in publishers.values())
+            ):
+                time.sleep(0.05)
+            stop.wait(args.delay)  # discovery: let subscribers match before the first message
             count = replay(messages, lambda m: publishers[m.topic].publish(m.data), spec, stop.is_set)
             print(f"published {count} messages{' (stopped)' if stop.is_set() else ''}", flush=True)
         finally:
             node.destroy_node()
             rclpy.try_shutdown()
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import replace
+
+    from adascale_ros.bringup import default_model_dir, default_params_file
+    from adascale_ros.tools.evaluate import DEFAULT_BUDGET_MS, EvaluationConfig, evaluate, score
+    from adascale_ros.tools.scoring import PolicyRun, markdown_table
+    from adascale_ros.tools.signals import stop_flag
+    from adascale_ros.tools.traces import LoadTrace, resolve_trace
+
+    if not args.bag.exists():
+        raise FileNotFoundError(f"{args.bag}: no such bag (write one with `adascale make-bag`)")
+    config = EvaluationConfig(
+        bag=args.bag,
+        trace=LoadTrace.from_yaml(resolve_trace(args.trace)),
+        policies=tuple(dict.fromkeys(args.policies)),
+        out=args.out,
+        model_dir=args.model_dir or default_model_dir(),
+        params_file=args.params_file or default_params_file(),
+        budget_ms=DEFAULT_BUDGET_MS if args.budget_ms is None else args.budget_ms,
+        duration_s=args.duration,
+        camera_topic=args.camera_topic,
+    )
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    if args.rescore:
+        saved = json.loads((args.out / "runs" / "config.json").read_text())
+        config = replace(config, budget_ms=float(saved["budget_ms"]))  # the budget the runs were made with
+        runs = {p: PolicyRun.load(args.out / "runs" / f"{p}.json.gz") for p in config.policies if p != "oracle"}
+        report = score(config, runs, saved["variants"])
+    else:
+        with stop_flag() as stop:
+            report = evaluate(config, stop, say)
+        if report is None:
+            return 0
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(markdown_table(report["policies"], report["variants"]))
+        for check in report["targets"]:
+            print(f"[{'met' if check['passed'] else 'NOT met'}] {check['name']}: {check['measured']}")
+        print(f"report: {args.out / 'evaluation.md'} (JSON, plots and per-run records beside it)")
     return 0
 
 
@@ -385,12 +427,39 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--loop", action="store_true")
     rep.add_argument("--start-offset", type=float, default=0.0, help="skip this many seconds of the bag")
     rep.add_argument("--topics", nargs="+", help="only these topics (default: all)")
+    rep.add_argument("--delay", type=float, default=0.0, help="seconds to wait before playing (as ros2 bag play -d)")
+    rep.add_argument(
+        "--wait-for-subscribers",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"first wait (up to {SUBSCRIBER_WAIT_S:g} s) until every topic has N subscribers",
+    )
     rep.set_defaults(func=_cmd_replay)
 
     load = sub.add_parser("load", help="drive stress-ng through a load trace, phase by phase")
     load.add_argument("trace", help="a trace YAML, or a shipped one: steady, step, bursty, ramp")
     load.add_argument("--loop", action="store_true", help="start over at the end, until Ctrl-C")
     load.set_defaults(func=_cmd_load)
+
+    evl = sub.add_parser("evaluate", help="replay a labelled bag under a load trace once per policy and score it")
+    evl.add_argument("--bag", type=Path, required=True, help="a labelled camera bag (adascale make-bag)")
+    evl.add_argument("--trace", default="step", help="a trace YAML, or a shipped one (default: step)")
+    evl.add_argument(
+        "--policies",
+        nargs="+",
+        default=["adascale", "static-largest", "static-smallest", "static-mid", "reactive", "oracle"],
+        help="adascale static-largest static-smallest static-mid reactive oracle (default: all)",
+    )
+    evl.add_argument("--out", type=Path, required=True, help="report folder")
+    evl.add_argument("--budget-ms", type=float, help="latency budget per frame [ms] (default: 1.6)")
+    evl.add_argument("--duration", type=float, help="seconds per policy (default: the trace's duration)")
+    evl.add_argument("--model-dir", type=Path, help="default: the embedded default model")
+    evl.add_argument("--params-file", type=Path, help="ROS parameters file (default: config/adascale.yaml)")
+    evl.add_argument("--camera-topic", default="/camera/image_raw")
+    evl.add_argument("--rescore", action="store_true", help="score the runs saved in --out again; run nothing")
+    evl.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
+    evl.set_defaults(func=_cmd_evaluate)
 
     cal = sub.add_parser("calibrate", help="measure module latencies under stress-ng load and fit the predictors")
     cal.add_argument("model_dir", type=Path)

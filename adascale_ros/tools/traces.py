@@ -25,10 +25,23 @@ from typing import Any
 
 import yaml
 
+from adascale_ros.bringup import shipped_path
 from adascale_ros.tools.stress import StressNg, StressSpec
 
 PHASE_KEYS = {"duration_s", "cpu_workers", "cpu_load_percent", "vm_workers", "vm_bytes"}
 _VM_BYTES = re.compile(r"^\d+(\.\d+)?[%bBkKmMgG]?$")
+
+
+def resolve_trace(name_or_path: str) -> Path:
+    """A trace file by path, or by the name of one shipped in config/load_traces/."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    shipped = shipped_path("config/load_traces")
+    if not (shipped / f"{name_or_path}.yaml").is_file():
+        names = ", ".join(sorted(p.stem for p in shipped.glob("*.yaml")))
+        raise ValueError(f"no load trace {name_or_path!r}: give a YAML file or one of {names}")
+    return shipped / f"{name_or_path}.yaml"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,99 @@
+"""Launch descriptions of the node graph, for the files in launch/ (needs ``launch_ros``: a ROS 2 install).
+
+Every launch file is one call here, so they share the arguments and the node
+list, which comes from ``adascale_ros.bringup.node_graph`` like ``adascale run``'s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adascale_ros.bringup import DEFAULT_CAMERA_TOPIC, PACKAGE, default_params_file, node_graph
+
+
+def graph_arguments(camera_topic: str = DEFAULT_CAMERA_TOPIC) -> dict[str, tuple[str, str]]:
+    """Launch arguments of the graph: name -> (default, description)."""
+    return {
+        "camera_topic": (camera_topic, "raw image topic; compressed frames are read from <topic>/compressed"),
+        "input": ("", "raw or compressed; empty: the parameters file's (raw)"),
+        "model_dir": ("", "model directory; empty: the parameters file's (the embedded default model)"),
+        "params_file": (str(default_params_file()), "ROS parameters of every node"),
+        "use_sim_time": ("false", "use /clock (true when a bag is played with --clock)"),
+        "log_level": ("info", "debug, info, warn or error"),
+    }
+
+
+def _declare(arguments: dict[str, tuple[str, str]]) -> list[Any]:
+    from launch.actions import DeclareLaunchArgument
+
+    return [DeclareLaunchArgument(name, default_value=d, description=text) for name, (d, text) in arguments.items()]
+
+
+def _graph_nodes(context: Any) -> list[Any]:
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import Node
+
+    def arg(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    specs = node_graph(
+        arg("camera_topic"),
+        model_dir=arg("model_dir"),
+        image_input=arg("input"),
+        use_sim_time=arg("use_sim_time").lower() in ("true", "1"),
+    )
+    return [
+        Node(
+            package=PACKAGE,
+            executable=spec.executable,
+            name=spec.name,
+            parameters=[arg("params_file"), spec.parameters],
+            remappings=list(spec.remappings),
+            arguments=["--ros-args", "--log-level", arg("log_level")],
+            output="screen",
+            emulate_tty=True,
+        )
+        for spec in specs
+    ]
+
+
+def graph_launch_description(camera_topic: str = DEFAULT_CAMERA_TOPIC) -> Any:
+    """The four nodes, with ``camera_topic`` as the camera argument's default."""
+    from launch.actions import OpaqueFunction
+
+    from launch import LaunchDescription
+
+    return LaunchDescription([*_declare(graph_arguments(camera_topic)), OpaqueFunction(function=_graph_nodes)])
+
+
+def _bag_play(context: Any) -> list[Any]:
+    from launch.actions import ExecuteProcess
+    from launch.substitutions import LaunchConfiguration
+
+    def arg(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    cmd = ["ros2", "bag", "play", arg("bag"), "--rate", arg("rate"), "--delay", arg("delay")]
+    if arg("loop").lower() in ("true", "1"):
+        cmd.append("--loop")
+    if arg("use_sim_time").lower() in ("true", "1"):
+        cmd.append("--clock")
+    return [ExecuteProcess(cmd=cmd, output="screen")]
+
+
+def replay_launch_description() -> Any:
+    """The graph fed by ``ros2 bag play`` of a camera bag (``adascale make-bag`` writes one)."""
+    from launch.actions import OpaqueFunction
+
+    from launch import LaunchDescription
+
+    arguments = {
+        "bag": ("", "the bag to play (required): a directory written by adascale make-bag or ros2 bag record"),
+        "rate": ("1.0", "playback speed factor"),
+        "loop": ("false", "play the bag again at its end"),
+        "delay": ("2.0", "seconds before playing, so the nodes are up"),
+        **graph_arguments(),
+    }
+    return LaunchDescription(
+        [*_declare(arguments), OpaqueFunction(function=_graph_nodes), OpaqueFunction(function=_bag_play)]
+    )

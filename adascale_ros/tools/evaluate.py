@@ -1,0 +1,402 @@
+"""``adascale evaluate``: replay a labelled bag under a load trace once per policy and score every frame.
+
+For each policy the node graph it needs starts as separate processes (the
+runner's ``GraphProcesses``), ``adascale replay`` plays the bag in a loop, and
+once the first frame is on the wire the load trace starts, so frame k of every
+run is the same image at the same point of the trace. This process records
+every frame's header stamp, every classification and every resource state, then
+stops everything and moves to the next policy. Scoring (``tools.scoring``)
+happens after the last run, from the saved records.
+
+Policies
+  adascale         the full loop: resource monitor -> profiler -> selector -> inference
+  reactive         AdaptiveNet's monitor: the profiler predicts at the calibration's
+                   idle state and corrects only by measured/predicted latency (no
+                   resource sensing, no forecast); same selector and budget
+  static-largest   the most accurate variant of the deepest exit, always
+  static-mid       the most accurate variant of the middle exit, always
+  static-smallest  the variant with the fewest FLOPs, always
+  oracle           per frame in hindsight: the most accurate variant whose measured
+                   latency on that frame met the budget, among the variants the
+                   other runs measured (needs at least one other policy; no run)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from adascale_ros.bringup import (
+    CLASSIFICATION_TOPIC,
+    RESOURCE_STATE_TOPIC,
+    SELECTION_TOPIC,
+    NodeSpec,
+    node_graph,
+    with_parameters,
+)
+from adascale_ros.tools.scoring import (
+    FrameRecord,
+    PolicyRun,
+    ResultRecord,
+    StateRecord,
+    check_targets,
+    frame_outcomes,
+    markdown_report,
+    oracle_outcomes,
+    plot_report,
+    policy_metrics,
+)
+from adascale_ros.tools.traces import LoadTrace, play_trace
+
+POLICIES = ("adascale", "static-largest", "static-smallest", "static-mid", "reactive", "oracle")
+STATIC = {"static-largest", "static-mid", "static-smallest"}
+# The deadline per frame. The default model's variants take about 1-2 ms per
+# 250x250 frame on a 2-core x86 machine; set the budget for the device at hand.
+DEFAULT_BUDGET_MS = 1.6
+READY_TIMEOUT_S = 120.0  # four nodes importing torch and exporting ONNX on a busy 2-core machine
+# The replay waits for its two subscribers (the inference node and this recorder), then a little
+# more, so frame 0 reaches both.
+REPLAY_DELAY_S = 0.5
+TAIL_S = 0.5  # results of the last frames still in flight when the run ends
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    bag: Path
+    trace: LoadTrace
+    policies: tuple[str, ...]
+    out: Path
+    model_dir: Path
+    params_file: Path
+    budget_ms: float = DEFAULT_BUDGET_MS
+    duration_s: float | None = None  # per policy; default: the trace's duration
+    camera_topic: str = "/camera/image_raw"
+
+    def __post_init__(self) -> None:
+        unknown = set(self.policies) - set(POLICIES)
+        if unknown:
+            raise ValueError(f"unknown policies {sorted(unknown)}; known: {', '.join(POLICIES)}")
+        if not self.policies or set(self.policies) == {"oracle"}:
+            raise ValueError("give at least one policy to run (the oracle is computed from the others)")
+        if not (math.isfinite(self.budget_ms) and self.budget_ms > 0):
+            raise ValueError(f"--budget-ms must be > 0, got {self.budget_ms}")
+        if self.duration_s is not None and not self.duration_s > 0:
+            raise ValueError(f"--duration must be > 0, got {self.duration_s}")
+
+    @property
+    def run_s(self) -> float:
+        return self.duration_s if self.duration_s is not None else self.trace.duration_s
+
+
+def static_variants(table: dict[str, Any]) -> dict[str, str]:
+    """The fixed variant of each static policy, from the variant table."""
+    from adascale_ros.model.files import cheapest_variant
+    from adascale_ros.model.pipeline import best_per_exit
+
+    best = best_per_exit(table["variants"], "val_accuracy")
+    deepest = max(best)
+    return {
+        "static-largest": best[deepest]["variant_id"],
+        "static-mid": best[(deepest + 1) // 2]["variant_id"],
+        "static-smallest": cheapest_variant(table),
+    }
+
+
+def policy_graph(policy: str, config: EvaluationConfig, variants: dict[str, str]) -> list[NodeSpec]:
+    """The nodes one policy runs, with the parameters that make it that policy."""
+    nodes = {spec.name: spec for spec in node_graph(config.camera_topic, model_dir=str(config.model_dir))}
+    monitor, profiler, selector, inference = (
+        nodes[name] for name in ("resource_monitor", "profiler", "selector", "elastic_inference")
+    )
+    if policy in STATIC:  # the resource monitor only records the load for the timeline
+        return [monitor, with_parameters(inference, safe_default_variant=variants[policy])]
+    selector = with_parameters(selector, latency_budget_ms=float(config.budget_ms))
+    if policy == "adascale":
+        return [monitor, profiler, selector, inference]
+    if policy == "reactive":
+        return [
+            monitor,
+            with_parameters(profiler, resource_aware=False),
+            with_parameters(selector, use_forecast=False),
+            inference,
+        ]
+    raise ValueError(f"policy {policy!r} runs no graph")
+
+
+def image_stamp_ns(cdr: bytes) -> int:
+    """Header stamp of a serialized sensor_msgs/Image (little- or big-endian CDR) without deserializing it."""
+    endian = "<" if cdr[1] & 1 else ">"
+    sec, nanosec = struct.unpack_from(f"{endian}iI", cdr, 4)
+    return sec * 1_000_000_000 + nanosec
+
+
+class Recorder:
+    """Subscriptions of the evaluation, collecting what one run needs (receive times: monotonic)."""
+
+    def __init__(self, node: Any, camera_topic: str) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        from adascale_msgs.msg import ElasticClassification, ResourceState, VariantSelection
+        from adascale_ros.nodes.common import latched_qos
+
+        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        self.reset()
+        node.create_subscription(Image, camera_topic, self._on_frame, reliable, raw=True)
+        node.create_subscription(ElasticClassification, CLASSIFICATION_TOPIC, self._on_result, reliable)
+        node.create_subscription(ResourceState, RESOURCE_STATE_TOPIC, self._on_state, 10)
+        node.create_subscription(VariantSelection, SELECTION_TOPIC, self._on_selection, latched_qos())
+        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+
+    def reset(self) -> None:
+        self.frames: list[tuple[float, int]] = []
+        self.results: list[tuple[float, Any]] = []
+        self.states: list[tuple[float, Any]] = []
+        self.selection: deque[Any] = deque(maxlen=1)
+        self.reporting: set[str] = set()  # nodes seen on /diagnostics
+
+    def _on_frame(self, data: bytes) -> None:
+        try:
+            self.frames.append((time.monotonic(), image_stamp_ns(data)))
+        except (struct.error, IndexError):
+            pass  # not a frame of ours
+
+    def _on_selection(self, msg: Any) -> None:
+        self.selection.append(msg)
+
+    def _on_result(self, msg: Any) -> None:
+        self.results.append((time.monotonic(), msg))
+
+    def _on_state(self, msg: Any) -> None:
+        self.states.append((time.monotonic(), msg))
+
+    def _on_diagnostics(self, msg: Any) -> None:
+        self.reporting.update(s.name.removeprefix("adascale: ") for s in msg.status)
+
+    def run_records(self, policy: str, t0: float, duration_s: float, phases: list[tuple[float, int]]) -> PolicyRun:
+        def stamp(header: Any) -> int:
+            return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+        frames = [FrameRecord(t - t0, s) for t, s in self.frames if t0 <= t <= t0 + duration_s]
+        results = [
+            ResultRecord(
+                t - t0, stamp(m.header), m.variant_id, int(m.exit_index),
+                int(m.class_ids[0]) if len(m.class_ids) else -1, float(m.latency_ms), bool(m.early_exited),
+            )
+            for t, m in self.results
+            if t >= t0
+        ]  # fmt: skip
+        states = [
+            StateRecord(t - t0, m.cpu_util, m.load_index, m.mem_available_mb, m.cpu_freq_mhz)
+            for t, m in self.states
+            if t0 <= t <= t0 + duration_s
+        ]
+        return PolicyRun(policy, duration_s, frames, results, states, phases)
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+def _wait(node: Any, condition: Callable[[], bool], timeout_s: float, stop: threading.Event, what: str) -> None:
+    import rclpy
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if stop.is_set():
+            return
+        if time.monotonic() > deadline:
+            raise RunFailed(f"timed out after {timeout_s:g} s waiting for {what}")
+        rclpy.spin_once(node, timeout_sec=0.1)
+
+
+def run_policy(
+    policy: str,
+    specs: list[NodeSpec],
+    config: EvaluationConfig,
+    node: Any,
+    recorder: Recorder,
+    stop: threading.Event,
+    say: Callable[[str], None],
+) -> PolicyRun | None:
+    """One replay of the bag under the trace with this policy's graph; None when interrupted."""
+    import rclpy
+
+    from adascale_ros.tools.runner import GraphProcesses, status_line
+
+    log_dir = config.out / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    recorder.reset()
+    with open(log_dir / f"{policy}.log", "w") as log:
+        graph = GraphProcesses(specs, config.params_file)
+        graph.start(out=log)
+        replay: subprocess.Popen[bytes] | None = None
+        trace_thread: threading.Thread | None = None
+        trace_stop = threading.Event()
+        phases: list[tuple[float, int]] = []
+        selecting = any(s.name == "selector" for s in specs)
+        try:
+            say(f"[{policy}] starting {', '.join(s.name for s in specs)} ...")
+
+            def check_alive() -> bool:
+                if graph.exited():
+                    raise RunFailed(f"node(s) exited: {graph.exited()} (see {log.name})")
+                return False
+
+            def ready() -> bool:
+                check_alive()
+                return (
+                    "elastic_inference" in recorder.reporting
+                    and bool(recorder.states)
+                    and (bool(recorder.selection) or not selecting)
+                )
+
+            _wait(node, ready, READY_TIMEOUT_S, stop, "the graph to come up")
+            if stop.is_set():
+                return None
+            replay = subprocess.Popen(
+                [sys.executable, "-m", "adascale_ros.tools.cli", "replay", str(config.bag), "--loop",
+                 "--topics", config.camera_topic, "--wait-for-subscribers", "2", "--delay", str(REPLAY_DELAY_S)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+            _wait(node, lambda: check_alive() or bool(recorder.frames), 60.0, stop, "the first replayed frame")
+            if stop.is_set():
+                return None
+            t0 = recorder.frames[0][0]
+            trace_thread = threading.Thread(
+                target=play_trace,
+                kwargs={
+                    "trace": config.trace,
+                    "on_phase": lambda i, _: phases.append((time.monotonic() - t0, i)),
+                    "should_stop": trace_stop.is_set,
+                },
+                daemon=True,
+            )
+            trace_thread.start()
+            next_status = time.monotonic() + 1.0
+            while not stop.is_set() and time.monotonic() < t0 + config.run_s + TAIL_S:
+                rclpy.spin_once(node, timeout_sec=0.05)
+                check_alive()
+                if time.monotonic() >= next_status and recorder.states:
+                    next_status += 1.0
+                    selection = recorder.selection[-1] if selecting and recorder.selection else None
+                    line = status_line(recorder.states[-1][1], selection)
+                    if recorder.results:
+                        last = recorder.results[-1][1]
+                        line += f" | ran {last.variant_id} {last.latency_ms:.2f} ms"
+                    phase = phases[-1][1] if phases else 0
+                    say(f"[{policy} {time.monotonic() - t0:5.1f} s, phase {phase}] {line}")
+            if stop.is_set():
+                return None
+            return recorder.run_records(policy, t0, config.run_s, phases)
+        finally:
+            trace_stop.set()
+            if replay is not None and replay.poll() is None:
+                replay.send_signal(2)  # SIGINT: the replay ends its loop, exit 0
+                try:
+                    replay.wait(5.0)
+                except subprocess.TimeoutExpired:
+                    replay.kill()
+                    replay.wait()
+            if trace_thread is not None:
+                trace_thread.join(timeout=10.0)  # stops the phase's stress-ng
+            codes = graph.stop()
+            bad = {n: c for n, c in codes.items() if c not in (0, -2)}
+            if bad:
+                say(f"[{policy}] warning: node(s) did not exit cleanly: {bad} (see {log.name})")
+
+
+def score(config: EvaluationConfig, runs: dict[str, PolicyRun], variants: dict[str, str]) -> dict[str, Any]:
+    """Metrics per policy (and the oracle), target checks, report files; returns the report."""
+    from adascale_ros.model.files import load_variant_table
+    from adascale_ros.tools.bags import read_labels
+
+    truth = read_labels(config.bag)
+    table = load_variant_table(config.model_dir)
+    accuracy = {row["variant_id"]: float(row["val_accuracy"]) for row in table["variants"]}
+    energy_of = _energy_estimator(config.model_dir)
+    outcomes, metrics, unmatched = {}, {}, {}
+    for policy, run in runs.items():
+        outcomes[policy], unmatched[policy] = frame_outcomes(run, truth, energy_of)
+        metrics[policy] = policy_metrics(outcomes[policy], config.budget_ms, run.duration_s)
+    if "oracle" in config.policies and outcomes:
+        chosen = oracle_outcomes(outcomes, accuracy, config.budget_ms)
+        outcomes["oracle"] = chosen
+        metrics["oracle"] = policy_metrics(chosen, config.budget_ms, config.run_s)
+    metrics = {p: metrics[p] for p in config.policies if p in metrics}  # the order asked for
+    report = {
+        "config": {
+            "bag": str(config.bag),
+            "trace": config.trace.name,
+            "duration_s": config.run_s,
+            "budget_ms": config.budget_ms,
+            "model_dir": str(config.model_dir),
+            "policies": list(config.policies),
+        },
+        "variants": {p: v for p, v in variants.items() if p in metrics},
+        "policies": metrics,
+        "results_without_frame": unmatched,
+        "targets": [asdict(c) for c in check_targets(metrics)],
+    }
+    config.out.mkdir(parents=True, exist_ok=True)
+    (config.out / "evaluation.json").write_text(json.dumps(report, indent=1, allow_nan=True) + "\n")
+    plot_report(runs, outcomes, metrics, config.budget_ms, config.out)
+    (config.out / "evaluation.md").write_text(markdown_report(report))
+    return report
+
+
+def _energy_estimator(model_dir: Path) -> Callable[[str, StateRecord], float] | None:
+    from adascale_ros.profiling.predictor import PREDICTOR_DIR, LatencyPredictor
+
+    if not (model_dir / PREDICTOR_DIR).is_dir():
+        return None
+    predictor = LatencyPredictor.load(model_dir)
+    cache: dict[StateRecord, Any] = {}
+
+    def energy_of(variant_id: str, state: StateRecord) -> float:
+        if state not in cache:
+            cache[state] = predictor.energy_mj(state.vector())
+        return float(cache[state][predictor.variant_index(variant_id)])
+
+    return energy_of
+
+
+def evaluate(config: EvaluationConfig, stop: threading.Event, say: Callable[[str], None] = print) -> dict | None:
+    """Run every policy in turn, save the records, score; None when interrupted."""
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+
+    from adascale_ros.model.files import load_variant_table
+
+    variants = static_variants(load_variant_table(config.model_dir))
+    runs_dir = config.out / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    (runs_dir / "config.json").write_text(json.dumps({"budget_ms": config.budget_ms, "variants": variants}))
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    node = rclpy.create_node("adascale_evaluate")
+    runs: dict[str, PolicyRun] = {}
+    try:
+        recorder = Recorder(node, config.camera_topic)
+        for policy in (p for p in config.policies if p != "oracle"):
+            run = run_policy(policy, policy_graph(policy, config, variants), config, node, recorder, stop, say)
+            if run is None:
+                say("interrupted: no report written")
+                return None
+            run.save(runs_dir / f"{policy}.json.gz")
+            runs[policy] = run
+            say(f"[{policy}] {len(run.frames)} frames, {len(run.results)} results recorded")
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return score(config, runs, variants)

@@ -1,0 +1,386 @@
+"""Scoring of evaluation runs: per-frame outcomes, metrics per policy, the oracle, tables and plots.
+
+A run is what ``adascale evaluate`` recorded while one policy classified the
+replayed bag under the load trace: every camera frame the replay published
+(with its header stamp), every classification result, the resource states and
+the trace's phase changes, each with its receive time in seconds from the
+start of the run. Nothing here touches ROS: runs are plain records, so the
+scoring is tested on hand-made runs and can be redone from the saved records.
+
+Frame outcomes: a result belongs to the published frame with its header stamp
+(the nearest in time when a looping replay repeats stamps). A frame without a
+result was dropped. A deadline is missed by a result slower than the budget
+and by every dropped frame.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RUN_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    t_s: float
+    stamp_ns: int
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    t_s: float
+    stamp_ns: int
+    variant_id: str
+    exit_index: int
+    class_id: int
+    latency_ms: float
+    early_exited: bool = False
+
+
+@dataclass(frozen=True)
+class StateRecord:
+    t_s: float
+    cpu_util: float
+    load_index: float
+    mem_available_mb: float
+    cpu_freq_mhz: float
+
+    def vector(self) -> np.ndarray:
+        """The profiler's state vector (``profiling.predictor.STATE_FEATURES`` order)."""
+        return np.array([self.cpu_util, self.load_index, self.mem_available_mb, self.cpu_freq_mhz])
+
+
+@dataclass
+class PolicyRun:
+    """What one policy did during one replay of the bag under the trace."""
+
+    policy: str
+    duration_s: float
+    frames: list[FrameRecord] = field(default_factory=list)
+    results: list[ResultRecord] = field(default_factory=list)
+    states: list[StateRecord] = field(default_factory=list)
+    phases: list[tuple[float, int]] = field(default_factory=list)  # (t_s, index) when each phase began
+
+    def save(self, path: Path) -> None:
+        data = {"format": RUN_FORMAT, **asdict(self)}
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            json.dump(data, f, allow_nan=True)
+
+    @classmethod
+    def load(cls, path: Path) -> PolicyRun:
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                data = json.load(f)
+            if data.get("format") != RUN_FORMAT:
+                raise ValueError(f"format {data.get('format')!r}, expected {RUN_FORMAT}")
+            return cls(
+                policy=str(data["policy"]),
+                duration_s=float(data["duration_s"]),
+                frames=[FrameRecord(**r) for r in data["frames"]],
+                results=[ResultRecord(**r) for r in data["results"]],
+                states=[StateRecord(**r) for r in data["states"]],
+                phases=[(float(t), int(i)) for t, i in data["phases"]],
+            )
+        except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a recorded evaluation run ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class FrameOutcome:
+    """What happened to one published frame."""
+
+    t_s: float
+    variant_id: str | None  # None: dropped
+    exit_index: int = -1
+    latency_ms: float = math.nan
+    correct: bool = False
+    energy_mj: float = math.nan
+
+    @property
+    def dropped(self) -> bool:
+        return self.variant_id is None
+
+
+def frame_outcomes(
+    run: PolicyRun, truth: Mapping[int, int], energy_of: Any | None = None
+) -> tuple[list[FrameOutcome], int]:
+    """One outcome per published frame, in publication order; and how many results matched no frame.
+
+    ``truth`` maps header stamps to class ids. ``energy_of(variant_id, state)``
+    (e.g. the profiler's predictor) estimates a frame's energy at the newest
+    resource state before its result.
+    """
+    by_stamp: dict[int, list[int]] = {}
+    for index, frame in enumerate(run.frames):
+        by_stamp.setdefault(frame.stamp_ns, []).append(index)
+    state_times = np.array([s.t_s for s in run.states])
+    answered: dict[int, ResultRecord] = {}
+    unmatched = 0
+    for result in run.results:
+        candidates = by_stamp.get(result.stamp_ns)
+        if not candidates or result.stamp_ns not in truth:
+            unmatched += 1
+            continue
+        index = min(candidates, key=lambda i: abs(run.frames[i].t_s - result.t_s))
+        answered.setdefault(index, result)
+    outcomes = []
+    for index, frame in enumerate(run.frames):
+        result = answered.get(index)
+        if result is None:
+            outcomes.append(FrameOutcome(frame.t_s, None))
+            continue
+        energy = math.nan
+        if energy_of is not None and len(state_times):
+            at = max(0, int(np.searchsorted(state_times, result.t_s, side="right")) - 1)
+            energy = float(energy_of(result.variant_id, run.states[at]))
+        outcomes.append(
+            FrameOutcome(
+                frame.t_s,
+                result.variant_id,
+                result.exit_index,
+                result.latency_ms,
+                result.class_id == truth[frame.stamp_ns],
+                energy,
+            )
+        )
+    return outcomes, unmatched
+
+
+def oracle_outcomes(
+    outcomes_by_policy: Mapping[str, Sequence[FrameOutcome]], accuracy: Mapping[str, float], budget_ms: float
+) -> list[FrameOutcome]:
+    """The best variant per frame in hindsight, among the variants the runs measured on that frame.
+
+    Frame k of every run is the same image at the same point of the trace (the
+    replay and the trace start together). Per frame the oracle takes the most
+    accurate variant (validation accuracy) whose *measured* latency met the
+    budget; when none did, the fastest one; when every run dropped the frame,
+    it is dropped too.
+    """
+    runs = [list(o) for o in outcomes_by_policy.values()]
+    if not runs:
+        raise ValueError("the oracle needs the runs of at least one other policy")
+    chosen = []
+    for k in range(min(len(r) for r in runs)):
+        seen = [r[k] for r in runs if not r[k].dropped]
+        if not seen:
+            chosen.append(runs[0][k])
+            continue
+        within = [o for o in seen if o.latency_ms <= budget_ms]
+        if within:
+            chosen.append(max(within, key=lambda o: (accuracy.get(o.variant_id, 0.0), -o.latency_ms)))
+        else:
+            chosen.append(min(seen, key=lambda o: o.latency_ms))
+    return chosen
+
+
+def _percentile(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else math.nan
+
+
+def policy_metrics(outcomes: Sequence[FrameOutcome], budget_ms: float, duration_s: float) -> dict[str, Any]:
+    """Accuracy, latency percentiles, deadline misses, drops, switches and energy of one policy."""
+    answered = [o for o in outcomes if not o.dropped]
+    latency = np.array([o.latency_ms for o in answered])
+    late = int(np.sum(latency > budget_ms)) if len(latency) else 0
+    dropped = len(outcomes) - len(answered)
+    switches = sum(1 for a, b in itertools.pairwise(answered) if a.variant_id != b.variant_id)
+    energy = np.array([o.energy_mj for o in answered if math.isfinite(o.energy_mj)])
+    exits: dict[str, int] = {}
+    for o in answered:
+        exits[str(o.exit_index)] = exits.get(str(o.exit_index), 0) + 1
+    frames = len(outcomes)
+    return {
+        "frames": frames,
+        "classified": len(answered),
+        "dropped": dropped,
+        "accuracy": sum(o.correct for o in answered) / len(answered) if answered else math.nan,
+        "latency_mean_ms": float(latency.mean()) if len(latency) else math.nan,
+        "latency_p50_ms": _percentile(latency, 50),
+        "latency_p95_ms": _percentile(latency, 95),
+        "latency_p99_ms": _percentile(latency, 99),
+        "late": late,
+        "deadline_miss_rate": (late + dropped) / frames if frames else math.nan,
+        "switches": switches,
+        "switches_per_min": switches / (duration_s / 60.0) if duration_s > 0 else math.nan,
+        "energy_mj_per_frame": float(energy.mean()) if len(energy) else math.nan,
+        "frames_per_exit": dict(sorted(exits.items())),
+    }
+
+
+# -- the issue's targets --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    name: str
+    measured: str
+    passed: bool
+
+
+def check_targets(metrics: Mapping[str, Mapping[str, Any]]) -> list[TargetCheck]:
+    """AdaScale against the baselines, for the policies that were run."""
+    checks: list[TargetCheck] = []
+    ada = metrics.get("adascale")
+    if ada is None:
+        return checks
+    big = metrics.get("static-largest")
+    if big is not None:
+        checks.append(
+            TargetCheck(
+                "adascale misses <= 5 % of deadlines where static-largest misses >= 30 %",
+                f"{ada['deadline_miss_rate']:.1%} vs {big['deadline_miss_rate']:.1%}",
+                ada["deadline_miss_rate"] <= 0.05 and big["deadline_miss_rate"] >= 0.30,
+            )
+        )
+        gap = (big["accuracy"] - ada["accuracy"]) * 100
+        checks.append(
+            TargetCheck(
+                "adascale accuracy within 3 points of static-largest",
+                f"{ada['accuracy']:.1%} vs {big['accuracy']:.1%} ({gap:+.1f} points below)",
+                gap <= 3.0,
+            )
+        )
+        lower = 1.0 - ada["latency_mean_ms"] / big["latency_mean_ms"]
+        checks.append(
+            TargetCheck(
+                "adascale mean latency >= 40 % lower than static-largest",
+                f"{ada['latency_mean_ms']:.2f} vs {big['latency_mean_ms']:.2f} ms ({lower:.0%} lower)",
+                lower >= 0.40,
+            )
+        )
+    reactive = metrics.get("reactive")
+    if reactive is not None:
+        checks.append(
+            TargetCheck(
+                "adascale misses fewer deadlines than reactive",
+                f"{ada['deadline_miss_rate']:.1%} vs {reactive['deadline_miss_rate']:.1%}",
+                ada["deadline_miss_rate"] < reactive["deadline_miss_rate"],
+            )
+        )
+    return checks
+
+
+# -- tables ---------------------------------------------------------------------------------------------
+
+
+def _cell(value: float, spec: str) -> str:
+    return format(value, spec) if isinstance(value, int | float) and math.isfinite(value) else "n/a"
+
+
+def markdown_table(metrics: Mapping[str, Mapping[str, Any]], variants: Mapping[str, str]) -> str:
+    header = (
+        "| policy | variant | frames | accuracy | mean ms | p50 ms | p95 ms | p99 ms | deadline misses "
+        "| dropped | switches/min | energy mJ/frame |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    rows = [header]
+    for name, m in metrics.items():
+        rows.append(
+            f"| {name} | {variants.get(name, 'adaptive')} | {m['frames']} | {_cell(m['accuracy'], '.1%')} "
+            f"| {_cell(m['latency_mean_ms'], '.2f')} | {_cell(m['latency_p50_ms'], '.2f')} "
+            f"| {_cell(m['latency_p95_ms'], '.2f')} | {_cell(m['latency_p99_ms'], '.2f')} "
+            f"| {_cell(m['deadline_miss_rate'], '.1%')} | {m['dropped']} | {_cell(m['switches_per_min'], '.1f')} "
+            f"| {_cell(m['energy_mj_per_frame'], '.2f')} |"
+        )
+    return "\n".join(rows)
+
+
+def markdown_report(report: Mapping[str, Any]) -> str:
+    config = report["config"]
+    lines = [
+        "# Evaluation",
+        "",
+        f"Bag `{config['bag']}`, trace `{config['trace']}` ({config['duration_s']:g} s per policy), "
+        f"latency budget {config['budget_ms']:g} ms, model `{config['model_dir']}`.",
+        "",
+        markdown_table(report["policies"], report["variants"]),
+        "",
+    ]
+    if report["targets"]:
+        lines += ["## Targets", ""]
+        lines += [f"- [{'x' if t['passed'] else ' '}] {t['name']}: {t['measured']}" for t in report["targets"]]
+        lines.append("")
+    lines += [
+        "Deadline misses count results slower than the budget and dropped frames. Energy is the profiler's",
+        "eq. 3 estimate for the variant that ran, at the resource state of the moment.",
+        "",
+        "![timeline](timeline.png)",
+        "",
+        "![accuracy vs latency](accuracy_latency.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# -- plots ----------------------------------------------------------------------------------------------
+
+
+def plot_report(
+    runs: Mapping[str, PolicyRun],
+    outcomes: Mapping[str, Sequence[FrameOutcome]],
+    metrics: Mapping[str, Mapping[str, Any]],
+    budget_ms: float,
+    out_dir: Path,
+) -> list[Path]:
+    """timeline.png (load, exit and latency against the budget over time) and accuracy_latency.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {name: plt.get_cmap("tab10")(i) for i, name in enumerate(metrics)}
+    live = [name for name in runs if name in outcomes]
+    fig, (ax_load, ax_exit, ax_lat) = plt.subplots(3, 1, figsize=(11, 8.5), sharex=True, constrained_layout=True)
+    first = runs[live[0]] if live else None
+    if first is not None:  # the trace's phases, shaded alternately, behind every panel
+        starts = [t for t, _ in first.phases] + [first.duration_s]
+        for i, (begin, end) in enumerate(itertools.pairwise(starts)):
+            for ax in (ax_load, ax_exit, ax_lat):
+                ax.axvspan(begin, end, color="0.93" if i % 2 else "white", zorder=0)
+    for name in live:
+        states = runs[name].states
+        ax_load.plot([s.t_s for s in states], [s.load_index for s in states], color=colours[name], lw=1.2, label=name)
+        answered = [o for o in outcomes[name] if not o.dropped]
+        times = [o.t_s for o in answered]
+        ax_exit.step(times, [o.exit_index for o in answered], where="post", color=colours[name], lw=1.4, label=name)
+        ax_lat.scatter(times, [o.latency_ms for o in answered], s=5, color=colours[name], alpha=0.7, label=name)
+    ax_lat.axhline(budget_ms, color="crimson", ls="--", lw=1.2, label=f"budget {budget_ms:g} ms")
+    ax_load.set(ylabel="load index", ylim=(0, 1), title="Load, chosen exit and latency per frame (shaded: phases)")
+    deepest = max((o.exit_index for v in outcomes.values() for o in v), default=0)
+    ax_exit.set(ylabel="exit", yticks=range(deepest + 1), ylim=(-0.3, deepest + 0.3))
+    lat = [o.latency_ms for v in outcomes.values() for o in v if not o.dropped]
+    top = max(budget_ms * 2.0, float(np.percentile(lat, 99)) * 1.1) if lat else budget_ms * 2.0
+    ax_lat.set(ylabel="latency [ms]", xlabel="time [s]", ylim=(0, top))
+    ax_load.legend(loc="upper right", fontsize=8, ncols=len(live) or 1)
+    ax_lat.legend(loc="upper right", fontsize=8, ncols=len(live) + 1, markerscale=3)
+    timeline = out_dir / "timeline.png"
+    fig.savefig(timeline, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 5), constrained_layout=True)
+    for name, m in metrics.items():
+        if not math.isfinite(m["latency_mean_ms"]):
+            continue
+        p95 = m["latency_p95_ms"] - m["latency_mean_ms"]
+        ax.errorbar(
+            m["latency_mean_ms"], m["accuracy"] * 100, xerr=[[0], [max(p95, 0.0)]], fmt="o", ms=8, capsize=4,
+            color=colours[name], label=f"{name} (misses {m['deadline_miss_rate']:.0%})",
+        )  # fmt: skip
+    ax.axvline(budget_ms, color="crimson", ls="--", lw=1.2, label=f"budget {budget_ms:g} ms")
+    ax.set(xlabel="mean latency [ms] (bar: to p95)", ylabel="accuracy [%]", title="Accuracy vs latency per policy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    scatter = out_dir / "accuracy_latency.png"
+    fig.savefig(scatter, dpi=110)
+    plt.close(fig)
+    return [timeline, scatter]

@@ -1,0 +1,12 @@
+"""adascale on a TurtleBot 3: the Raspberry Pi camera's /camera/image_raw.
+
+    ros2 launch adascale_ros turtlebot3.launch.py [input:=compressed] [model_dir:=...] [params_file:=...]
+
+The arguments are those of adascale.launch.py; only camera_topic's default differs.
+"""
+
+from adascale_ros.launch_support import graph_launch_description
+
+
+def generate_launch_description():  # noqa: ANN201 - launch.LaunchDescription
+    return graph_launch_description("/camera/image_raw")

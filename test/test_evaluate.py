@@ -1,0 +1,255 @@
+"""Evaluation: scoring of recorded runs, the oracle, the policies' graphs, and `adascale evaluate` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+from dataclasses import asdict
+
+import pytest
+from conftest import REPO_ROOT
+
+from adascale_ros.bringup import default_params_file
+from adascale_ros.model.files import cheapest_variant, load_variant_table
+from adascale_ros.tools.evaluate import EvaluationConfig, image_stamp_ns, policy_graph, static_variants
+from adascale_ros.tools.scoring import (
+    FrameOutcome,
+    FrameRecord,
+    PolicyRun,
+    ResultRecord,
+    StateRecord,
+    check_targets,
+    frame_outcomes,
+    markdown_report,
+    oracle_outcomes,
+    plot_report,
+    policy_metrics,
+)
+from adascale_ros.tools.traces import LoadTrace, resolve_trace
+
+DEFAULT_MODEL = REPO_ROOT / "models" / "default"
+MS = 1_000_000  # ns
+
+
+def hand_made_run() -> tuple[PolicyRun, dict[int, int]]:
+    """Six frames at 10 Hz: two right on time, one late, one wrong, one dropped, one answered twice."""
+    truth = {s * 100 * MS: s % 3 for s in range(6)}
+    frames = [FrameRecord(0.1 * s, s * 100 * MS) for s in range(6)]
+    results = [
+        ResultRecord(0.01, 0, "e0:dws", 0, 0, 1.0),
+        ResultRecord(0.11, 100 * MS, "e0:dws", 0, 1, 1.5),
+        ResultRecord(0.21, 200 * MS, "e1:res-res", 1, 2, 3.0),  # late
+        ResultRecord(0.31, 300 * MS, "e1:res-res", 1, 2, 1.2),  # wrong: the label is 0
+        # frame 4 dropped
+        ResultRecord(0.51, 500 * MS, "e0:dws", 0, 2, 0.8),
+        ResultRecord(0.52, 500 * MS, "e0:dws", 0, 2, 0.8),  # a duplicate counts once
+        ResultRecord(0.60, 999 * MS, "e0:dws", 0, 1, 0.8),  # no such frame
+    ]
+    states = [StateRecord(0.0, 0.1, 0.1, 1000.0, math.nan), StateRecord(0.25, 0.9, 0.7, 1000.0, math.nan)]
+    return PolicyRun("adascale", 0.6, frames, results, states, [(0.0, 0), (0.25, 1)]), truth
+
+
+def test_metrics_of_a_hand_made_run():
+    run, truth = hand_made_run()
+    energy_calls = []
+
+    def energy_of(variant_id: str, state: StateRecord) -> float:
+        energy_calls.append((variant_id, state.load_index))
+        return 2.0 if state.load_index > 0.5 else 1.0
+
+    outcomes, unmatched = frame_outcomes(run, truth, energy_of)
+    assert unmatched == 1
+    assert [o.dropped for o in outcomes] == [False, False, False, False, True, False]
+    assert [o.correct for o in outcomes if not o.dropped] == [True, True, True, False, True]
+    assert ("e1:res-res", 0.1) in energy_calls and ("e1:res-res", 0.7) in energy_calls  # state at the result's time
+    m = policy_metrics(outcomes, budget_ms=2.0, duration_s=0.6)
+    assert (m["frames"], m["classified"], m["dropped"], m["late"]) == (6, 5, 1, 1)
+    assert m["accuracy"] == pytest.approx(4 / 5)
+    assert m["deadline_miss_rate"] == pytest.approx(2 / 6)  # one late + one dropped
+    assert m["latency_mean_ms"] == pytest.approx((1.0 + 1.5 + 3.0 + 1.2 + 0.8) / 5)
+    assert m["latency_p50_ms"] == pytest.approx(1.2)
+    assert m["switches"] == 2 and m["switches_per_min"] == pytest.approx(2 / 0.01)
+    assert m["energy_mj_per_frame"] == pytest.approx((1 + 1 + 1 + 2 + 2) / 5)
+    assert m["frames_per_exit"] == {"0": 3, "1": 2}
+
+
+def test_looping_replay_results_go_to_the_nearest_frame_with_their_stamp():
+    truth = {0: 1}
+    frames = [FrameRecord(0.0, 0), FrameRecord(30.0, 0)]  # the bag played twice
+    results = [ResultRecord(30.01, 0, "e0:dws", 0, 1, 1.0)]
+    outcomes, _ = frame_outcomes(PolicyRun("p", 31.0, frames, results), truth)
+    assert [o.dropped for o in outcomes] == [True, False]
+
+
+def test_oracle_takes_the_most_accurate_variant_that_met_the_budget():
+    accuracy = {"small": 0.8, "big": 0.9}
+    big = [FrameOutcome(0.0, "big", 1, 1.0, True), FrameOutcome(0.1, "big", 1, 3.0, True), FrameOutcome(0.2, None)]
+    small = [FrameOutcome(0.0, "small", 0, 0.5, False), FrameOutcome(0.1, "small", 0, 2.5, False)]
+    small.append(FrameOutcome(0.2, None))
+    chosen = oracle_outcomes({"static-largest": big, "static-smallest": small}, accuracy, budget_ms=2.0)
+    assert [o.variant_id for o in chosen] == ["big", "small", None]  # frame 1: none met it, the fastest
+    with pytest.raises(ValueError):
+        oracle_outcomes({}, accuracy, 2.0)
+
+
+def test_targets_are_checked_from_the_metrics():
+    def m(miss: float, acc: float, mean: float) -> dict:
+        return {"deadline_miss_rate": miss, "accuracy": acc, "latency_mean_ms": mean}
+
+    checks = check_targets(
+        {"adascale": m(0.04, 0.86, 1.0), "static-largest": m(0.35, 0.88, 2.0), "reactive": m(0.03, 0.85, 1.0)}
+    )
+    assert [c.passed for c in checks] == [True, True, True, False]
+    assert "50% lower" in checks[2].measured
+    assert check_targets({"static-largest": m(0.3, 0.9, 2.0)}) == []
+
+
+def test_runs_round_trip_and_a_corrupt_record_fails_clearly(tmp_path):
+    run, _ = hand_made_run()
+    run.save(tmp_path / "run.json.gz")
+    loaded = PolicyRun.load(tmp_path / "run.json.gz")
+    assert json.dumps(asdict(loaded)) == json.dumps(asdict(run))  # NaN readings included
+    (tmp_path / "bad.json.gz").write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match="not a recorded evaluation run"):
+        PolicyRun.load(tmp_path / "bad.json.gz")
+
+
+def test_report_and_plots_are_written(tmp_path):
+    run, truth = hand_made_run()
+    outcomes = {"adascale": frame_outcomes(run, truth)[0]}
+    metrics = {"adascale": policy_metrics(outcomes["adascale"], 2.0, 0.6)}
+    paths = plot_report({"adascale": run}, outcomes, metrics, 2.0, tmp_path)
+    assert all(p.stat().st_size > 10_000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    report = {
+        "config": {"bag": "b", "trace": "step", "duration_s": 0.6, "budget_ms": 2.0, "model_dir": "m"},
+        "variants": {},
+        "policies": metrics,
+        "targets": [],
+    }
+    text = markdown_report(report)
+    assert "| adascale | adaptive | 6 | 80.0% |" in text and "timeline.png" in text
+
+
+# ---------------------------------------------------------------- policies
+
+
+def config(tmp_path, **kwargs) -> EvaluationConfig:
+    values = {
+        "bag": tmp_path / "bag",
+        "trace": LoadTrace.from_yaml(resolve_trace("step")),
+        "policies": ("adascale",),
+        "out": tmp_path / "out",
+        "model_dir": DEFAULT_MODEL,
+        "params_file": default_params_file(),
+        **kwargs,
+    }
+    return EvaluationConfig(**values)
+
+
+def test_static_variants_and_policy_graphs(tmp_path):
+    table = load_variant_table(DEFAULT_MODEL)
+    variants = static_variants(table)
+    rows = {r["variant_id"]: r for r in table["variants"]}
+    deepest = max(r["exit_index"] for r in rows.values())
+    largest = rows[variants["static-largest"]]
+    assert largest["exit_index"] == deepest
+    assert largest["val_accuracy"] == max(r["val_accuracy"] for r in rows.values() if r["exit_index"] == deepest)
+    assert variants["static-smallest"] == cheapest_variant(table)
+    assert rows[variants["static-mid"]]["exit_index"] == (deepest + 1) // 2
+
+    cfg = config(tmp_path, budget_ms=1.5)
+    static = policy_graph("static-largest", cfg, variants)
+    assert [s.name for s in static] == ["resource_monitor", "elastic_inference"]
+    assert static[1].parameters["safe_default_variant"] == variants["static-largest"]
+    ada = {s.name: s for s in policy_graph("adascale", cfg, variants)}
+    assert ada["selector"].parameters["latency_budget_ms"] == 1.5
+    assert all(ada[n].parameters["model_dir"] == str(DEFAULT_MODEL) for n in ("profiler", "selector"))
+    reactive = {s.name: s for s in policy_graph("reactive", cfg, variants)}
+    assert reactive["profiler"].parameters["resource_aware"] is False
+    assert reactive["selector"].parameters["use_forecast"] is False
+    assert "resource_aware:=false" in reactive["profiler"].command()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"policies": ("oracle",)}, {"policies": ("fastest",)}, {"budget_ms": 0.0}, {"duration_s": -1.0}],
+)
+def test_bad_evaluation_settings_are_refused(tmp_path, kwargs):
+    with pytest.raises(ValueError):
+        config(tmp_path, **kwargs)
+
+
+def test_image_stamp_is_read_from_serialized_frames():
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import Image
+
+    msg = Image(height=2, width=2, encoding="rgb8", step=6, data=bytes(12))
+    msg.header.stamp.sec, msg.header.stamp.nanosec = 1_700_000_123, 456_789
+    assert image_stamp_ns(serialize_message(msg)) == 1_700_000_123 * 10**9 + 456_789
+
+
+# ---------------------------------------------------------------- the command
+
+
+@pytest.fixture(scope="module")
+def small_bag(tmp_path_factory):
+    from adascale_ros.model.datasets import DatasetSpec, load_splits
+    from adascale_ros.tools.bags import BagSpec, make_camera_bag
+
+    test = load_splits(DatasetSpec(limit_train=100, limit_test=40)).test
+    out = tmp_path_factory.mktemp("eval") / "bag"
+    make_camera_bag(out, test.images[:, 0].numpy(), test.labels.numpy(), test.classes, BagSpec(120, 120, 10.0))
+    return out
+
+
+def short_trace(tmp_path):
+    trace = tmp_path / "short.yaml"
+    trace.write_text("phases:\n  - {duration_s: 3.0}\n  - {duration_s: 3.0, cpu_workers: 1, cpu_load_percent: 80}\n")
+    return trace
+
+
+@pytest.mark.ros
+def test_adascale_evaluate_scores_every_policy_end_to_end(tmp_path, small_bag, start_process):
+    out = tmp_path / "report"
+    args = ["-m", "adascale_ros.tools.cli", "evaluate", "--bag", str(small_bag), "--trace", str(short_trace(tmp_path))]
+    args += ["--policies", "adascale", "static-smallest", "oracle", "--out", str(out), "--budget-ms", "5", "--json"]
+    proc = start_process(args)
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stdout
+    report = json.loads(stdout[stdout.index("{\n") :])
+    assert list(report["policies"]) == ["adascale", "static-smallest", "oracle"]
+    for name, m in report["policies"].items():
+        assert 50 <= m["frames"] <= 62, (name, m)  # 6 s at 10 Hz
+        assert m["classified"] >= 0.9 * m["frames"], (name, m)
+        assert 0.5 <= m["accuracy"] <= 1.0 and m["latency_p50_ms"] > 0
+    assert report["policies"]["static-smallest"]["switches"] == 0
+    smallest = report["variants"]["static-smallest"]
+    assert smallest == cheapest_variant(load_variant_table(DEFAULT_MODEL))
+    assert set(report["policies"]["static-smallest"]["frames_per_exit"]) == {smallest[1]}  # "e<exit>:..."
+    for name in ("evaluation.json", "evaluation.md", "timeline.png", "accuracy_latency.png"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "runs" / "adascale.json.gz").exists() and (out / "logs" / "adascale.log").exists()
+    assert subprocess.run(["pgrep", "-x", "stress-ng"], capture_output=True).returncode == 1
+
+    # The saved runs score again to the same figures.
+    again = start_process(["-m", "adascale_ros.tools.cli", "evaluate", *args[3:], "--rescore"])
+    restdout, _ = again.communicate(timeout=120)
+    assert again.returncode == 0, restdout
+    assert json.loads(restdout)["policies"] == report["policies"]
+
+
+@pytest.mark.ros
+def test_interrupted_evaluate_stops_everything(tmp_path, small_bag, start_process):
+    args = ["-m", "adascale_ros.tools.cli", "evaluate", "--bag", str(small_bag), "--trace", str(short_trace(tmp_path))]
+    proc = start_process([*args, "--policies", "static-smallest", "--out", str(tmp_path / "r")], start_new_session=True)
+    for line in proc.stdout:
+        if "phase 1]" in line:  # the trace's stress-ng is running
+            break
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "interrupted" in out
+    for pattern in ("stress-ng", "adascale_ros.nodes", "adascale_ros.tools.cli replay"):
+        assert subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 1, pattern
