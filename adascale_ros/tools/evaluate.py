@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import struct
 import subprocess
 import sys
@@ -233,7 +234,7 @@ def run_policy(
     """One replay of the bag under the trace with this policy's graph; None when interrupted."""
     import rclpy
 
-    from adascale_ros.tools.runner import GraphProcesses, status_line
+    from adascale_ros.tools.runner import GraphProcesses, status_line, unclean_exits
 
     log_dir = config.out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -303,7 +304,7 @@ def run_policy(
         finally:
             trace_stop.set()
             if replay is not None and replay.poll() is None:
-                replay.send_signal(2)  # SIGINT: the replay ends its loop, exit 0
+                replay.send_signal(signal.SIGINT)  # the replay ends its loop, exit 0
                 try:
                     replay.wait(5.0)
                 except subprocess.TimeoutExpired:
@@ -312,7 +313,7 @@ def run_policy(
             if trace_thread is not None:
                 trace_thread.join(timeout=10.0)  # stops the phase's stress-ng
             codes = graph.stop()
-            bad = {n: c for n, c in codes.items() if c not in (0, -2)}
+            bad = unclean_exits(codes)
             if bad:
                 say(f"[{policy}] warning: node(s) did not exit cleanly: {bad} (see {log.name})")
 

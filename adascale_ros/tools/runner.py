@@ -73,6 +73,11 @@ class GraphProcesses:
         return {n: p.returncode for n, p in self.processes.items()}
 
 
+def unclean_exits(codes: dict[str, int]) -> dict[str, int]:
+    """Nodes that ended other than cleanly: exit 0, or -SIGINT when still importing as the signal came."""
+    return {n: c for n, c in codes.items() if c not in (0, -signal.SIGINT)}
+
+
 def _forward(name: str, stream: IO[bytes] | None, out: IO[str]) -> None:
     if stream is None:
         return
@@ -149,7 +154,7 @@ def run_graph(
     if failed:
         print(f"stopped: node(s) exited early: {failed}", file=sys.stderr)
         return 1
-    bad = {n: c for n, c in codes.items() if c not in (0, -signal.SIGINT)}
+    bad = unclean_exits(codes)
     if bad:
         print(f"node(s) did not exit cleanly: {bad}", file=sys.stderr)
         return 1
