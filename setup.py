@@ -33,10 +33,10 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "resource_monitor = adascale_ros.nodes.resource_monitor:main",
-            "profiler = adascale_ros.nodes.profiler:main",
-            "selector = adascale_ros.nodes.selector:main",
-            "elastic_inference = adascale_ros.nodes.elastic_inference:main",
+            "resource_monitor = adascale_ros.nodes.entry:resource_monitor",
+            "profiler = adascale_ros.nodes.entry:profiler",
+            "selector = adascale_ros.nodes.entry:selector",
+            "elastic_inference = adascale_ros.nodes.entry:elastic_inference",
             "adascale = adascale_ros.tools.cli:main",
         ],
     },

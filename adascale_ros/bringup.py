@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 PACKAGE = "adascale_ros"
+ENTRY_MODULE = "adascale_ros.nodes.entry"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -21,14 +22,14 @@ class NodeSpec:
     """One node of the graph."""
 
     name: str
-    executable: str  # console script, as ``ros2 run adascale_ros <executable>``
-    module: str  # python module with ``main``, for the local runner
+    executable: str  # console script, as ``ros2 run adascale_ros <executable>``; also ``python -m ENTRY_MODULE``
+    module: str  # python module of the node (its PARAMETERS and main)
     remappings: tuple[tuple[str, str], ...] = ()
     parameters: dict[str, object] = field(default_factory=dict)
 
     def command(self, params_file: Path | None = None, log_level: str = "info") -> list[str]:
         """The command line the local runner starts this node with."""
-        cmd = [sys.executable, "-m", self.module, "--ros-args", "-r", f"__node:={self.name}"]
+        cmd = [sys.executable, "-m", ENTRY_MODULE, self.executable, "--ros-args", "-r", f"__node:={self.name}"]
         cmd += ["--log-level", log_level]
         if params_file is not None:
             cmd += ["--params-file", str(params_file)]

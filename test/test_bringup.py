@@ -21,8 +21,8 @@ def test_graph_nodes_are_runnable_and_configured():
     config = yaml.safe_load(default_params_file().read_text())
     for spec in node_graph():
         assert importlib.util.find_spec(spec.module) is not None, spec.module
-        # The console script ros2 run uses points at the module the runner uses.
-        assert re.search(rf"{spec.executable} = {re.escape(spec.module)}:main", setup_py), spec.executable
+        # The console script ros2 run uses is the entry the runner uses, and it runs this module.
+        assert re.search(rf"{spec.executable} = adascale_ros.nodes.entry:{spec.executable}\b", setup_py)
         assert spec.name in config, f"config/adascale.yaml has no section for {spec.name}"
         # Every parameter the node declares is set (and documented) there, and nothing else.
         declared = importlib.import_module(spec.module).PARAMETERS
@@ -103,9 +103,13 @@ def test_adascale_run_shows_status_and_stops_cleanly(how, start_process):
         while not status.search(out) and time.monotonic() < deadline and runner.poll() is None:
             out += runner.stdout.readline()
         runner.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGINT)
+    sent = time.monotonic()
     rest, _ = runner.communicate(timeout=20)
     out += rest
     assert runner.returncode == 0, out
+    if how != "duration":
+        print(f"adascale run after {how}: exit 0 in {time.monotonic() - sent:.2f} s")
+        assert time.monotonic() - sent <= 2.0
     assert "[resource_monitor]" in out  # node output forwarded with its prefix
     assert status.search(out), out
     leftover = subprocess.run(["pgrep", "-f", "adascale_ros.nodes.resource_monitor"], capture_output=True)

@@ -6,6 +6,7 @@ import json
 import math
 import signal
 import subprocess
+import time
 from dataclasses import asdict
 
 import pytest
@@ -248,8 +249,12 @@ def test_interrupted_evaluate_stops_everything(tmp_path, small_bag, start_proces
         if "phase 1]" in line:  # the trace's stress-ng is running
             break
     proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
     out, _ = proc.communicate(timeout=30)
+    took = time.monotonic() - sent
+    print(f"evaluate after SIGINT: exit {proc.returncode} in {took:.2f} s")
     assert proc.returncode == 0, out
     assert "interrupted" in out
+    assert took <= 2.0
     for pattern in ("stress-ng", "adascale_ros.nodes", "adascale_ros.tools.cli replay"):
         assert subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 1, pattern

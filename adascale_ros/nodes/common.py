@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import socket
 import sys
+import threading
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,7 +114,9 @@ class DiagnosticsPublisher:
         self._pub.publish(array)
 
 
-def spin_node(node_factory: Callable[[], Node], args: list[str] | None = None) -> int:
+def spin_node(
+    node_factory: Callable[[], Node], args: list[str] | None = None, stop: threading.Event | None = None
+) -> int:
     """Entry point body: init, spin until SIGINT/SIGTERM, shut down cleanly, exit 0.
 
     SIGINT and SIGTERM only set a flag that the spin loop checks every 0.1 s:
@@ -123,8 +127,9 @@ def spin_node(node_factory: Callable[[], Node], args: list[str] | None = None) -
 
     A node whose configuration is invalid raises ``ValueError`` from its
     constructor; that is reported in one line and the process exits with 2.
+    ``stop``: a flag already raised by the caller (``entry``), else one is raised here.
     """
-    with stop_flag() as stop:
+    with nullcontext(stop) if stop is not None else stop_flag() as stop:
         rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
         node = None
         try:

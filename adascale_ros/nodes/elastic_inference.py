@@ -3,7 +3,8 @@
 Subscriptions
   ~/image             sensor_msgs/Image (input: raw), SensorDataQoS by default
   ~/image/compressed  sensor_msgs/CompressedImage (input: compressed), same QoS
-  ~/selection         adascale_msgs/VariantSelection, reliable + transient local
+  ~/selection         adascale_msgs/VariantSelection, reliable + transient local; after
+                      ``selection_timeout_s`` without one the safe default runs again
 Publications
   ~/classification    adascale_msgs/ElasticClassification, one per processed frame
   ~/overlay           sensor_msgs/Image (bgr8), only while someone subscribes
@@ -63,7 +64,12 @@ PARAMETERS: dict[str, Param] = {
     "top_k": Param(3, "Classes reported per frame (>= 1)."),
     "max_image_pixels": Param(16_777_216, "Frames with more pixels are rejected (>= 1)."),
     "max_compressed_bytes": Param(20_000_000, "Compressed frames larger than this are rejected [B] (>= 1)."),
-    "safe_default_variant": Param("", "Variant run before any selection arrives; empty: the fewest FLOPs."),
+    "safe_default_variant": Param(
+        "", "Variant run before any selection arrives and after the selection timeout; empty: the fewest FLOPs."
+    ),
+    "selection_timeout_s": Param(
+        3.0, "Without a valid selection for this long the safe default runs again [s] (>= 0; 0: never)."
+    ),
 }
 
 
@@ -71,6 +77,9 @@ def _validate(values: dict[str, Any]) -> None:
     threshold = float(values["early_exit_threshold"])
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"early_exit_threshold must be in [0, 1] (0: off), got {threshold}")
+    timeout = float(values["selection_timeout_s"])
+    if not (math.isfinite(timeout) and timeout >= 0.0):
+        raise ValueError(f"selection_timeout_s must be >= 0 (0: never), got {timeout}")
     for name in ("top_k", "max_image_pixels", "max_compressed_bytes", "threads", "qos_depth"):
         if int(values[name]) < 1:
             raise ValueError(f"{name} must be >= 1, got {values[name]}")
@@ -102,13 +111,21 @@ class ElasticInference(Node):
         self.preprocess = Preprocessor.from_card(model.card)
         self.engine = ElasticEngine(model.net, model.input_shape, values["backend"], int(values["threads"]))
         safe_default = values["safe_default_variant"] or cheapest_variant(load_variant_table(model_dir))
-        self.variant = self.engine.check_variant(safe_default)  # ValueError -> refuse to start
+        self.safe_default = self.engine.check_variant(safe_default)  # ValueError -> refuse to start
+        self.variant = self.safe_default
         self.selection_load = math.nan
+        self._selection_at: float | None = None  # monotonic time of the last valid selection; None: none in force
         self.settings = values
 
         self.bridge = CvBridge()
         self.slot: LatestSlot[Any] = LatestSlot()
-        self.counts = {"received": 0, "processed": 0, "early_exits": 0, "rejected_selections": 0}
+        self.counts = {
+            "received": 0,
+            "processed": 0,
+            "early_exits": 0,
+            "rejected_selections": 0,
+            "selection_timeouts": 0,
+        }
         self.errors: dict[str, int] = {}
         self.latencies_ms: deque[float] = deque(maxlen=200)
         self._rates_at = (time.monotonic(), 0, 0)
@@ -129,6 +146,7 @@ class ElasticInference(Node):
         self._overlay_pub = self.create_publisher(Image, "~/overlay", 1)
         self.add_on_set_parameters_callback(validating_callback(self, PARAMETERS, self._apply))
         self._diagnostics = DiagnosticsPublisher(self, self._diagnostic_status)
+        self._timeout_timer = self.create_timer(0.25, self._check_selection_timeout)
         self._worker = threading.Thread(target=self._work, name="inference", daemon=True)
         self._worker.start()
         self.get_logger().info(
@@ -159,6 +177,20 @@ class ElasticInference(Node):
         if variant != self.variant:
             self.get_logger().info(f"switching {self.variant} -> {variant}: {msg.reason}")
         self.variant, self.selection_load = variant, float(msg.load_index)
+        self._selection_at = time.monotonic()
+
+    def _check_selection_timeout(self) -> None:
+        # Wall time on purpose: a selector that stopped is a fact of this machine, not of sim time.
+        timeout = float(self.settings["selection_timeout_s"])
+        if self._selection_at is None or timeout == 0.0 or time.monotonic() - self._selection_at < timeout:
+            return
+        self.get_logger().warning(
+            f"no selection for {timeout:g} s (is the selector running?): {self.variant} -> safe default "
+            f"{self.safe_default}"
+        )
+        self.variant, self.selection_load, self._selection_at = self.safe_default, math.nan, None
+        with self._lock:
+            self.counts["selection_timeouts"] += 1
 
     # -- the inference thread ------------------------------------------------------------------
 
@@ -245,10 +277,13 @@ class ElasticInference(Node):
         self._errors_reported = total_errors
         if new_errors:
             level, message = WARN, f"{new_errors} frames skipped: " + ", ".join(f"{k} {v}" for k, v in errors.items())
+        elif counts["selection_timeouts"] and self._selection_at is None:
+            level, message = WARN, f"selection timed out: running the safe default {self.variant}"
         else:
             level, message = OK, f"running {self.variant}"
         values: dict[str, Any] = {
             "variant": self.variant.id,
+            "selection_age_s": now - self._selection_at if self._selection_at is not None else math.nan,
             "backend": self.settings["backend"],
             "input_rate_hz": (counts["received"] - received_then) / (now - then),
             "processed_rate_hz": (counts["processed"] - processed_then) / (now - then),
@@ -266,8 +301,8 @@ class ElasticInference(Node):
         super().destroy_node()
 
 
-def main(args: list[str] | None = None) -> int:
-    return spin_node(ElasticInference, args)
+def main(args: list[str] | None = None, stop: threading.Event | None = None) -> int:
+    return spin_node(ElasticInference, args, stop)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ Subscriptions
   ~/resource_state   adascale_msgs/ResourceState from the resource monitor
   ~/classification   adascale_msgs/ElasticClassification: measured latency per variant (online correction)
 Publications
-  ~/profiles         adascale_msgs/VariantProfileArray, at most ``max_rate_hz``: one at the current load
-                     and, when the forecast is known, one at the forecast load (load_is_forecast)
+  ~/profiles         adascale_msgs/VariantProfileArray at ``max_rate_hz`` once a state has arrived: one at
+                     the current load and, when the forecast is known, one at the forecast load
+                     (load_is_forecast). When states stop, at the last state (stale in diagnostics).
   /diagnostics       diagnostic_msgs/DiagnosticArray at 1 Hz
 
 The predictions come from ``adascale_ros.profiling.predictor`` (fitted by
@@ -16,6 +17,7 @@ AdaptiveNet's measured/predicted ratio.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import deque
 from statistics import median
@@ -58,7 +60,9 @@ PARAMETERS: dict[str, Param] = {
     "correction_quantile": Param(
         0.9, "Quantile of those ratios applied, in [0, 1]: predictions then describe that latency quantile."
     ),
-    "state_timeout_s": Param(2.0, "A resource state older than this is stale (flagged in diagnostics) [s] (> 0)."),
+    "state_timeout_s": Param(
+        2.0, "A resource state older than this is stale: predictions continue at it, flagged in diagnostics [s] (> 0)."
+    ),
     "resource_aware": Param(
         True,
         "false: AdaptiveNet's reactive mode: predictions at the calibration's idle state, adjusted only by "
@@ -118,8 +122,8 @@ class Profiler(Node):
         self.measured_ms = np.full(len(self.predictor.variant_ids), math.nan)  # median of the recent results
         self._recent: dict[int, deque[tuple[float, float]]] = {}  # variant -> (time [s], latency [ms])
         self._raw_latency = np.full(len(self.predictor.variant_ids), math.nan)  # last uncorrected prediction
-        self._pending: np.ndarray | None = None
-        self._pending_forecast = math.nan
+        self._state: np.ndarray | None = None  # the latest valid resource state, kept when states stop
+        self._forecast = math.nan
         self._last_state_s = -math.inf
         self.counts = {"states": 0, "states_rejected": 0, "results": 0, "results_rejected": 0, "profiles": 0}
         self.last_error = ""
@@ -128,7 +132,7 @@ class Profiler(Node):
         self._pub = self.create_publisher(VariantProfileArray, "~/profiles", 10)
         self.create_subscription(ResourceState, "~/resource_state", self._on_state, 10)
         self.create_subscription(ElasticClassification, "~/classification", self._on_result, 10)
-        self._timer = self.create_timer(1.0 / float(values["max_rate_hz"]), self._publish_pending)
+        self._timer = self.create_timer(1.0 / float(values["max_rate_hz"]), self._publish_profiles)
         self.add_on_set_parameters_callback(validating_callback(self, PARAMETERS, self._apply))
         self._diagnostics = DiagnosticsPublisher(self, self._diagnostic_status)
         self.get_logger().info(
@@ -179,9 +183,9 @@ class Profiler(Node):
             self.last_error = f"resource state rejected: {exc}"
             self.get_logger().warning(self.last_error, throttle_duration_sec=5.0)
             return
-        self._pending = state
+        self._state = state
         forecast = float(msg.load_index_forecast)
-        self._pending_forecast = forecast if math.isfinite(forecast) and 0.0 <= forecast <= 1.0 else math.nan
+        self._forecast = forecast if math.isfinite(forecast) and 0.0 <= forecast <= 1.0 else math.nan
         self._last_state_s = self._now_s()
 
     def _on_result(self, msg: ElasticClassification) -> None:
@@ -203,16 +207,17 @@ class Profiler(Node):
         self._recent.setdefault(index, deque(maxlen=MEASURED_WINDOW)).append((self._now_s(), latency))
         self.correction.update(latency, float(self._raw_latency[index]))  # no-op before the first prediction
 
-    def _publish_pending(self) -> None:
-        state, self._pending = self._pending, None
-        if not self.resource_aware:
-            state = self.idle_state
+    def _publish_profiles(self) -> None:
+        # When states stop (the monitor died), predictions go on at the last one, so measured
+        # latencies still reach the selector; the diagnostics flag the state stale.
+        state = self._state if self.resource_aware else self.idle_state
         if state is None:
             return
         start = time.perf_counter()
         states = [state]
-        if self.resource_aware and self.publish_forecast and math.isfinite(self._pending_forecast):
-            states.append(self.predictor.at_load(state, self._pending_forecast))
+        stale = self._now_s() - self._last_state_s > self.state_timeout_s
+        if self.resource_aware and self.publish_forecast and math.isfinite(self._forecast) and not stale:
+            states.append(self.predictor.at_load(state, self._forecast))
         latency = self.predictor.latency_ms(np.vstack(states))
         self._raw_latency = latency[0]
         self._update_measured()
@@ -245,7 +250,7 @@ class Profiler(Node):
         if self.resource_aware and self.counts["states"] == 0:
             level, message = WARN, "no resource state yet: nothing published"
         elif self.resource_aware and age > self.state_timeout_s:
-            level, message = WARN, f"resource state stale ({age:.1f} s old): profiles paused"
+            level, message = WARN, f"resource state stale ({age:.1f} s old): predicting at the last one"
         elif self.warnings:
             level, message = WARN, self.warnings[0]
         else:
@@ -253,6 +258,7 @@ class Profiler(Node):
             level, message = OK, f"profiling {len(self.predictor.variant_ids)} variants{mode}"
         values = {
             **self.counts,
+            "state_stale": self.resource_aware and age > self.state_timeout_s,
             "last_state_age_s": age,
             "latency_correction_ratio": self.correction.ratio if self.correct else 1.0,
             "publish_and_predict_ms_median": median(self._predict_ms) if self._predict_ms else math.nan,
@@ -262,8 +268,8 @@ class Profiler(Node):
         return level, message, values
 
 
-def main(args: list[str] | None = None) -> int:
-    return spin_node(Profiler, args)
+def main(args: list[str] | None = None, stop: threading.Event | None = None) -> int:
+    return spin_node(Profiler, args, stop)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ All sensing, the load index and the forecast live in
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -166,8 +167,8 @@ class ResourceMonitor(Node):
         super().destroy_node()
 
 
-def main(args: list[str] | None = None) -> int:
-    return spin_node(ResourceMonitor, args)
+def main(args: list[str] | None = None, stop: threading.Event | None = None) -> int:
+    return spin_node(ResourceMonitor, args, stop)
 
 
 if __name__ == "__main__":

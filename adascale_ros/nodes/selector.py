@@ -3,7 +3,8 @@
 Subscriptions
   ~/profiles     adascale_msgs/VariantProfileArray from the profiler (current and forecast load)
 Publications
-  ~/selection    adascale_msgs/VariantSelection, reliable + transient local (depth 1), on change
+  ~/selection    adascale_msgs/VariantSelection, reliable + transient local (depth 1), on change and
+                 again every ``republish_period_s`` (the inference node's sign that the selector lives)
   /diagnostics   diagnostic_msgs/DiagnosticArray at 1 Hz
 
 The decision loop lives in ``adascale_ros.selection``; this node converts
@@ -13,6 +14,7 @@ messages, keeps parameters valid and publishes.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import deque
 from statistics import median
@@ -50,6 +52,9 @@ PARAMETERS: dict[str, Param] = {
     "use_forecast": Param(True, "Act on the forecast-load profile when it predicts a higher load than the current."),
     "profile_timeout_s": Param(2.0, "Profiles older than this are stale (kept, flagged in diagnostics) [s] (> 0)."),
     "safe_default_variant": Param("", "Variant published before any profile; empty: the one with the fewest FLOPs."),
+    "republish_period_s": Param(
+        1.0, "The selection in force is published again this often [s] (>= 0; 0: only on change).", read_only=True
+    ),
 }
 
 
@@ -75,6 +80,9 @@ class Selector(Node):
         declare_parameters(self, PARAMETERS)
         values = current_values(self, PARAMETERS)
         config = SelectorConfig.from_values(values)
+        republish_s = float(values["republish_period_s"])
+        if not (math.isfinite(republish_s) and republish_s >= 0.0):
+            raise ValueError(f"republish_period_s must be >= 0 (0: only on change), got {republish_s}")
         model_dir = values["model_dir"] or str(default_model_dir())
         table = load_variant_table(model_dir)
         tables = VariantTables.from_variant_table(table)
@@ -85,11 +93,14 @@ class Selector(Node):
         self.unknown_ids = 0
         self.selections_published = 0
         self._decision_us: deque[float] = deque(maxlen=200)
+        self._logged: Selection | None = None
         self._pub = self.create_publisher(VariantSelection, "~/selection", latched_qos())
         self._sub = self.create_subscription(VariantProfileArray, "~/profiles", self._on_profiles, 10)
         self.add_on_set_parameters_callback(validating_callback(self, PARAMETERS, self._apply))
         self._diagnostics = DiagnosticsPublisher(self, self._diagnostic_status)
         self._publish(self.core.in_force)
+        if republish_s > 0.0:
+            self._republish_timer = self.create_timer(republish_s, lambda: self._publish(self.core.in_force))
         self.get_logger().info(
             f"{len(tables)} variants from {model_dir}; safe default {safe_default}; "
             f"listening on {self._sub.topic_name}, publishing {self._pub.topic_name}"
@@ -131,7 +142,9 @@ class Selector(Node):
         msg.header.stamp = self.get_clock().now().to_msg()
         self._pub.publish(msg)
         self.selections_published += 1
-        self.get_logger().info(f"selected {msg.variant_id}: {msg.reason}")
+        if selection is not self._logged:
+            self._logged = selection
+            self.get_logger().info(f"selected {msg.variant_id}: {msg.reason}")
 
     def _diagnostic_status(self) -> tuple[bytes, str, dict[str, Any]]:
         now = self._now_s()
@@ -159,8 +172,8 @@ class Selector(Node):
         return level, message, values
 
 
-def main(args: list[str] | None = None) -> int:
-    return spin_node(Selector, args)
+def main(args: list[str] | None = None, stop: threading.Event | None = None) -> int:
+    return spin_node(Selector, args, stop)
 
 
 if __name__ == "__main__":

@@ -74,8 +74,8 @@ class GraphProcesses:
 
 
 def unclean_exits(codes: dict[str, int]) -> dict[str, int]:
-    """Nodes that ended other than cleanly: exit 0, or -SIGINT when still importing as the signal came."""
-    return {n: c for n, c in codes.items() if c not in (0, -signal.SIGINT)}
+    """Nodes that did not end with exit 0 (a node stopped by a signal, even while starting, exits 0)."""
+    return {n: c for n, c in codes.items() if c != 0}
 
 
 def _forward(name: str, stream: IO[bytes] | None, out: IO[str]) -> None:
