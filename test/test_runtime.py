@@ -53,9 +53,10 @@ ENCODED = {
 
 @pytest.mark.parametrize("encoding", sorted(ENCODED))
 @pytest.mark.parametrize("pad", [0, 3])
-def test_every_encoding_converts_to_its_pixels(encoding, pad):
+@pytest.mark.parametrize("bigendian", [False, True])  # means nothing for 8-bit data, but is legal
+def test_every_encoding_converts_to_its_pixels(encoding, pad, bigendian):
     expected = np.ascontiguousarray(ENCODED[encoding])
-    array, got_encoding = image_to_array(image_msg(expected, encoding, pad), LIMIT)
+    array, got_encoding = image_to_array(image_msg(expected, encoding, pad, bigendian), LIMIT)
     assert got_encoding == encoding and array.dtype == expected.dtype
     np.testing.assert_array_equal(array, expected)
 

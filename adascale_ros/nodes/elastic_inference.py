@@ -123,6 +123,7 @@ class ElasticInference(Node):
             "received": 0,
             "processed": 0,
             "early_exits": 0,
+            "selections_received": 0,
             "rejected_selections": 0,
             "selection_timeouts": 0,
         }
@@ -167,6 +168,8 @@ class ElasticInference(Node):
         self.slot.put(msg)
 
     def _on_selection(self, msg: VariantSelection) -> None:
+        with self._lock:
+            self.counts["selections_received"] += 1
         try:
             variant = self.engine.check_variant(msg.variant_id)
         except ValueError as exc:

@@ -91,6 +91,7 @@ class Selector(Node):
         self.profiles_received = 0
         self.profiles_rejected = 0
         self.unknown_ids = 0
+        self.invalid_predictions = 0
         self.selections_published = 0
         self._decision_us: deque[float] = deque(maxlen=200)
         self._logged: Selection | None = None
@@ -129,6 +130,12 @@ class Selector(Node):
                 f"{unknown} of {len(predictions)} profiled variants are not in this model's table; ignored",
                 throttle_duration_sec=5.0,
             )
+        invalid = sum(1 for latency, _ in predictions.values() if not (math.isfinite(latency) and latency >= 0.0))
+        if invalid:  # such a variant leaves the latency index until a valid prediction comes
+            self.invalid_predictions += invalid
+            self.get_logger().warning(
+                f"{invalid} latency predictions are NaN, infinite or negative", throttle_duration_sec=5.0
+            )
         measured = {p.variant_id: p.measured_latency_ms for p in msg.variants}
         profile = Profile(self._now_s(), float(msg.load_index), predictions, measured)
         start = time.perf_counter()
@@ -165,6 +172,7 @@ class Selector(Node):
             "profiles_received": self.profiles_received,
             "profiles_rejected": self.profiles_rejected,
             "unknown_variant_ids": self.unknown_ids,
+            "invalid_predictions": self.invalid_predictions,
             "selections_published": self.selections_published,
             "last_profile_age_s": now - latest,
             "decision_time_us_median": median(self._decision_us) if self._decision_us else math.nan,

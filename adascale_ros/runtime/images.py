@@ -49,13 +49,16 @@ def image_to_array(msg: Any, max_pixels: int) -> tuple[np.ndarray, str]:
         raise FrameError("step", f"step {step} is less than one packed row ({width} x {channels} x {dtype.itemsize} B)")
     if len(msg.data) != step * height:
         raise FrameError("size", f"{len(msg.data)} data bytes, expected step x height = {step * height}")
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    # Not cv_bridge's imgmsg_to_cv2: it calls ndarray.newbyteorder (gone in NumPy 2) whenever
+    # is_bigendian differs from the host, even for 8-bit data where byte order means nothing.
     swapped = dtype.itemsize > 1 and bool(msg.is_bigendian) != (sys.byteorder == "big")
     if step == row_bytes and not swapped:
-        return _BRIDGE.imgmsg_to_cv2(msg, "passthrough"), encoding
+        return np.frombuffer(msg.data, dtype).reshape(shape), encoding
     rows = np.frombuffer(msg.data, np.uint8).reshape(height, step)[:, :row_bytes]
     wire = dtype.newbyteorder(">" if msg.is_bigendian else "<")
     array = np.ascontiguousarray(rows).view(wire).astype(dtype)
-    return array.reshape((height, width) if channels == 1 else (height, width, channels)), encoding
+    return array.reshape(shape), encoding
 
 
 def compressed_to_array(msg: Any, max_pixels: int, max_bytes: int) -> tuple[np.ndarray, str]:

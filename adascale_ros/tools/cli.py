@@ -228,6 +228,29 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_campaign(args: argparse.Namespace) -> int:
+    import json
+
+    from adascale_ros.bringup import default_model_dir
+    from adascale_ros.tools.campaign import run_campaign, write_report
+    from adascale_ros.tools.signals import stop_flag
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    log = args.out / "nodes.log"
+    with stop_flag() as stop:
+        try:
+            report = run_campaign(
+                args.model_dir or default_model_dir(), args.messages, args.seed, log, say, stop.is_set
+            )
+        except RuntimeError as exc:
+            print(f"adascale campaign: error: {exc} (node output: {log})", file=sys.stderr)
+            return 1
+    write_report(report, args.out)
+    print(json.dumps(report.to_json(), indent=1) if args.json else report.table())
+    return 0 if report.passed else 1
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from adascale_ros.profiling.calibrate import REPORT, CalibrateOptions, calibrate_model
     from adascale_ros.tools.signals import stop_on_sigterm
@@ -460,6 +483,14 @@ def build_parser() -> argparse.ArgumentParser:
     evl.add_argument("--rescore", action="store_true", help="score the runs saved in --out again; run nothing")
     evl.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
     evl.set_defaults(func=_cmd_evaluate)
+
+    cam = sub.add_parser("campaign", help="send malformed messages of every input type to the nodes; count and check")
+    cam.add_argument("--messages", type=int, default=1000, help="malformed messages per input type (default: 1000)")
+    cam.add_argument("--seed", type=int, default=0, help="hypothesis seed (default: 0)")
+    cam.add_argument("--out", type=Path, default=Path("build/campaign"), help="report folder (default: build/campaign)")
+    cam.add_argument("--model-dir", type=Path, help="default: the embedded default model")
+    cam.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
+    cam.set_defaults(func=_cmd_campaign)
 
     cal = sub.add_parser("calibrate", help="measure module latencies under stress-ng load and fit the predictors")
     cal.add_argument("model_dir", type=Path)
