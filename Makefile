@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMPS := $(VENV)/.stamps
 
-.PHONY: setup test test-slow demo evaluate lint lock debs clean model
+.PHONY: setup test test-slow demo evaluate soak campaign lint lock debs clean model
 
 setup: debs $(STAMPS)/package
 
@@ -54,6 +54,16 @@ demo: setup
 evaluate: setup
 	@[ -d $(DEMO_BAG) ] || $(VENV)/bin/adascale make-bag --dataset fashion-mnist --split test --out $(DEMO_BAG)
 	$(VENV)/bin/adascale evaluate --bag $(DEMO_BAG) --trace step --out build/evaluation
+
+# Fifteen minutes of the full graph under the repeating bursty trace: memory per node, drops,
+# exceptions, latency drift. Report: build/soak/ (the one in reports/soak/ came from this).
+soak: setup
+	@[ -d $(DEMO_BAG) ] || $(VENV)/bin/adascale make-bag --dataset fashion-mnist --split test --out $(DEMO_BAG)
+	$(VENV)/bin/adascale soak --minutes 15 --bag $(DEMO_BAG) --out build/soak
+
+# 1000 malformed messages of each input type against the nodes. Report: build/campaign/.
+campaign: setup
+	$(VENV)/bin/adascale campaign --messages 1000 --out build/campaign
 
 # Retrain the committed default model (tens of minutes on 2 CPU cores).
 model: setup

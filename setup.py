@@ -19,6 +19,7 @@ setup(
         (f"share/{PACKAGE}/config/train", glob("config/train/*.yaml")),
         (f"share/{PACKAGE}/config/energy", glob("config/energy/*.yaml")),
         (f"share/{PACKAGE}/config/load_traces", glob("config/load_traces/*.yaml")),
+        (f"share/{PACKAGE}/config/sros2", glob("config/sros2/*.xml")),
         (f"share/{PACKAGE}/models/default", [f for f in glob("models/default/*") if os.path.isfile(f)]),
         (f"share/{PACKAGE}/models/default/profiler", glob("models/default/profiler/*")),
     ],

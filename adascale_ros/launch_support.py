@@ -20,6 +20,7 @@ def graph_arguments(camera_topic: str = DEFAULT_CAMERA_TOPIC) -> dict[str, tuple
         "params_file": (str(default_params_file()), "ROS parameters of every node"),
         "use_sim_time": ("false", "use /clock (true when a bag is played with --clock)"),
         "log_level": ("info", "debug, info, warn or error"),
+        "enclave_prefix": ("", "SROS 2: run each node in the enclave <prefix>/<node> (e.g. /adascale); empty: none"),
     }
 
 
@@ -42,6 +43,11 @@ def _graph_nodes(context: Any) -> list[Any]:
         image_input=arg("input"),
         use_sim_time=arg("use_sim_time").lower() in ("true", "1"),
     )
+
+    def ros_args(spec: Any) -> list[str]:
+        enclave = ["--enclave", f"{arg('enclave_prefix').rstrip('/')}/{spec.name}"] if arg("enclave_prefix") else []
+        return ["--ros-args", "--log-level", arg("log_level"), *enclave]
+
     return [
         Node(
             package=PACKAGE,
@@ -49,7 +55,7 @@ def _graph_nodes(context: Any) -> list[Any]:
             name=spec.name,
             parameters=[arg("params_file"), spec.parameters],
             remappings=list(spec.remappings),
-            arguments=["--ros-args", "--log-level", arg("log_level")],
+            arguments=ros_args(spec),
             output="screen",
             emulate_tty=True,
         )

@@ -205,10 +205,15 @@ def test_predictor_files_round_trip_and_fail_clearly(fitted, tmp_path):
     with pytest.raises(ModelLoadError, match="calibrate"):
         LatencyPredictor.load(tmp_path)  # no profiler/ at all
     (broken / "profiler" / "predictor.npz").write_bytes(b"not a zip")
-    with pytest.raises(ModelLoadError, match="corrupt predictor"):
+    with pytest.raises(ModelLoadError, match=r"predictor\.npz: not an \.npz archive of plain arrays") as refused:
         LatencyPredictor.load(broken)
+    assert "pickle" not in str(refused.value)  # NumPy's advice to unpickle it is not passed on
     # An object array can only be read by unpickling: refused, never run.
     np.savez(broken / "profiler" / "predictor.npz", module_features=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(ModelLoadError, match=r"predictor\.npz: not an \.npz archive of plain arrays"):
+        LatencyPredictor.load(broken)
+    # Plain arrays of the wrong names or shapes.
+    np.savez(broken / "profiler" / "predictor.npz", module_features=np.zeros(3))
     with pytest.raises(ModelLoadError, match="corrupt predictor"):
         LatencyPredictor.load(broken)
 

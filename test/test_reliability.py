@@ -1,4 +1,4 @@
-"""Node failure and recovery, and clean shutdown.
+"""Node failure and recovery, and the SROS 2 policy, on the running graph.
 
 Kill -9 each node of the running graph, check the rest degrade safely, restart it.
 
@@ -11,7 +11,6 @@ back in the loop, is read from the topics and /diagnostics.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -26,7 +25,6 @@ from conftest import REPO_ROOT
 
 from adascale_ros.bringup import (
     CLASSIFICATION_TOPIC,
-    ENTRY_MODULE,
     PROFILES_TOPIC,
     RESOURCE_STATE_TOPIC,
     SELECTION_TOPIC,
@@ -263,73 +261,47 @@ def test_inference_killed_restart_picks_up_the_selection_in_force(graph):
 
     started = time.monotonic()
     times = graph.restart("elastic_inference", graph.results)
-    # Its first answer uses the transient-local selection in force, not the safe default.
-    assert graph.results_since(started)[0] == chosen
     assert_back_in_loop(times, light=False)  # start-up loads the model and exports it to ONNX first
+    # The selection in force reaches it by transient-local durability, not by a new publication: it
+    # answers with it within 2 s of its first result (frames that race ahead of the selection's
+    # delivery run the safe default, as before any selection).
+    first = started + times["first"]
+    assert graph.wait_for(lambda: chosen in graph.results_since(first), BACK_IN_LOOP_S)
+    ahead = graph.results_since(first).index(chosen)
+    print(f"elastic_inference restarted: {ahead} frames before the selection in force ({chosen}) was picked up")
+    assert set(graph.results_since(first)[:ahead]) <= {SAFE_DEFAULT}
 
 
-def wait_for_line(proc: subprocess.Popen, text: str, timeout_s: float) -> None:
-    """Read the process's output until a line contains ``text``."""
-    found = threading.Event()
-
-    def read() -> None:
-        for line in proc.stdout:
-            if text in line:
-                found.set()
-                return
-
-    threading.Thread(target=read, daemon=True).start()
-    assert found.wait(timeout_s), f"no output line with {text!r}"
+def policy_names(profile, kind: str, access: str, node: str) -> set[str]:
+    """Fully qualified names an SROS 2 profile allows (kind: topics or services; access: publish, ...)."""
+    names = set()
+    for block in profile.iter(kind):
+        if block.get(access) == "ALLOW":
+            for element in block:
+                name = element.text.strip()
+                names.add(f"/{node}/{name[2:]}" if name.startswith("~/") else f"/{name.lstrip('/')}")
+    return names
 
 
-@pytest.mark.parametrize("executable", [spec.executable for spec in node_graph()])
-def test_each_node_ends_within_2s_with_exit_0_on_sigint_and_sigterm(executable, start_process):
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        node = start_process(["-m", ENTRY_MODULE, executable])
-        wait_for_line(node, f"[{executable}]", 30.0)  # its first log line: set up and spinning
-        time.sleep(0.5)
-        node.send_signal(sig)
-        sent = time.monotonic()
-        code = node.wait(10)
-        took = time.monotonic() - sent
-        out = node.stdout.read()
-        print(f"{executable} {sig.name}: exit {code} after {took:.2f} s")
-        assert code == 0 and "Traceback" not in out, out
-        assert took <= 2.0
+def test_sros2_policy_allows_exactly_what_each_running_node_uses(graph):
+    import xml.etree.ElementTree as ElementTree
 
-
-@pytest.mark.parametrize("executable", ["resource_monitor", "elastic_inference"])
-def test_a_signal_during_start_up_still_ends_with_exit_0(executable, start_process):
-    # 0.3 s in, the process is importing rclpy (and torch, for inference) or building the engine.
-    node = start_process(["-m", ENTRY_MODULE, executable])
-    time.sleep(0.3)
-    node.send_signal(signal.SIGTERM)
-    sent = time.monotonic()
-    code = node.wait(20)
-    out = node.stdout.read()
-    print(f"{executable} SIGTERM during start-up: exit {code} after {time.monotonic() - sent:.2f} s")
-    assert code == 0 and "Traceback" not in out, out
-
-
-def test_malformed_input_campaign_crashes_nothing_and_every_node_still_answers(tmp_path, start_process):
-    # 3000 malformed messages (500 of each input type), then one valid message per node.
-    campaign = start_process(
-        ["-m", "adascale_ros.tools.cli", "campaign", "--messages", "500", "--out", str(tmp_path), "--json"]
-    )
-    out, _ = campaign.communicate(timeout=300)
-    report = json.loads(out[out.index("{") :])
-    print((tmp_path / "campaign.md").read_text())
-    assert campaign.returncode == 0 and report["passed"], out
-    assert report["crashes"] == {}
-    assert [r["input"] for r in report["inputs"]] == [
-        "image",
-        "compressed_image",
-        "selection",
-        "resource_state",
-        "classification",
-        "profiles",
-    ]
-    for row in report["inputs"]:
-        assert row["sent"] == 500 and row["received"] >= 490, row
-        assert sum(row["rejected"].values()) > 0, row  # the messages were malformed, and refused
-        assert row["answers_after"], row
+    policy = ElementTree.parse(REPO_ROOT / "config" / "sros2" / "policy.xml").getroot()
+    profiles = {p.get("node"): p for p in policy.iter("profile")}
+    assert set(profiles) == set(graph.specs)
+    camera = {CAMERA: "/camera/image_raw"}
+    for name in graph.specs:
+        profile = profiles[name]
+        assert profile.get("ns") == "/"
+        used = {
+            "publish": graph.node.get_publisher_names_and_types_by_node(name, "/"),
+            "subscribe": graph.node.get_subscriber_names_and_types_by_node(name, "/"),
+            "reply": graph.node.get_service_names_and_types_by_node(name, "/"),
+        }
+        for access, kind in (("publish", "topics"), ("subscribe", "topics"), ("reply", "services")):
+            actual = {camera.get(topic, topic) for topic, _ in used[access]}
+            allowed = policy_names(profile, kind, access, name)
+            assert actual <= allowed, f"{name} {access}: uses {sorted(actual - allowed)}, not allowed"
+            # Nothing more, but /clock (use_sim_time, bag replay) and the compressed input (input: compressed).
+            unused = allowed - actual
+            assert unused <= {"/clock", "/camera/image_raw/compressed"}, f"{name} {access}: {sorted(unused)} unused"

@@ -216,6 +216,15 @@ class LatencyPredictor:
         try:
             with np.load(directory / "predictor.npz", allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
+        except FileNotFoundError as exc:
+            raise ModelLoadError(f"{directory}: missing predictor.npz; run `adascale calibrate {model_dir}`") from exc
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+            # NumPy's own message for a non-archive suggests unpickling it: never.
+            raise ModelLoadError(
+                f"{directory}/predictor.npz: not an .npz archive of plain arrays; "
+                f"re-run `adascale calibrate {model_dir}`"
+            ) from exc
+        try:
             families = header["families"]
             unknown = set(families.values()) - set(REGRESSORS)
             if unknown:

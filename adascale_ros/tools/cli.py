@@ -228,6 +228,39 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_soak(args: argparse.Namespace) -> int:
+    import json
+
+    from adascale_ros.bringup import default_model_dir, default_params_file
+    from adascale_ros.tools.evaluate import DEFAULT_BUDGET_MS, EvaluationConfig
+    from adascale_ros.tools.signals import stop_flag
+    from adascale_ros.tools.soak import soak
+    from adascale_ros.tools.traces import LoadTrace, resolve_trace
+
+    if not args.bag.exists():
+        raise FileNotFoundError(f"{args.bag}: no such bag (write one with `adascale make-bag`)")
+    if not args.minutes > 0:
+        raise ValueError(f"--minutes must be > 0, got {args.minutes}")
+    config = EvaluationConfig(
+        bag=args.bag,
+        trace=LoadTrace.from_yaml(resolve_trace(args.trace)),
+        policies=("adascale",),
+        out=args.out,
+        model_dir=args.model_dir or default_model_dir(),
+        params_file=args.params_file or default_params_file(),
+        budget_ms=DEFAULT_BUDGET_MS if args.budget_ms is None else args.budget_ms,
+        duration_s=args.minutes * 60.0,
+    )
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    with stop_flag() as stop:
+        report = soak(config, stop, say)
+    if report is None:
+        print("interrupted: no report written", file=sys.stderr)
+        return 0
+    print(json.dumps(report.to_json(), indent=1) if args.json else report.markdown())
+    return 0 if report.passed else 1
+
+
 def _cmd_campaign(args: argparse.Namespace) -> int:
     import json
 
@@ -483,6 +516,17 @@ def build_parser() -> argparse.ArgumentParser:
     evl.add_argument("--rescore", action="store_true", help="score the runs saved in --out again; run nothing")
     evl.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
     evl.set_defaults(func=_cmd_evaluate)
+
+    soak = sub.add_parser("soak", help="run the full graph for minutes under a repeating load trace; memory, drift")
+    soak.add_argument("--minutes", type=float, default=15.0, help="how long (default: 15)")
+    soak.add_argument("--bag", type=Path, default=Path("build/bags/fashion-mnist-test"), help="a labelled camera bag")
+    soak.add_argument("--trace", default="bursty", help="a trace YAML, or a shipped one (default: bursty)")
+    soak.add_argument("--out", type=Path, default=Path("build/soak"), help="report folder (default: build/soak)")
+    soak.add_argument("--budget-ms", type=float, help="latency budget per frame [ms] (default: 1.6)")
+    soak.add_argument("--model-dir", type=Path, help="default: the embedded default model")
+    soak.add_argument("--params-file", type=Path, help="ROS parameters file (default: config/adascale.yaml)")
+    soak.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
+    soak.set_defaults(func=_cmd_soak)
 
     cam = sub.add_parser("campaign", help="send malformed messages of every input type to the nodes; count and check")
     cam.add_argument("--messages", type=int, default=1000, help="malformed messages per input type (default: 1000)")

@@ -45,6 +45,7 @@ from adascale_ros.bringup import (
     node_graph,
     with_parameters,
 )
+from adascale_ros.tools.runner import GraphProcesses, status_line, unclean_exits
 from adascale_ros.tools.scoring import (
     FrameRecord,
     PolicyRun,
@@ -165,7 +166,7 @@ class Recorder:
         self.results: list[tuple[float, Any]] = []
         self.states: list[tuple[float, Any]] = []
         self.selection: deque[Any] = deque(maxlen=1)
-        self.reporting: set[str] = set()  # nodes seen on /diagnostics
+        self.diagnostics: dict[str, dict[str, str]] = {}  # node -> its latest /diagnostics values
 
     def _on_frame(self, data: bytes) -> None:
         try:
@@ -183,7 +184,8 @@ class Recorder:
         self.states.append((time.monotonic(), msg))
 
     def _on_diagnostics(self, msg: Any) -> None:
-        self.reporting.update(s.name.removeprefix("adascale: ") for s in msg.status)
+        for status in msg.status:
+            self.diagnostics[status.name.removeprefix("adascale: ")] = {kv.key: kv.value for kv in status.values}
 
     def run_records(self, policy: str, t0: float, duration_s: float, phases: list[tuple[float, int]]) -> PolicyRun:
         def stamp(header: Any) -> int:
@@ -230,11 +232,14 @@ def run_policy(
     recorder: Recorder,
     stop: threading.Event,
     say: Callable[[str], None],
+    on_tick: Callable[[GraphProcesses], None] | None = None,
 ) -> PolicyRun | None:
-    """One replay of the bag under the trace with this policy's graph; None when interrupted."""
-    import rclpy
+    """One replay of the bag under the trace with this policy's graph; None when interrupted.
 
-    from adascale_ros.tools.runner import GraphProcesses, status_line, unclean_exits
+    The trace starts over when the run is longer than it. ``on_tick`` is called with the
+    running graph about every 50 ms while frames flow (e.g. to sample the nodes' memory).
+    """
+    import rclpy
 
     log_dir = config.out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -258,7 +263,7 @@ def run_policy(
             def ready() -> bool:
                 check_alive()
                 return (
-                    "elastic_inference" in recorder.reporting
+                    "elastic_inference" in recorder.diagnostics
                     and bool(recorder.states)
                     and (bool(recorder.selection) or not selecting)
                 )
@@ -280,6 +285,7 @@ def run_policy(
                 kwargs={
                     "trace": config.trace,
                     "on_phase": lambda i, _: phases.append((time.monotonic() - t0, i)),
+                    "loop": config.run_s > config.trace.duration_s,
                     "should_stop": trace_stop.is_set,
                 },
                 daemon=True,
@@ -289,6 +295,8 @@ def run_policy(
             while not stop.is_set() and time.monotonic() < t0 + config.run_s + TAIL_S:
                 rclpy.spin_once(node, timeout_sec=0.05)
                 check_alive()
+                if on_tick is not None:
+                    on_tick(graph)
                 if time.monotonic() >= next_status and recorder.states:
                     next_status += 1.0
                     selection = recorder.selection[-1] if selecting and recorder.selection else None
