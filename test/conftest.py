@@ -18,6 +18,8 @@ os.environ["ROS_DOMAIN_ID"] = str(random.Random().randint(1, 101))
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The inference node's ONNX module cache: under build/, not the user's ~/.cache.
+os.environ.setdefault("ADASCALE_CACHE_DIR", str(REPO_ROOT / "build" / "test-cache"))
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
 

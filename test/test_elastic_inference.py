@@ -56,6 +56,8 @@ class InferenceHarness:
             f"~/image/compressed:={CAMERA}/compressed",
         ]
         args += ["-r", f"~/selection:={SELECTION}", "-p", f"input:={'compressed' if compressed else 'raw'}"]
+        # This test publishes each selection once, as a person would: it stays in force.
+        params.setdefault("selection_timeout_s", 0.0)
         if reliable:  # every frame reaches the node's callback: what is dropped, the node dropped
             params |= {"qos_reliability": "reliable", "qos_depth": 400}
         for name, value in params.items():

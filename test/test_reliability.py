@@ -183,6 +183,7 @@ def graph(tmp_path_factory) -> Iterator[RunningGraph]:
         assert running.wait_for(lambda: running.selected() not in ("", SAFE_DEFAULT), 60.0), running.log_dir
         chosen = running.selected()
         assert running.wait_for(lambda: chosen in running.results_since(time.monotonic() - 0.5), 30.0)
+        assert running.wait_for(lambda: set(running.specs) <= set(running.diagnostics), 5.0)
         yield running
     finally:
         running.stop()
@@ -195,9 +196,8 @@ def assert_still_in_loop(graph: RunningGraph, variant: str, since: float, killed
     assert all(code is None for name, code in graph.alive().items() if name != killed), graph.alive()
 
 
-def assert_back_in_loop(times: dict[str, float], light: bool = True) -> None:
-    if light:  # the three nodes without a network to build are up in well under 2 s
-        assert times["ready"] <= BACK_IN_LOOP_S
+def assert_back_in_loop(times: dict[str, float]) -> None:
+    assert times["ready"] <= BACK_IN_LOOP_S
     # From ready to the first message: DDS matching of the new participant and its first output.
     assert times["first"] - times["ready"] <= BACK_IN_LOOP_S + DDS_MATCH_S
 
@@ -230,14 +230,15 @@ def test_profiler_killed_selector_keeps_its_choice_and_flags_stale(graph):
 
 def test_selector_killed_inference_falls_back_to_the_safe_default_after_its_timeout(graph):
     chosen = graph.selected()
-    last_selection = graph.selections[-1][0]
     killed = graph.kill("selector")
+    graph.wait_for(lambda: False, 0.3)  # a selection already on its way is the last one
+    last_selection = graph.selections[-1][0]
     # The last selection holds until the timeout (counted from the last one received) ...
     hold_until = last_selection + SELECTION_TIMEOUT_S - 0.3
     graph.wait_for(lambda: False, max(0.0, hold_until - time.monotonic()))
     assert set(graph.results_since(killed)) == {chosen}
     # ... then the safe default runs.
-    assert graph.wait_for(lambda: SAFE_DEFAULT in graph.results_since(killed), 2.0)
+    assert graph.wait_for(lambda: SAFE_DEFAULT in graph.results_since(killed), 3.0), graph.log("elastic_inference")
     fell_back = graph.first_after(graph.results, killed, lambda m: m.variant_id == SAFE_DEFAULT) - last_selection
     assert graph.wait_for(lambda: graph.diagnostics["elastic_inference"].get("selection_timeouts") == "1", 3.0)
     print(f"selector killed: safe default {fell_back:.2f} s after the last selection (timeout {SELECTION_TIMEOUT_S})")
@@ -261,7 +262,7 @@ def test_inference_killed_restart_picks_up_the_selection_in_force(graph):
 
     started = time.monotonic()
     times = graph.restart("elastic_inference", graph.results)
-    assert_back_in_loop(times, light=False)  # start-up loads the model and exports it to ONNX first
+    assert_back_in_loop(times)  # its ONNX modules come from the cache its first start filled
     # The selection in force reaches it by transient-local durability, not by a new publication: it
     # answers with it within 2 s of its first result (frames that race ahead of the selection's
     # delivery run the safe default, as before any selection).

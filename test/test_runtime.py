@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 import threading
 
 import cv2
@@ -169,8 +172,8 @@ def default_model():
 
 def test_backends_agree_and_run_only_the_variant(default_model):
     model = default_model
-    torch_engine = ElasticEngine(model.net, model.input_shape, "torch", threads=1)
-    onnx_engine = ElasticEngine(model.net, model.input_shape, "onnxruntime", threads=1)
+    torch_engine = ElasticEngine.from_net(model.net, model.input_shape, "torch", threads=1)
+    onnx_engine = ElasticEngine.from_net(model.net, model.input_shape, "onnxruntime", threads=1)
     x = np.random.default_rng(1).standard_normal((1, *model.input_shape)).astype(np.float32)
     for variant_id in ["e0:res", "e1:dws-fac", "e2:mbc-dense-res", "e3:fac-res-dws-mbc"]:
         variant = Variant.parse(variant_id)
@@ -186,9 +189,42 @@ def test_backends_agree_and_run_only_the_variant(default_model):
         onnx_engine.check_variant("e1:res/fac")
 
 
+def test_onnx_modules_are_cached_by_content_and_read_back_without_torch(default_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("ADASCALE_CACHE_DIR", str(tmp_path / "cache"))
+    model_dir = tmp_path / "model"
+    shutil.copytree(REPO_ROOT / "models" / "default", model_dir, ignore=shutil.ignore_patterns("profiler"))
+    shape = default_model.input_shape
+    exported = ElasticEngine.from_model_dir(model_dir, shape, "onnxruntime", threads=1)
+    assert exported.source.startswith("ONNX modules exported and cached")
+    cached = ElasticEngine.from_model_dir(model_dir, shape, "onnxruntime", threads=1)
+    assert cached.source == "ONNX modules from the cache"
+    assert cached.stage_ops == exported.stage_ops == tuple(tuple(blocks) for blocks in default_model.net.stages)
+    x = np.random.default_rng(3).standard_normal((1, *shape)).astype(np.float32)
+    reference = ElasticEngine.from_net(default_model.net, shape, "onnxruntime", threads=1)
+    for variant_id in ["e0:res", "e3:fac-res-dws-mbc"]:
+        variant = Variant.parse(variant_id)
+        np.testing.assert_array_equal(cached.run(x, variant).probabilities, reference.run(x, variant).probabilities)
+    # A cache hit in a fresh process never imports torch.
+    probe = (
+        "import sys; from pathlib import Path; from adascale_ros.runtime.engine import ElasticEngine; "
+        f"e = ElasticEngine.from_model_dir(Path({str(model_dir)!r}), {shape}, 'onnxruntime', 1); "
+        "print(e.source, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "ONNX modules from the cache False"
+    # New weights are another key; a damaged entry is exported again (and repaired).
+    (entry,) = (tmp_path / "cache" / "onnx").iterdir()
+    (entry / "stage1.res.onnx").write_bytes(b"damaged")
+    repaired = ElasticEngine.from_model_dir(model_dir, shape, "onnxruntime", threads=1)
+    assert repaired.source.startswith("ONNX modules exported")
+    assert (
+        ElasticEngine.from_model_dir(model_dir, shape, "onnxruntime", threads=1).source == "ONNX modules from the cache"
+    )
+
+
 def test_confidence_early_exit(default_model):
     model = default_model
-    engine = ElasticEngine(model.net, model.input_shape, "torch", threads=1)
+    engine = ElasticEngine.from_net(model.net, model.input_shape, "torch", threads=1)
     variant = Variant.parse("e3:res-mbc-fac-fac")
     x = np.random.default_rng(2).standard_normal((1, *model.input_shape)).astype(np.float32)
     full = engine.run(x, variant)

@@ -30,7 +30,8 @@ from adascale_ros.model.files import (
     VARIANTS,
     WEIGHTS,
     ModelLoadError,
-    read_json,
+    card_input_shape,
+    read_model_card,
     write_json,
 )
 
@@ -48,8 +49,7 @@ class LoadedModel:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        shape = self.card["input"]
-        return shape["channels"], shape["height"], shape["width"]
+        return card_input_shape(self.card)
 
 
 def save_model(directory: Path, net: ElasticNet, card: dict[str, Any], variants: dict[str, Any]) -> None:
@@ -90,17 +90,10 @@ def fit_state_dict(net: torch.nn.Module, state: dict[str, torch.Tensor], source:
 
 def load_model(directory: Path | str) -> LoadedModel:
     directory = Path(directory)
-    if not directory.is_dir():
-        raise ModelLoadError(f"{directory}: not a model directory")
-    card = read_json(directory / MODEL_CARD)
-    if card.get("format_version") != FORMAT_VERSION:
-        raise ModelLoadError(
-            f"{directory / MODEL_CARD}: format_version {card.get('format_version')!r}, this code reads {FORMAT_VERSION}"
-        )
+    card = read_model_card(directory)
     try:
         config = ElasticConfig.from_dict(card["network"])
         normalize = Normalization(tuple(card["normalization"]["mean"]), tuple(card["normalization"]["std"]))
-        _ = card["classes"], card["input"]["channels"], card["input"]["height"], card["input"]["width"]
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"{directory / MODEL_CARD}: incomplete or invalid model card ({exc})") from exc
     net = ElasticNet(config)

@@ -14,15 +14,17 @@ the stem, exactly those blocks, and that exit head.
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from adascale_ros.model.operators import OPERATORS, build_operator, conv_norm
+from adascale_ros.model.variant import Variant
+
+__all__ = ["ElasticConfig", "ElasticNet", "ExitHead", "Variant"]
 
 
 @dataclass(frozen=True)
@@ -61,39 +63,6 @@ class ElasticConfig:
             if key in known:
                 known[key] = tuple(known[key])
         return cls(**known)
-
-
-_VARIANT_ID = re.compile(r"^e(\d+):([a-z]+(?:-[a-z]+)*)$")
-
-
-@dataclass(frozen=True, order=True)
-class Variant:
-    """An exit and the operator chosen at every stage up to it.
-
-    Its id reads ``e<exit>:<op>-<op>-...``, e.g. ``e2:dws-mbc-res`` exits
-    after the third stage (exit index 2) having run dws, mbc, then res.
-    """
-
-    exit_index: int
-    operators: tuple[str, ...] = field(default=())
-
-    def __post_init__(self) -> None:
-        if len(self.operators) != self.exit_index + 1:
-            raise ValueError(f"exit {self.exit_index} needs {self.exit_index + 1} operators, got {self.operators}")
-
-    @property
-    def id(self) -> str:
-        return f"e{self.exit_index}:{'-'.join(self.operators)}"
-
-    @classmethod
-    def parse(cls, variant_id: str) -> Variant:
-        match = _VARIANT_ID.match(variant_id)
-        if not match:
-            raise ValueError(f"malformed variant id {variant_id!r}; expected e<exit>:<op>-<op>...")
-        return cls(int(match.group(1)), tuple(match.group(2).split("-")))
-
-    def __str__(self) -> str:
-        return self.id
 
 
 class ExitHead(nn.Sequential):

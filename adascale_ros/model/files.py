@@ -33,6 +33,29 @@ def read_json(path: Path) -> Any:
         raise ModelLoadError(f"{path}: unreadable JSON: {exc}") from exc
 
 
+def read_model_card(directory: Path | str) -> dict[str, Any]:
+    """The model card, checked for what every reader needs; ``ModelLoadError`` with the reason."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelLoadError(f"{directory}: not a model directory")
+    card = read_json(directory / MODEL_CARD)
+    if not isinstance(card, dict) or card.get("format_version") != FORMAT_VERSION:
+        version = card.get("format_version") if isinstance(card, dict) else None
+        raise ModelLoadError(f"{directory / MODEL_CARD}: format_version {version!r}, this code reads {FORMAT_VERSION}")
+    try:
+        _ = card["network"], card["classes"], card["normalization"]["mean"], card["normalization"]["std"]
+        card_input_shape(card)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{directory / MODEL_CARD}: incomplete or invalid model card ({exc})") from exc
+    return card
+
+
+def card_input_shape(card: dict[str, Any]) -> tuple[int, int, int]:
+    """(channels, height, width) the network takes."""
+    shape = card["input"]
+    return int(shape["channels"]), int(shape["height"]), int(shape["width"])
+
+
 def load_variant_table(directory: Path | str) -> dict[str, Any]:
     table = read_json(Path(directory) / VARIANTS)
     if table.get("format_version") != FORMAT_VERSION or not isinstance(table.get("variants"), list):

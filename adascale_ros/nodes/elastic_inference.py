@@ -32,8 +32,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from adascale_msgs.msg import ElasticClassification, VariantSelection
 from adascale_ros.bringup import default_model_dir
-from adascale_ros.model.artifacts import load_model
-from adascale_ros.model.files import cheapest_variant, load_variant_table
+from adascale_ros.model.files import card_input_shape, cheapest_variant, load_variant_table, read_model_card
 from adascale_ros.nodes.common import (
     OK,
     WARN,
@@ -106,10 +105,12 @@ class ElasticInference(Node):
         values = current_values(self, PARAMETERS)
         _validate(values)
         model_dir = values["model_dir"] or str(default_model_dir())
-        model = load_model(model_dir)
-        self.labels = model.classes
-        self.preprocess = Preprocessor.from_card(model.card)
-        self.engine = ElasticEngine(model.net, model.input_shape, values["backend"], int(values["threads"]))
+        card = read_model_card(model_dir)
+        self.labels = list(card["classes"])
+        self.preprocess = Preprocessor.from_card(card)
+        self.engine = ElasticEngine.from_model_dir(
+            model_dir, card_input_shape(card), values["backend"], int(values["threads"])
+        )
         safe_default = values["safe_default_variant"] or cheapest_variant(load_variant_table(model_dir))
         self.safe_default = self.engine.check_variant(safe_default)  # ValueError -> refuse to start
         self.variant = self.safe_default
@@ -151,7 +152,7 @@ class ElasticInference(Node):
         self._worker = threading.Thread(target=self._work, name="inference", daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"{values['backend']} backend, {len(self.labels)} classes from {model_dir}; "
+            f"{values['backend']} backend ({self.engine.source}), {len(self.labels)} classes from {model_dir}; "
             f"running {self.variant} until a selection arrives on {self._selection_sub.topic_name}; "
             f"input {self._image_sub.topic_name}"
         )

@@ -116,7 +116,7 @@ def calibrate_model(
 
 def measure(model_dir: Path, options: CalibrateOptions, progress: bool) -> CalibrationData:
     model = load_model(model_dir)
-    engine = ElasticEngine(model.net, model.input_shape, options.backend, options.threads)
+    engine = ElasticEngine.from_net(model.net, model.input_shape, options.backend, options.threads)
     frame = np.random.default_rng(options.seed).integers(
         0, 256, (options.frame_height, options.frame_width, 3), dtype=np.uint8
     )

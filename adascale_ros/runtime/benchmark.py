@@ -33,7 +33,7 @@ def _summary(samples_ms: list[float]) -> dict[str, float]:
 def bench_inference(
     model: LoadedModel, variants_table: dict[str, Any], repeats: int = 200, rounds: int = 10, threads: int = 2
 ) -> dict[str, Any]:
-    engines = {name: ElasticEngine(model.net, model.input_shape, name, threads) for name in BACKENDS}
+    engines = {name: ElasticEngine.from_net(model.net, model.input_shape, name, threads) for name in BACKENDS}
     chosen = {
         e: Variant.parse(row["variant_id"])
         for e, row in best_per_exit(variants_table["variants"], "val_accuracy").items()

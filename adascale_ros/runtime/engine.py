@@ -4,9 +4,9 @@ Both backends hold every module of the network in memory (stem, each
 stage's candidate blocks, each exit head), so switching variants is a change
 of path through modules already loaded, never a load.
 
-ONNX Runtime backend: each module is exported once, in memory, when the
-engine is built (about 25 small graphs for the default network, a few
-seconds with the TorchScript-based exporter), and gets its own
+ONNX Runtime backend: each module is exported once (about 25 small graphs
+for the default network, a second with the TorchScript-based exporter, see
+``onnx_modules``: a restart reads them from a cache) and gets its own
 ``InferenceSession``. Exporting per module rather than per variant keeps one
 copy of each weight and makes the 780 variants of the default model free to
 switch between; the price is one session call per module (tens of
@@ -20,19 +20,21 @@ stages are never computed.
 
 from __future__ import annotations
 
-import io
 import math
-import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 
-from adascale_ros.model.elastic import ElasticNet, Variant
+from adascale_ros.model.variant import Variant
+from adascale_ros.runtime.onnx_modules import OnnxModules, export_modules, load_cached, store
+
+if TYPE_CHECKING:
+    from adascale_ros.model.elastic import ElasticNet
 
 BACKENDS = ("torch", "onnxruntime")
-ONNX_OPSET = 17
 
 
 @dataclass(frozen=True)
@@ -60,38 +62,23 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, net: ElasticNet, threads: int) -> None:
+        import torch
+
+        self._torch = torch
         self.net = net.eval()
         torch.set_num_threads(threads)
 
-    @torch.inference_mode()
-    def stem(self, x: np.ndarray) -> torch.Tensor:
-        return self.net.stem(torch.from_numpy(x))
+    def stem(self, x: np.ndarray) -> Any:
+        with self._torch.inference_mode():
+            return self.net.stem(self._torch.from_numpy(x))
 
-    @torch.inference_mode()
-    def stage(self, index: int, op: str, x: torch.Tensor) -> torch.Tensor:
-        return self.net.run_stage(x, index, op)
+    def stage(self, index: int, op: str, x: Any) -> Any:
+        with self._torch.inference_mode():
+            return self.net.run_stage(x, index, op)
 
-    @torch.inference_mode()
-    def head(self, index: int, x: torch.Tensor) -> np.ndarray:
-        return self.net.exits[index](x)[0].numpy()
-
-
-def _export(module: torch.nn.Module, example: torch.Tensor) -> bytes:
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # The TorchScript-based exporter is deprecated in favour of torch.export,
-        # which takes ~30x longer per module and needs onnxscript.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (example,),
-            buffer,
-            dynamo=False,
-            opset_version=ONNX_OPSET,
-            input_names=["x"],
-            output_names=["y"],
-        )
-    return buffer.getvalue()
+    def head(self, index: int, x: Any) -> np.ndarray:
+        with self._torch.inference_mode():
+            return self.net.exits[index](x)[0].numpy()
 
 
 class OnnxBackend:
@@ -99,7 +86,7 @@ class OnnxBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, net: ElasticNet, input_shape: tuple[int, int, int], threads: int) -> None:
+    def __init__(self, modules: OnnxModules, threads: int) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -107,20 +94,12 @@ class OnnxBackend:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
 
-        def session(module: torch.nn.Module, example: torch.Tensor) -> ort.InferenceSession:
-            return ort.InferenceSession(_export(module, example), options, providers=["CPUExecutionProvider"])
+        def session(graph: bytes) -> ort.InferenceSession:
+            return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
-        net = net.eval()
-        with torch.inference_mode():
-            x = torch.zeros(1, *input_shape)
-            self._stem = session(net.stem, x)
-            x = net.stem(x)
-            self._stages: list[dict[str, ort.InferenceSession]] = []
-            self._heads = []
-            for index, blocks in enumerate(net.stages):
-                self._stages.append({op: session(block, x) for op, block in blocks.items()})
-                x = next(iter(blocks.values()))(x)  # every block of a stage has the same output shape
-                self._heads.append(session(net.exits[index], x))
+        self._stem = session(modules.stem)
+        self._stages = [{op: session(g) for op, g in blocks.items()} for blocks in modules.stages]
+        self._heads = [session(g) for g in modules.heads]
 
     def stem(self, x: np.ndarray) -> np.ndarray:
         return self._stem.run(None, {"x": x})[0]
@@ -132,31 +111,75 @@ class OnnxBackend:
         return self._heads[index].run(None, {"x": x})[0][0]
 
 
+def _check(backend: str, threads: int) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max())
     return shifted / shifted.sum()
 
 
 class ElasticEngine:
-    """Runs one pre-processed frame through one variant, with optional confidence early exit."""
+    """Runs one pre-processed frame through one variant, with optional confidence early exit.
 
-    def __init__(
-        self, net: ElasticNet, input_shape: tuple[int, int, int], backend: str = "onnxruntime", threads: int = 2
-    ) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        self.net = net
-        self.backend: Backend = (
-            TorchBackend(net, threads) if backend == "torch" else OnnxBackend(net, input_shape, threads)
-        )
+    Build one with ``from_net`` (a network in memory) or ``from_model_dir`` (a
+    model directory, through the ONNX module cache: no torch when it hits).
+    """
+
+    def __init__(self, backend: Backend, stage_ops: Sequence[Sequence[str]], input_shape: tuple[int, int, int]) -> None:
+        self.backend = backend
+        self.stage_ops = tuple(tuple(ops) for ops in stage_ops)
+        self.source = ""  # where the modules came from, for the log
         self._warm_up(input_shape)
+
+    @classmethod
+    def from_net(
+        cls, net: ElasticNet, input_shape: tuple[int, int, int], backend: str = "onnxruntime", threads: int = 2
+    ) -> ElasticEngine:
+        _check(backend, threads)
+        stage_ops = [tuple(blocks) for blocks in net.stages]
+        if backend == "torch":
+            return cls(TorchBackend(net, threads), stage_ops, input_shape)
+        return cls(OnnxBackend(export_modules(net, input_shape), threads), stage_ops, input_shape)
+
+    @classmethod
+    def from_model_dir(
+        cls, model_dir: Path, input_shape: tuple[int, int, int], backend: str = "onnxruntime", threads: int = 2
+    ) -> ElasticEngine:
+        """The onnxruntime backend reads the cached ONNX modules of this model, exporting (and caching)
+        them on a miss; the torch backend loads the weights. ``ModelLoadError`` for a broken directory."""
+        _check(backend, threads)
+        model_dir = Path(model_dir)
+        if backend == "onnxruntime":
+            modules = load_cached(model_dir)
+            if modules is not None:
+                try:
+                    engine = cls(OnnxBackend(modules, threads), modules.stage_ops, input_shape)
+                    engine.source = "ONNX modules from the cache"
+                    return engine
+                except Exception:
+                    pass
+        from adascale_ros.model.artifacts import load_model
+
+        model = load_model(model_dir)
+        if backend == "torch":
+            engine = cls.from_net(model.net, input_shape, backend, threads)
+            engine.source = "torch weights"
+            return engine
+        modules = export_modules(model.net, input_shape)
+        engine = cls(OnnxBackend(modules, threads), modules.stage_ops, input_shape)
+        cached = store(model_dir, modules)
+        engine.source = f"ONNX modules exported{f' and cached in {cached}' if cached else ' (cache not writable)'}"
+        return engine
 
     def _warm_up(self, input_shape: tuple[int, int, int], runs: int = 2) -> None:
         """Run every module a few times, so the first frame after a switch is not also a module's first run."""
         features = self.backend.stem(np.zeros((1, *input_shape), np.float32))
-        for stage, ops in enumerate(self.net.stages):
+        for stage, ops in enumerate(self.stage_ops):
             for op in ops:
                 for _ in range(runs):
                     out = self.backend.stage(stage, op, features)
@@ -167,7 +190,11 @@ class ElasticEngine:
     def check_variant(self, variant_id: str) -> Variant:
         """Parse and check a variant id against this network; ``ValueError`` with the reason if it does not fit."""
         variant = Variant.parse(variant_id)
-        self.net.check_variant(variant)
+        if not 0 <= variant.exit_index < len(self.stage_ops):
+            raise ValueError(f"variant {variant}: no exit {variant.exit_index} (exits 0..{len(self.stage_ops) - 1})")
+        unknown = [op for stage, op in enumerate(variant.operators) if op not in self.stage_ops[stage]]
+        if unknown:
+            raise ValueError(f"variant {variant}: unknown operators {unknown}")
         return variant
 
     def run(self, x: np.ndarray, variant: Variant, early_exit_threshold: float = math.inf) -> Inference:

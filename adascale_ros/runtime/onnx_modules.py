@@ -1,0 +1,140 @@
+"""The network as ONNX modules (stem, every stage's blocks, every exit head), and their on-disk cache.
+
+Exporting the default network's 25 modules takes about a second and needs
+torch, whose import takes two more; a restarted inference node should not pay
+either. The first start exports and stores the modules under
+``$ADASCALE_CACHE_DIR`` (default ``$XDG_CACHE_HOME/adascale_ros``, i.e.
+``~/.cache/adascale_ros``), keyed by the SHA-256 of the weights and the model
+card; later starts read them back without importing torch. ONNX files are
+protobuf graphs: reading one runs no code from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adascale_ros.model.files import MODEL_CARD, WEIGHTS
+
+ONNX_OPSET = 17
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class OnnxModules:
+    """Serialized ONNX graphs of every module, in execution order."""
+
+    stem: bytes
+    stages: tuple[dict[str, bytes], ...]  # per stage: operator -> block
+    heads: tuple[bytes, ...]  # per stage: its exit head
+
+    @property
+    def stage_ops(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(tuple(blocks) for blocks in self.stages)
+
+
+def export_modules(net: Any, input_shape: tuple[int, int, int]) -> OnnxModules:
+    """Export every module of an ``ElasticNet`` (needs torch)."""
+    import torch
+
+    def export(module: torch.nn.Module, example: torch.Tensor) -> bytes:
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            # The TorchScript-based exporter is deprecated in favour of torch.export,
+            # which takes ~30x longer per module and needs onnxscript.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                (example,),
+                buffer,
+                dynamo=False,
+                opset_version=ONNX_OPSET,
+                input_names=["x"],
+                output_names=["y"],
+            )
+        return buffer.getvalue()
+
+    net = net.eval()
+    with torch.inference_mode():
+        x = torch.zeros(1, *input_shape)
+        stem = export(net.stem, x)
+        x = net.stem(x)
+        stages, heads = [], []
+        for index, blocks in enumerate(net.stages):
+            stages.append({op: export(block, x) for op, block in blocks.items()})
+            x = next(iter(blocks.values()))(x)  # every block of a stage has the same output shape
+            heads.append(export(net.exits[index], x))
+    return OnnxModules(stem, tuple(stages), tuple(heads))
+
+
+def cache_root() -> Path:
+    explicit = os.environ.get("ADASCALE_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adascale_ros"
+
+
+def cache_key(model_dir: Path) -> str:
+    """SHA-256 of the weights, the model card and the export settings."""
+    digest = hashlib.sha256(f"onnx-modules {CACHE_FORMAT} opset {ONNX_OPSET}\n".encode())
+    for name in (WEIGHTS, MODEL_CARD):
+        with open(model_dir / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:32]
+
+
+def _file_names(stage_ops: tuple[tuple[str, ...], ...]) -> list[str]:
+    """One file per module, in the order of ``_blobs``."""
+    names = ["stem.onnx"]
+    for index, ops in enumerate(stage_ops):
+        names += [f"stage{index}.{op}.onnx" for op in ops] + [f"exit{index}.onnx"]
+    return names
+
+
+def load_cached(model_dir: Path) -> OnnxModules | None:
+    """The cached modules of this model, or None (not cached, or the cache entry is unusable)."""
+    try:
+        entry = cache_root() / "onnx" / cache_key(model_dir)
+        index = json.loads((entry / "index.json").read_text())
+        stage_ops = [list(ops) for ops in index["stage_ops"]]
+
+        def read(name: str) -> bytes:
+            return (entry / name).read_bytes()
+
+        return OnnxModules(
+            read("stem.onnx"),
+            tuple({op: read(f"stage{i}.{op}.onnx") for op in ops} for i, ops in enumerate(stage_ops)),
+            tuple(read(f"exit{i}.onnx") for i in range(len(stage_ops))),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def store(model_dir: Path, modules: OnnxModules) -> Path | None:
+    """Write the modules to the cache (atomically: a whole entry or none); None when it cannot be written."""
+    try:
+        entry = cache_root() / "onnx" / cache_key(model_dir)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".incoming-"))
+        blobs = [modules.stem]
+        for blocks, head in zip(modules.stages, modules.heads, strict=True):
+            blobs += [*blocks.values(), head]
+        for name, blob in zip(_file_names(modules.stage_ops), blobs, strict=True):
+            (staging / name).write_bytes(blob)
+        index = {"format": CACHE_FORMAT, "opset": ONNX_OPSET, "stage_ops": [list(ops) for ops in modules.stage_ops]}
+        (staging / "index.json").write_text(json.dumps(index) + "\n")
+        if entry.exists():  # another process stored the same modules meanwhile, or a broken entry
+            shutil.rmtree(entry, ignore_errors=True)
+        os.replace(staging, entry)
+        return entry
+    except OSError:
+        return None
