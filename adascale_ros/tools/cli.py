@@ -268,6 +268,8 @@ def _cmd_campaign(args: argparse.Namespace) -> int:
     from adascale_ros.tools.campaign import run_campaign, write_report
     from adascale_ros.tools.signals import stop_flag
 
+    if args.messages < 1:
+        raise ValueError(f"--messages must be >= 1, got {args.messages}")
     args.out.mkdir(parents=True, exist_ok=True)
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     log = args.out / "nodes.log"
