@@ -59,8 +59,10 @@ def subscribe_diagnostics(node, node_name: str) -> list:
     """Collect, in the returned list, every /diagnostics status the named adascale node publishes."""
     from diagnostic_msgs.msg import DiagnosticArray
 
+    from adascale_ros.nodes.common import STATUS_PREFIX
+
     statuses: list = []
-    wanted = f"adascale: {node_name}"
+    wanted = f"{STATUS_PREFIX}{node_name}"
     node.create_subscription(
         DiagnosticArray, "/diagnostics", lambda m: statuses.extend(s for s in m.status if s.name == wanted), 10
     )

@@ -98,9 +98,9 @@ class RunningGraph:
         self.camera.publish(self.frame)
 
     def _on_diagnostics(self, msg) -> None:
-        for status in msg.status:
-            values = {kv.key: kv.value for kv in status.values}
-            self.diagnostics[status.name.removeprefix("adascale: ")] = {"message": status.message, **values}
+        from adascale_ros.nodes.common import statuses_by_node
+
+        self.diagnostics.update(statuses_by_node(msg))
 
     def start(self, name: str) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -82,14 +82,27 @@ def validating_callback(
     return callback
 
 
+STATUS_PREFIX = "adascale: "  # every node's status is named "adascale: <node name>"
+
+
 def diagnostic_status(node: Node, level: bytes, message: str, values: Mapping[str, Any]) -> DiagnosticStatus:
     return DiagnosticStatus(
         level=level,
-        name=f"adascale: {node.get_name()}",
+        name=f"{STATUS_PREFIX}{node.get_name()}",
         message=message,
         hardware_id=socket.gethostname(),
         values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
     )
+
+
+def statuses_by_node(array: DiagnosticArray) -> dict[str, dict[str, str]]:
+    """The adascale statuses of a /diagnostics message: node name -> its values, and its message as "message"."""
+    return {
+        status.name.removeprefix(STATUS_PREFIX): {"message": status.message}
+        | {kv.key: kv.value for kv in status.values}
+        for status in array.status
+        if status.name.startswith(STATUS_PREFIX)
+    }
 
 
 class DiagnosticsPublisher:

@@ -215,8 +215,7 @@ class Profiler(Node):
             return
         start = time.perf_counter()
         states = [state]
-        stale = self._now_s() - self._last_state_s > self.state_timeout_s
-        if self.resource_aware and self.publish_forecast and math.isfinite(self._forecast) and not stale:
+        if self.resource_aware and self.publish_forecast and math.isfinite(self._forecast) and not self._state_stale():
             states.append(self.predictor.at_load(state, self._forecast))
         latency = self.predictor.latency_ms(np.vstack(states))
         self._raw_latency = latency[0]
@@ -237,6 +236,10 @@ class Profiler(Node):
             self.counts["profiles"] += 1
         self._predict_ms.append((time.perf_counter() - start) * 1e3)
 
+    def _state_stale(self) -> bool:
+        """Resource-aware and no valid state within ``state_timeout_s`` (none at all counts as stale)."""
+        return self.resource_aware and self._now_s() - self._last_state_s > self.state_timeout_s
+
     def _update_measured(self) -> None:
         oldest = self._now_s() - MEASURED_MAX_AGE_S
         for index, recent in list(self._recent.items()):
@@ -249,7 +252,7 @@ class Profiler(Node):
         age = self._now_s() - self._last_state_s
         if self.resource_aware and self.counts["states"] == 0:
             level, message = WARN, "no resource state yet: nothing published"
-        elif self.resource_aware and age > self.state_timeout_s:
+        elif self._state_stale():
             level, message = WARN, f"resource state stale ({age:.1f} s old): predicting at the last one"
         elif self.warnings:
             level, message = WARN, self.warnings[0]
@@ -258,7 +261,7 @@ class Profiler(Node):
             level, message = OK, f"profiling {len(self.predictor.variant_ids)} variants{mode}"
         values = {
             **self.counts,
-            "state_stale": self.resource_aware and age > self.state_timeout_s,
+            "state_stale": self._state_stale(),
             "last_state_age_s": age,
             "latency_correction_ratio": self.correction.ratio if self.correct else 1.0,
             "publish_and_predict_ms_median": median(self._predict_ms) if self._predict_ms else math.nan,

@@ -130,21 +130,32 @@ class ElasticEngine:
     model directory, through the ONNX module cache: no torch when it hits).
     """
 
-    def __init__(self, backend: Backend, stage_ops: Sequence[Sequence[str]], input_shape: tuple[int, int, int]) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        stage_ops: Sequence[Sequence[str]],
+        input_shape: tuple[int, int, int],
+        source: str = "",
+    ) -> None:
         self.backend = backend
         self.stage_ops = tuple(tuple(ops) for ops in stage_ops)
-        self.source = ""  # where the modules came from, for the log
+        self.source = source  # where the modules came from, for the log
         self._warm_up(input_shape)
 
     @classmethod
     def from_net(
-        cls, net: ElasticNet, input_shape: tuple[int, int, int], backend: str = "onnxruntime", threads: int = 2
+        cls,
+        net: ElasticNet,
+        input_shape: tuple[int, int, int],
+        backend: str = "onnxruntime",
+        threads: int = 2,
+        source: str = "",
     ) -> ElasticEngine:
         _check(backend, threads)
         stage_ops = [tuple(blocks) for blocks in net.stages]
         if backend == "torch":
-            return cls(TorchBackend(net, threads), stage_ops, input_shape)
-        return cls(OnnxBackend(export_modules(net, input_shape), threads), stage_ops, input_shape)
+            return cls(TorchBackend(net, threads), stage_ops, input_shape, source)
+        return cls(OnnxBackend(export_modules(net, input_shape), threads), stage_ops, input_shape, source)
 
     @classmethod
     def from_model_dir(
@@ -154,27 +165,20 @@ class ElasticEngine:
         them on a miss; the torch backend loads the weights. ``ModelLoadError`` for a broken directory."""
         _check(backend, threads)
         model_dir = Path(model_dir)
-        if backend == "onnxruntime":
-            modules = load_cached(model_dir)
-            if modules is not None:
-                try:
-                    engine = cls(OnnxBackend(modules, threads), modules.stage_ops, input_shape)
-                    engine.source = "ONNX modules from the cache"
-                    return engine
-                except Exception:
-                    pass
+        if backend == "onnxruntime" and (modules := load_cached(model_dir)) is not None:
+            try:
+                return cls(OnnxBackend(modules, threads), modules.stage_ops, input_shape, "ONNX modules from the cache")
+            except Exception:  # ONNX Runtime's own error types: a damaged entry, exported again below
+                pass
         from adascale_ros.model.artifacts import load_model
 
         model = load_model(model_dir)
         if backend == "torch":
-            engine = cls.from_net(model.net, input_shape, backend, threads)
-            engine.source = "torch weights"
-            return engine
+            return cls.from_net(model.net, input_shape, backend, threads, "torch weights")
         modules = export_modules(model.net, input_shape)
-        engine = cls(OnnxBackend(modules, threads), modules.stage_ops, input_shape)
         cached = store(model_dir, modules)
-        engine.source = f"ONNX modules exported{f' and cached in {cached}' if cached else ' (cache not writable)'}"
-        return engine
+        source = f"ONNX modules exported{f' and cached in {cached}' if cached else ' (cache not writable)'}"
+        return cls(OnnxBackend(modules, threads), modules.stage_ops, input_shape, source)
 
     def _warm_up(self, input_shape: tuple[int, int, int], runs: int = 2) -> None:
         """Run every module a few times, so the first frame after a switch is not also a module's first run."""

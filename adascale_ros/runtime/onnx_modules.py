@@ -92,12 +92,15 @@ def cache_key(model_dir: Path) -> str:
     return digest.hexdigest()[:32]
 
 
-def _file_names(stage_ops: tuple[tuple[str, ...], ...]) -> list[str]:
-    """One file per module, in the order of ``_blobs``."""
-    names = ["stem.onnx"]
-    for index, ops in enumerate(stage_ops):
-        names += [f"stage{index}.{op}.onnx" for op in ops] + [f"exit{index}.onnx"]
-    return names
+STEM_FILE = "stem.onnx"
+
+
+def _stage_file(index: int, op: str) -> str:
+    return f"stage{index}.{op}.onnx"
+
+
+def _exit_file(index: int) -> str:
+    return f"exit{index}.onnx"
 
 
 def load_cached(model_dir: Path) -> OnnxModules | None:
@@ -111,9 +114,9 @@ def load_cached(model_dir: Path) -> OnnxModules | None:
             return (entry / name).read_bytes()
 
         return OnnxModules(
-            read("stem.onnx"),
-            tuple({op: read(f"stage{i}.{op}.onnx") for op in ops} for i, ops in enumerate(stage_ops)),
-            tuple(read(f"exit{i}.onnx") for i in range(len(stage_ops))),
+            read(STEM_FILE),
+            tuple({op: read(_stage_file(i, op)) for op in ops} for i, ops in enumerate(stage_ops)),
+            tuple(read(_exit_file(i)) for i in range(len(stage_ops))),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -125,11 +128,11 @@ def store(model_dir: Path, modules: OnnxModules) -> Path | None:
         entry = cache_root() / "onnx" / cache_key(model_dir)
         entry.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".incoming-"))
-        blobs = [modules.stem]
-        for blocks, head in zip(modules.stages, modules.heads, strict=True):
-            blobs += [*blocks.values(), head]
-        for name, blob in zip(_file_names(modules.stage_ops), blobs, strict=True):
-            (staging / name).write_bytes(blob)
+        files = {STEM_FILE: modules.stem}
+        for i, (blocks, head) in enumerate(zip(modules.stages, modules.heads, strict=True)):
+            files |= {_stage_file(i, op): graph for op, graph in blocks.items()} | {_exit_file(i): head}
+        for name, graph in files.items():
+            (staging / name).write_bytes(graph)
         index = {"format": CACHE_FORMAT, "opset": ONNX_OPSET, "stage_ops": [list(ops) for ops in modules.stage_ops]}
         (staging / "index.json").write_text(json.dumps(index) + "\n")
         if entry.exists():  # another process stored the same modules meanwhile, or a broken entry

@@ -28,6 +28,7 @@ import numpy as np
 
 from adascale_ros.bringup import NodeSpec, node_graph, with_parameters
 from adascale_ros.model.files import load_variant_table
+from adascale_ros.tools.runner import GraphProcesses, unexpected_errors
 
 PREFIX = "/campaign"
 REPORT_WAIT_S = 2.5  # diagnostics are published at 1 Hz
@@ -341,7 +342,6 @@ class Campaign:
         )
         from adascale_ros.bringup import default_params_file
         from adascale_ros.nodes.common import latched_qos
-        from adascale_ros.tools.runner import GraphProcesses
 
         self.table = load_variant_table(model_dir)
         self.variant_ids = [row["variant_id"] for row in self.table["variants"]]
@@ -402,9 +402,9 @@ class Campaign:
         return codes
 
     def _on_diagnostics(self, msg: Any) -> None:
-        for status in msg.status:
-            name = status.name.removeprefix("adascale: ")
-            self.diagnostics[name] = {kv.key: kv.value for kv in status.values}
+        from adascale_ros.nodes.common import statuses_by_node
+
+        self.diagnostics.update(statuses_by_node(msg))
 
     def spin_until(self, condition: Callable[[], bool], timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -566,16 +566,8 @@ def run_campaign(
         received = counts.get(spec.received, 0)
         answered = after[spec.name] is not None and after[spec.name] == before[spec.name]
         reports.append(InputReport(spec.name, spec.node, sent.get(spec.name, 0), received, rejected, answered))
-    crashes: dict[str, str] = {}
-    text = log_path.read_text(errors="replace")
-    for name, code in codes.items():
-        internal = int(float(diagnostics.get(name, {}).get("skipped.internal", 0)))
-        if code != 0:
-            crashes[name] = f"exit code {code}"
-        elif f"[{name}] Traceback" in text:
-            crashes[name] = "traceback in its log"
-        elif internal:
-            crashes[name] = f"{internal} frames failed with an unexpected error (skipped.internal)"
+    crashes = unexpected_errors(list(codes), log_path.read_text(errors="replace"), diagnostics)
+    crashes.update({name: f"exit code {code}" for name, code in codes.items() if code != 0})
     return CampaignReport(seed, reports, crashes, time.monotonic() - start)
 
 

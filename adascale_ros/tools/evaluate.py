@@ -184,8 +184,9 @@ class Recorder:
         self.states.append((time.monotonic(), msg))
 
     def _on_diagnostics(self, msg: Any) -> None:
-        for status in msg.status:
-            self.diagnostics[status.name.removeprefix("adascale: ")] = {kv.key: kv.value for kv in status.values}
+        from adascale_ros.nodes.common import statuses_by_node
+
+        self.diagnostics.update(statuses_by_node(msg))
 
     def run_records(self, policy: str, t0: float, duration_s: float, phases: list[tuple[float, int]]) -> PolicyRun:
         def stamp(header: Any) -> int:

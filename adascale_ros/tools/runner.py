@@ -78,6 +78,18 @@ def unclean_exits(codes: dict[str, int]) -> dict[str, int]:
     return {n: c for n, c in codes.items() if c != 0}
 
 
+def unexpected_errors(names: Sequence[str], log_text: str, diagnostics: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Nodes that raised: tracebacks in their output as ``GraphProcesses`` forwards it, and frames that
+    failed with an unexpected error (``skipped.internal`` in their latest diagnostics). Others are left out."""
+    found = {}
+    for name in names:
+        tracebacks = log_text.count(f"[{name}] Traceback")
+        internal = int(float(diagnostics.get(name, {}).get("skipped.internal", 0)))
+        if tracebacks or internal:
+            found[name] = f"{tracebacks} tracebacks, {internal} frames failed with an unexpected error"
+    return found
+
+
 def _forward(name: str, stream: IO[bytes] | None, out: IO[str]) -> None:
     if stream is None:
         return

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from adascale_ros.tools.evaluate import EvaluationConfig, Recorder, RunFailed, policy_graph, run_policy
-from adascale_ros.tools.runner import GraphProcesses
-from adascale_ros.tools.scoring import PolicyRun, frame_outcomes, policy_metrics
+from adascale_ros.tools.runner import GraphProcesses, unexpected_errors
+from adascale_ros.tools.scoring import FrameOutcome, frame_outcomes, policy_metrics
 
 MAX_GROWTH_PERCENT = 5.0
 SAMPLE_PERIOD_S = 2.0
@@ -89,12 +89,11 @@ class MemorySampler:
             self.nodes.setdefault(name, NodeMemory(name)).samples.append((now - self.t0, rss))
 
 
-def per_minute(run: PolicyRun, truth: dict[int, int], budget_ms: float) -> list[dict[str, Any]]:
+def per_minute(outcomes: list[FrameOutcome], duration_s: float, budget_ms: float) -> list[dict[str, Any]]:
     """Latency, deadline misses and drops per minute of the run (the last minute may be shorter)."""
-    outcomes, _ = frame_outcomes(run, truth)
     rows = []
-    for start in np.arange(0.0, run.duration_s, 60.0):
-        end = min(start + 60.0, run.duration_s)
+    for start in np.arange(0.0, duration_s, 60.0):
+        end = min(start + 60.0, duration_s)
         chunk = [o for o in outcomes if start <= o.t_s < end]
         m = policy_metrics(chunk, budget_ms, end - start)
         rows.append({"minute": int(start // 60) + 1, **{k: m[k] for k in PER_MINUTE_KEYS}})
@@ -232,15 +231,11 @@ def soak(config: EvaluationConfig, stop: threading.Event, say: Callable[[str], N
     if run is None and not exceptions:
         return None  # interrupted
     log = (config.out / "logs" / "adascale.log").read_text(errors="replace")
-    for spec in specs:
-        tracebacks = log.count(f"[{spec.name}] Traceback")
-        internal = int(float(diagnostics.get(spec.name, {}).get("skipped.internal", 0)))
-        if tracebacks or internal:
-            exceptions[spec.name] = f"{tracebacks} tracebacks, {internal} frames failed unexpectedly"
+    exceptions.update(unexpected_errors([spec.name for spec in specs], log, diagnostics))
     duration = run.duration_s if run is not None else config.run_s
-    truth = read_labels(config.bag)
-    minutes = per_minute(run, truth, config.budget_ms) if run is not None else []
-    totals = policy_metrics(frame_outcomes(run, truth)[0], config.budget_ms, duration) if run is not None else {}
+    outcomes = frame_outcomes(run, read_labels(config.bag))[0] if run is not None else []
+    minutes = per_minute(outcomes, duration, config.budget_ms) if run is not None else []
+    totals = policy_metrics(outcomes, config.budget_ms, duration) if run is not None else {}
     report = SoakReport(
         minutes=duration / 60.0,
         trace=config.trace.name,
