@@ -70,3 +70,11 @@ def test_config_round_trips_through_a_dict():
         ElasticConfig(operators=("res", "res"))
     with pytest.raises(ValueError):
         ElasticConfig(stage_channels=(8, 8), stage_strides=(1,))
+    with pytest.raises(ValueError):
+        ElasticConfig(stem_stride=0)
+
+
+def test_stem_stride_downsamples_before_the_first_stage():
+    net = ElasticNet(ElasticConfig(**{**TINY.to_dict(), "stem_stride": 2}))
+    assert net.stem(torch.zeros(1, 1, 16, 16)).shape[-2:] == (8, 8)
+    assert ElasticConfig.from_dict({k: v for k, v in TINY.to_dict().items() if k != "stem_stride"}).stem_stride == 1

@@ -12,7 +12,7 @@ from conftest import REPO_ROOT, subscribe_diagnostics
 
 from adascale_ros.bringup import CLASSIFICATION_TOPIC
 from adascale_ros.model.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_idx_split
-from adascale_ros.model.files import load_variant_table
+from adascale_ros.model.files import cheapest_variant, load_variant_table
 
 pytestmark = pytest.mark.ros
 MODULE = "adascale_ros.nodes.elastic_inference"
@@ -166,7 +166,7 @@ def test_follows_selections_and_publishes_an_overlay(ros_node, start_process, te
         return harness.classify(harness.frame(i, camera_frame(images[i]))).variant_id
 
     # Before any selection: the safe default (fewest FLOPs).
-    assert answer() == "e2:dws-dws-dws"
+    assert answer() == cheapest_variant(DEFAULT_TABLE)
     harness.select("e0:res")
     assert harness.spin_until(lambda: answer() == "e0:res", 5.0)
     harness.select("e3:dense-dense-dense-dense")

@@ -63,6 +63,24 @@ def test_each_regressor_learns_a_known_relation(family):
     assert score.r2 > 0.9, score
 
 
+@pytest.mark.parametrize("family", sorted(REGRESSORS))
+def test_a_feature_constant_in_calibration_is_ignored_not_amplified(family):
+    # A VM's CPU clock reads 2596.142 MHz in every calibration sample; its standard deviation is
+    # rounding noise (~1e-13), and the node's reading of 2596.0 once turned every prediction into inf.
+    x, y = synthetic_relation(2000, seed=2)
+    clock = np.full((len(x), 1), 2596.142)
+    regressor = FittedRegressor.fit(family, np.hstack([x, clock]), y)
+    probe = x[:50]
+    expected = regressor.predict(np.hstack([probe, np.full((50, 1), 2596.142)]))
+    for other in (2596.0, 3000.0):
+        got = regressor.predict(np.hstack([probe, np.full((50, 1), other)]))
+        assert np.all(np.isfinite(got)) and np.allclose(got, expected)
+    stored = regressor.to_arrays("r.")
+    stored["r.x_scale"] = np.where(np.isinf(stored["r.x_scale"]), 1e-13, stored["r.x_scale"])  # an older file
+    reloaded = FittedRegressor.from_arrays(family, stored, "r.")
+    assert np.allclose(reloaded.predict(np.hstack([probe, np.full((50, 1), 2596.0)])), expected)
+
+
 def test_exported_arrays_predict_what_scikit_learn_predicts():
     from sklearn.ensemble import RandomForestRegressor
     from sklearn.neural_network import MLPRegressor

@@ -34,6 +34,10 @@ class ElasticConfig:
     in_channels: int = 1
     num_classes: int = 10
     stem_channels: int = 24
+    # 1 keeps the input resolution; 2 halves it in the stem, which doubles the
+    # receptive field of every exit (what a shallow first exit lacks) and
+    # quarters the cost of everything after it.
+    stem_stride: int = 1
     stage_channels: tuple[int, ...] = (32, 64, 96, 128)
     stage_strides: tuple[int, ...] = (2, 2, 2, 1)
     operators: tuple[str, ...] = tuple(OPERATORS)
@@ -48,6 +52,8 @@ class ElasticConfig:
             raise ValueError(f"operators must be distinct names from {list(OPERATORS)}, got {list(self.operators)}")
         if min(*self.stage_channels, self.stem_channels, self.head_channels, self.num_classes) < 1:
             raise ValueError("channel and class counts must be >= 1")
+        if min(self.stem_stride, *self.stage_strides) < 1:
+            raise ValueError("strides must be >= 1")
 
     @property
     def num_stages(self) -> int:
@@ -90,7 +96,7 @@ class ElasticNet(nn.Module):
     def __init__(self, config: ElasticConfig = ElasticConfig()) -> None:
         super().__init__()
         self.config = config
-        self.stem = conv_norm(config.in_channels, config.stem_channels, 3, 1)
+        self.stem = conv_norm(config.in_channels, config.stem_channels, 3, config.stem_stride)
         self.stages = nn.ModuleList()
         self.exits = nn.ModuleList()
         in_channels = config.stem_channels

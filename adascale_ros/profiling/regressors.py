@@ -201,15 +201,24 @@ class FittedRegressor:
     x_scale: np.ndarray
     arrays: Arrays
 
+    def __post_init__(self) -> None:
+        # A feature that did not vary in calibration (the CPU clock of a VM) has a standard
+        # deviation of zero or of rounding noise; dividing by it would send any other value of
+        # that feature to +-1e12 and the prediction to inf. Such a feature carried no
+        # information, so it standardises to 0 whatever its value (an infinite scale). Applied
+        # on load too, so predictors stored before this check predict finite values.
+        constant = self.x_scale <= 1e-9 * np.maximum(1.0, np.abs(self.x_mean))
+        if constant.any():
+            self.x_scale = np.where(constant, np.inf, self.x_scale)
+
     @classmethod
     def fit(cls, family: str, x: np.ndarray, latency_ms: np.ndarray, seed: int = 0) -> FittedRegressor:
         if family not in REGRESSORS:
             raise ValueError(f"unknown regressor {family!r}; known: {sorted(REGRESSORS)}")
         mean = x.mean(axis=0)
-        scale = x.std(axis=0)
-        scale[scale == 0.0] = 1.0
-        arrays = REGRESSORS[family]().fit((x - mean) / scale, np.log(latency_ms), seed)
-        return cls(family, mean, scale, arrays)
+        fitted = cls(family, mean, x.std(axis=0), {})
+        fitted.arrays = REGRESSORS[family]().fit((x - mean) / fitted.x_scale, np.log(latency_ms), seed)
+        return fitted
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return np.exp(REGRESSORS[self.family].predict(self.arrays, (x - self.x_mean) / self.x_scale))
