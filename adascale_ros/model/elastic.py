@@ -35,8 +35,8 @@ class ElasticConfig:
     num_classes: int = 10
     stem_channels: int = 24
     # 1 keeps the input resolution; 2 halves it in the stem, which doubles the
-    # receptive field of every exit (what a shallow first exit lacks) and
-    # quarters the cost of everything after it.
+    # receptive field of the first exit (what a shallow exit lacks) and leaves
+    # a quarter of the positions for the stages after it.
     stem_stride: int = 1
     stage_channels: tuple[int, ...] = (32, 64, 96, 128)
     stage_strides: tuple[int, ...] = (2, 2, 2, 1)
