@@ -80,6 +80,14 @@ def broken_model(tmp_path, what: str):
     return model
 
 
+def refused_start(start_process, executable: str, parameter: str, value: str) -> str:
+    """Start a node with one parameter set; it must refuse to start (exit 2) without a traceback. Its output."""
+    node = start_process(["-m", ENTRY_MODULE, executable, "--ros-args", "-p", f"{parameter}:={value}"])
+    out, _ = node.communicate(timeout=60)
+    assert node.returncode == 2 and "Traceback" not in out, out
+    return out
+
+
 @pytest.mark.parametrize(
     "executable, what, reason",
     [
@@ -94,11 +102,8 @@ def broken_model(tmp_path, what: str):
     ],
 )
 def test_a_broken_model_directory_is_refused_with_the_reason(executable, what, reason, tmp_path, start_process):
-    model = broken_model(tmp_path, what)
-    node = start_process(["-m", ENTRY_MODULE, executable, "--ros-args", "-p", f"model_dir:={model}"])
-    out, _ = node.communicate(timeout=60)
-    assert node.returncode == 2, out
-    assert "Traceback" not in out and out.strip().splitlines()[-1].startswith("error: "), out
+    out = refused_start(start_process, executable, "model_dir", str(broken_model(tmp_path, what)))
+    assert out.strip().splitlines()[-1].startswith("error: "), out
     assert reason in out
 
 
@@ -114,7 +119,5 @@ def test_a_broken_model_directory_is_refused_with_the_reason(executable, what, r
     ],
 )
 def test_a_bad_parameter_is_refused_at_start_up_by_name(executable, parameter, value, start_process):
-    node = start_process(["-m", ENTRY_MODULE, executable, "--ros-args", "-p", f"{parameter}:={value}"])
-    out, _ = node.communicate(timeout=60)
-    assert node.returncode == 2 and "Traceback" not in out, out
+    out = refused_start(start_process, executable, parameter, value)
     assert f"error: {parameter}" in out

@@ -192,6 +192,17 @@ REGRESSORS: dict[str, Callable[[], Linear | Forest | MLP | MEDN]] = {
 }
 
 
+def informative_scale(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Standardisation scales, infinite for a feature that did not vary in calibration.
+
+    Such a feature (the CPU clock of a VM) has a standard deviation of zero or of rounding
+    noise; dividing by it would send any other value of that feature to +-1e12 and the
+    prediction to inf. It carried no information, so it standardises to 0 whatever its value.
+    """
+    constant = std <= 1e-9 * np.maximum(1.0, np.abs(mean))
+    return np.where(constant, np.inf, std)
+
+
 @dataclass
 class FittedRegressor:
     """One fitted regressor with its input standardisation; predicts latency in ms."""
@@ -202,23 +213,16 @@ class FittedRegressor:
     arrays: Arrays
 
     def __post_init__(self) -> None:
-        # A feature that did not vary in calibration (the CPU clock of a VM) has a standard
-        # deviation of zero or of rounding noise; dividing by it would send any other value of
-        # that feature to +-1e12 and the prediction to inf. Such a feature carried no
-        # information, so it standardises to 0 whatever its value (an infinite scale). Applied
-        # on load too, so predictors stored before this check predict finite values.
-        constant = self.x_scale <= 1e-9 * np.maximum(1.0, np.abs(self.x_mean))
-        if constant.any():
-            self.x_scale = np.where(constant, np.inf, self.x_scale)
+        self.x_scale = informative_scale(self.x_mean, self.x_scale)  # on load too: older files had tiny scales
 
     @classmethod
     def fit(cls, family: str, x: np.ndarray, latency_ms: np.ndarray, seed: int = 0) -> FittedRegressor:
         if family not in REGRESSORS:
             raise ValueError(f"unknown regressor {family!r}; known: {sorted(REGRESSORS)}")
         mean = x.mean(axis=0)
-        fitted = cls(family, mean, x.std(axis=0), {})
-        fitted.arrays = REGRESSORS[family]().fit((x - mean) / fitted.x_scale, np.log(latency_ms), seed)
-        return fitted
+        scale = informative_scale(mean, x.std(axis=0))
+        arrays = REGRESSORS[family]().fit((x - mean) / scale, np.log(latency_ms), seed)
+        return cls(family, mean, scale, arrays)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return np.exp(REGRESSORS[self.family].predict(self.arrays, (x - self.x_mean) / self.x_scale))
