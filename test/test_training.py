@@ -10,6 +10,7 @@ import torch
 from adascale_ros.model.datasets import DatasetSplits, ImageSet
 from adascale_ros.model.elastic import ElasticConfig, ElasticNet
 from adascale_ros.model.evaluation import Normalization
+from adascale_ros.model.metrics import module_table
 from adascale_ros.model.training import Trainer, TrainingConfig, augment
 
 TINY = ElasticConfig(
@@ -126,3 +127,23 @@ def test_invalid_training_config():
         TrainingConfig(mode="sgd")
     with pytest.raises(ValueError):
         TrainingConfig(target_accuracy=(1.5,))
+
+
+def test_sandwich_paths_are_the_largest_and_smallest_then_random(splits):
+    trainer = make_trainer(splits, mode="joint", path_sampling="sandwich", paths_per_step=4)
+    largest, smallest = trainer._sandwich_ends()
+    table = module_table(trainer.net, splits.train.shape)
+    for stage, (big, small) in enumerate(zip(largest, smallest, strict=True)):
+        flops = {op: table[f"s{stage}:{op}"].flops for op in trainer.net.config.operators}
+        assert flops[big] == max(flops.values()) and flops[small] == min(flops.values())
+    paths = trainer._joint_paths([largest, smallest])
+    assert paths[:2] == [largest, smallest] and len(paths) == 4
+    result = trainer.train_joint(2)
+    assert result.epochs == 2 and all(0.0 <= a <= 1.0 for a in result.exit_accuracy)
+
+
+def test_sandwich_needs_two_paths():
+    with pytest.raises(ValueError, match="paths_per_step"):
+        TrainingConfig(mode="joint", path_sampling="sandwich", paths_per_step=1)
+    with pytest.raises(ValueError, match="path_sampling"):
+        TrainingConfig(path_sampling="cover")

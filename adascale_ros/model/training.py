@@ -22,9 +22,16 @@ A partition's accuracy is the mean validation accuracy of a fixed, seeded
 sample of variants ending at its exit (all of them when few), on a fixed
 validation subset, evaluated with prefix reuse.
 
-Joint training (the baseline): all stages and exits learn together; each
-step draws ``paths_per_step`` uniform random full-depth paths and sums the
-losses of all exits along each.
+Joint training: all stages and exits learn together; each step trains
+``paths_per_step`` full-depth paths and averages the losses of all exits
+along them. ``path_sampling`` picks the paths:
+
+- ``uniform``: every path's operators drawn uniformly at random per stage.
+- ``sandwich`` (BigNAS's sandwich rule): the largest path (the candidate
+  with the most FLOPs at every stage), the smallest (fewest FLOPs) and
+  ``paths_per_step - 2`` uniform random ones. The two ends of the table get
+  a step on every batch, where uniform sampling gives the largest path one
+  in ``len(operators) ** depth / paths_per_step``.
 """
 
 from __future__ import annotations
@@ -44,8 +51,10 @@ from tqdm import tqdm
 from adascale_ros.model.datasets import DatasetSplits, ImageSet
 from adascale_ros.model.elastic import ElasticNet, Variant
 from adascale_ros.model.evaluation import Normalization, evaluate_variants
+from adascale_ros.model.metrics import module_table
 
 MODES = ("freeze", "guarded", "joint")
+PATH_SAMPLING = ("uniform", "sandwich")
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,7 @@ class TrainingConfig:
     target_accuracy: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)  # per exit; 1.0 = train to the cap
     joint_epochs: int | None = None  # default: the multi-stage budget, partitions x cap
     paths_per_step: int = 2  # joint mode
+    path_sampling: str = "uniform"  # joint mode: "uniform" or "sandwich"
     batch_size: int = 128
     lr: float = 0.05
     momentum: float = 0.9
@@ -69,6 +79,10 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"training mode must be one of {MODES}, got {self.mode!r}")
+        if self.path_sampling not in PATH_SAMPLING:
+            raise ValueError(f"path_sampling must be one of {PATH_SAMPLING}, got {self.path_sampling!r}")
+        if self.path_sampling == "sandwich" and self.paths_per_step < 2:
+            raise ValueError("sandwich path sampling trains the largest and the smallest path: paths_per_step >= 2")
         if self.epochs_per_partition < 1 or self.batch_size < 1 or self.paths_per_step < 1:
             raise ValueError("epochs_per_partition, batch_size and paths_per_step must be >= 1")
         if not all(0.0 <= t <= 1.0 for t in self.target_accuracy):
@@ -263,9 +277,26 @@ class Trainer:
 
     # ---------------------------------------------------------------- joint
 
+    def _sandwich_ends(self) -> list[tuple[str, ...]]:
+        """The largest and the smallest full-depth path, by FLOPs of the candidate at each stage."""
+        table = module_table(self.net, self.splits.train.shape)
+        by_flops = [
+            sorted(self.net.config.operators, key=lambda op, s=s: table[f"s{s}:{op}"].flops)
+            for s in range(self.net.num_exits)
+        ]
+        return [tuple(ops[-1] for ops in by_flops), tuple(ops[0] for ops in by_flops)]
+
+    def _joint_paths(self, ends: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+        ops, depth = self.net.config.operators, self.net.num_exits
+        random_paths = [
+            tuple(self.rng.choice(ops) for _ in range(depth)) for _ in range(self.config.paths_per_step - len(ends))
+        ]
+        return ends + random_paths
+
     def train_joint(self, epochs: int) -> TrainingResult:
         c, net = self.config, self.net
-        ops, start, history = net.config.operators, time.perf_counter(), []
+        start, history = time.perf_counter(), []
+        ends = self._sandwich_ends() if c.path_sampling == "sandwich" else []
         steps = math.ceil(len(self.splits.train) / c.batch_size)
         optimizer, scheduler = make_optimizer(list(net.parameters()), c, epochs * steps)
         acc: list[float] = []
@@ -279,10 +310,10 @@ class Trainer:
                 x = self._inputs(images)
                 stem = net.stem(x)
                 loss = 0.0
-                for _ in range(c.paths_per_step):
+                for path in self._joint_paths(ends):
                     features = stem
-                    for s in range(net.num_exits):
-                        features = net.run_stage(features, s, self.rng.choice(ops))
+                    for s, op in enumerate(path):
+                        features = net.run_stage(features, s, op)
                         loss = loss + F.cross_entropy(net.exits[s](features), labels, label_smoothing=c.label_smoothing)
                 loss = loss / (c.paths_per_step * net.num_exits)
                 total += optimizer_step(optimizer, scheduler, loss) * len(labels)
