@@ -158,6 +158,36 @@ def test_image_folder_tree(tmp_path):
     assert grey.shape == (1, 8, 8)
 
 
+def make_tiny_imagenet_val(root: Path, labels: list[str], size: int = 20) -> None:
+    """Tiny ImageNet's val/: images/val_<i>.JPEG and val_annotations.txt (file, class, box)."""
+    (root / "images").mkdir(parents=True)
+    lines = []
+    for i, name in enumerate(labels):
+        c = int(name[1:]) - 1
+        Image.new("RGB", (size, size), (40 * c, 255 - 40 * c, 10 * i)).save(root / "images" / f"val_{i}.JPEG")
+        lines.append(f"val_{i}.JPEG\t{name}\t0\t0\t{size - 1}\t{size - 1}")
+    (root / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_tiny_imagenet_layout_labels_val_from_its_annotations(tmp_path):
+    make_image_folder(tmp_path / "train", ["n01", "n02", "n03"], per_class=4)
+    make_tiny_imagenet_val(tmp_path / "val", ["n03", "n01", "n03", "n02"])
+    (tmp_path / "test" / "images").mkdir(parents=True)  # unlabelled, as shipped: must not be used
+    Image.new("RGB", (20, 20)).save(tmp_path / "test" / "images" / "test_0.JPEG")
+    splits = load_splits(DatasetSpec(name="image-folder", root=str(tmp_path), image_size=16, val_fraction=0.25))
+    assert splits.classes == ("n01", "n02", "n03")
+    assert splits.test.labels.tolist() == [2, 0, 2, 1]
+    red = splits.test.images[:, 0].float().mean(dim=(1, 2))
+    assert red[0] > red[3] > red[1]  # the colour of the class each annotation names
+
+
+def test_tiny_imagenet_annotation_of_an_unknown_class_names_the_line(tmp_path):
+    make_image_folder(tmp_path / "train", ["n01", "n02"], per_class=2)
+    make_tiny_imagenet_val(tmp_path / "val", ["n01", "n09"])
+    with pytest.raises(DatasetError, match=r"val_annotations\.txt:2"):
+        load_splits(DatasetSpec(name="image-folder", root=str(tmp_path), image_size=16, val_fraction=0.5))
+
+
 def test_image_folder_with_an_undecodable_file_names_it(tmp_path):
     make_image_folder(tmp_path / "train", ["a", "b"], per_class=1)
     (tmp_path / "train" / "a" / "images" / "broken.png").write_bytes(b"\x89PNG not really")

@@ -191,6 +191,25 @@ def load_cifar(root: Path, split: str) -> ImageSet:
 # ---------------------------------------------------------- ImageFolder
 
 
+def _decode_image(path: Path, size: int, channels: int) -> np.ndarray:
+    """One image file as a (C, size, size) uint8 array; a file PIL cannot decode is an error naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            pixels = img.convert({1: "L", 3: "RGB"}[channels]).resize((size, size), Image.BILINEAR)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DatasetError(f"{path}: cannot decode image: {exc}") from exc
+    array = np.asarray(pixels, dtype=np.uint8)
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def _image_set(images: list[np.ndarray], labels: list[int], classes: tuple[str, ...], root: Path) -> ImageSet:
+    if not images:
+        raise DatasetError(f"{root}: no images")
+    return ImageSet(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64), classes)
+
+
 def load_image_folder(root: Path, size: int, channels: int = 3) -> ImageSet:
     """An ImageFolder tree: one directory per class (sorted), images anywhere below it.
 
@@ -198,31 +217,42 @@ def load_image_folder(root: Path, size: int, channels: int = 3) -> ImageSet:
     and resized to ``size`` x ``size``. A file PIL cannot decode is an error
     naming the file.
     """
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(root)
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
     if not class_dirs:
         raise DatasetError(f"{root}: no class directories")
-    mode = {1: "L", 3: "RGB"}[channels]
     images, labels = [], []
     for label, class_dir in enumerate(class_dirs):
         for path in sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-            try:
-                with Image.open(path) as img:
-                    pixels = img.convert(mode).resize((size, size), Image.BILINEAR)
-            except (UnidentifiedImageError, OSError) as exc:
-                raise DatasetError(f"{path}: cannot decode image: {exc}") from exc
-            array = np.asarray(pixels, dtype=np.uint8)
-            images.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
+            images.append(_decode_image(path, size, channels))
             labels.append(label)
-    if not images:
-        raise DatasetError(f"{root}: no images")
-    return ImageSet(
-        torch.from_numpy(np.stack(images)),
-        torch.tensor(labels, dtype=torch.int64),
-        tuple(d.name for d in class_dirs),
-    )
+    return _image_set(images, labels, tuple(d.name for d in class_dirs), root)
+
+
+ANNOTATIONS_FILE = "val_annotations.txt"
+
+
+def load_annotated_folder(root: Path, classes: tuple[str, ...], size: int, channels: int = 3) -> ImageSet:
+    """Tiny ImageNet's validation layout: ``images/<file>`` labelled by ``val_annotations.txt``.
+
+    Each annotation line is ``<file> <TAB> <class> [<TAB> box ...]``; the
+    class must be one of ``classes`` (the training tree's), so labels index
+    the same classes.
+    """
+    root = Path(root)
+    index = {name: i for i, name in enumerate(classes)}
+    images, labels = [], []
+    for number, line in enumerate((root / ANNOTATIONS_FILE).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2 or fields[1] not in index:
+            raise DatasetError(
+                f"{root / ANNOTATIONS_FILE}:{number}: expected '<file>\\t<a class of train/>', got {line!r}"
+            )
+        images.append(_decode_image(root / "images" / fields[0], size, channels))
+        labels.append(index[fields[1]])
+    return _image_set(images, labels, classes, root)
 
 
 # -------------------------------------------------------------- splits
@@ -273,11 +303,14 @@ def load_splits(spec: DatasetSpec) -> DatasetSplits:
         if not spec.root or not spec.image_size:
             raise DatasetError("image-folder needs root (with train/ and test/ or val/) and image_size")
         root = Path(spec.root)
-        test_dir = root / "test" if (root / "test").is_dir() else root / "val"
         train = load_image_folder(root / "train", spec.image_size, spec.channels)
-        test = load_image_folder(test_dir, spec.image_size, spec.channels)
-        if test.classes != train.classes:
-            raise DatasetError(f"{test_dir}: classes differ from {root / 'train'}")
+        if (root / "val" / ANNOTATIONS_FILE).is_file():  # Tiny ImageNet: its test/ has no labels
+            test = load_annotated_folder(root / "val", train.classes, spec.image_size, spec.channels)
+        else:
+            test_dir = root / "test" if (root / "test").is_dir() else root / "val"
+            test = load_image_folder(test_dir, spec.image_size, spec.channels)
+            if test.classes != train.classes:
+                raise DatasetError(f"{test_dir}: classes differ from {root / 'train'}")
     else:
         raise DatasetError(f"unknown dataset {spec.name!r}; known: fashion-mnist, mnist-idx, cifar, image-folder")
     if spec.limit_train is not None:
