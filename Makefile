@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMPS := $(VENV)/.stamps
 
-.PHONY: setup test test-slow demo evaluate soak campaign lint lock debs clean model
+.PHONY: setup test test-slow demo evaluate soak campaign lint lock debs clean model baselines
 
 setup: debs $(STAMPS)/package
 
@@ -68,6 +68,11 @@ campaign: setup
 # Retrain the committed default model (tens of minutes on 2 CPU cores).
 model: setup
 	$(VENV)/bin/adascale train --config config/train/default.yaml --out models/default
+
+# AdaScale's Table III at a budget a 2-core CPU affords (config/train/baselines-subset.yaml)
+baselines: setup
+	$(VENV)/bin/adascale train --config config/train/baselines-subset.yaml --out build/baselines-model
+	$(VENV)/bin/adascale baselines build/baselines-model --lr 0.05 --out reports/baselines
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -40,6 +40,7 @@ def test_baseline_table_beside_the_elastic_exits(tmp_path):
         tmp_path / "out",
         names=["squeezenet1_1"],
         epochs=1,
+        lr=0.01,
         latency_repeats=3,
         limit_train=256,
         progress=False,
@@ -50,7 +51,9 @@ def test_baseline_table_beside_the_elastic_exits(tmp_path):
     for row in report["rows"]:
         assert 0.0 <= row["accuracy"] <= 1.0 and row["latency_ms"] > 0 and row["params"] > 0
     assert json.loads((tmp_path / "out" / "baselines.json").read_text())["rows"] == report["rows"]
-    assert "| squeezenet1_1 |" in (tmp_path / "out" / "baselines.md").read_text()
+    assert report["baseline_lr"] == 0.01 and report["elastic_lr"] == config.training.lr
+    markdown = (tmp_path / "out" / "baselines.md").read_text()
+    assert "| squeezenet1_1 |" in markdown and "learning rate 0.01" in markdown
 
 
 @needs_data

@@ -79,6 +79,7 @@ def _cmd_baselines(args: argparse.Namespace) -> int:
         args.out or args.model_dir,
         names=names,
         epochs=args.epochs,
+        lr=args.lr,
         limit_train=args.limit_train,
         progress=not args.no_progress,
     )
@@ -456,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="resnet18 mobilenet_v3_small shufflenet_v2_x1_0 squeezenet1_1 (default: all)",
     )
     base.add_argument("--epochs", type=int, help="default: the elastic network's epoch count")
+    base.add_argument("--lr", type=float, help="the baselines' peak learning rate (default: the elastic network's)")
     base.add_argument("--limit-train", type=int, help="train on the first N training images (smoke runs)")
     base.add_argument("--no-progress", action="store_true")
     base.set_defaults(func=_cmd_baselines)
