@@ -279,6 +279,43 @@ def test_latency_correction_tracks_a_quantile_of_the_measured_ratio():
         LatencyCorrection(window=0)
 
 
+def test_latency_correction_learns_offsets_per_variant_and_shares_them_through_modules():
+    # Modules: stem, a big block, a small block. Variants: 0 = stem+small, 1 = stem+big,
+    # 2 = stem+big+small, 3 = stem alone.
+    incidence = np.array([[1, 0, 1], [1, 1, 0], [1, 1, 1], [1, 0, 0]], float)
+    correction = LatencyCorrection(window=10, min_samples=3, incidence=incidence, variant_min_samples=3)
+    raw = np.array([1.0, 1.3, 1.5, 0.8])
+    assert correction.corrected(raw) == pytest.approx(raw)  # nothing measured yet
+    for _ in range(10):  # the big variant runs 0.6 ms over its prediction, the small one 0.1 under
+        correction.update(1.9, 1.3, variant=1)
+        correction.update(0.9, 1.0, variant=0)
+    offsets = correction.offsets(4)
+    assert offsets[:2] == pytest.approx([-0.1, 0.6])  # measured: their own medians
+    # Never run: each gets the sum of its modules' offsets, fitted to the two measured ones (the
+    # smallest set of offsets that explains them: stem 1/6, big 13/30, small -4/15 ms). Variant 2
+    # (stem+big+small) is corrected upwards, by less than variant 1 for its small block; the stem
+    # alone carries a little of both.
+    assert offsets[2:] == pytest.approx([1 / 6 + 13 / 30 - 4 / 15, 1 / 6], abs=0.02)  # ridge shrinks a little
+    # Measured variants' ratios are now 1, so the tail is 1.
+    assert correction.ratio == pytest.approx(1.0)
+    assert correction.corrected(raw)[:2] == pytest.approx([0.9, 1.9])
+    # A load that slows the running variant by 2x raises the tail at once (before its median
+    # follows), and with it every prediction.
+    for _ in range(3):
+        correction.update(1.8, 1.0, variant=0)
+    assert correction.ratio > 1.5 and correction.offsets(4)[0] == pytest.approx(-0.1)
+    assert all(correction.corrected(raw) > 1.5 * (raw + correction.offsets(4)) - 1e-9)
+    # One slow frame leaves a variant's offset (a median) where it was.
+    for _ in range(10):
+        correction.update(0.9, 1.0, variant=0)
+    correction.update(4.0, 1.0, variant=0)
+    assert correction.offsets(4)[0] == pytest.approx(-0.1)
+    # A large negative offset never takes a prediction below low x raw.
+    for _ in range(10):
+        correction.update(0.3, 1.5, variant=2)
+    assert correction.corrected(raw)[2] >= 0.25 * raw[2] * correction.ratio
+
+
 # ---------------------------------------------------------------- calibration under real load
 
 

@@ -117,6 +117,32 @@ def test_downgrade_at_once_upgrade_after_dwell():
     assert selector.update(2.4, tables, budgets, Objective(), measured_latency_ms=11.0).variant_id == "mid"
 
 
+def test_dwell_is_on_the_upgrade_not_on_one_candidate():
+    # Near the budget two close rivals take turns at being the best; either beats the running one.
+    accuracy = {"fast": 0.80, "a": 0.90, "b": 0.899}
+    tables = tables_with({"fast": (1.0, 1.0), "a": (12.0, 1.0), "b": (12.0, 1.0)}, accuracy)
+    selector = StableSelector(dwell_s=2.0, margin=0.01)
+    budgets = Budgets(latency_ms=10.0)
+    assert selector.update(0.0, tables, budgets, Objective()).variant_id == "fast"
+    chosen = []
+    for step in range(1, 30):  # 0.1 s apart: a fits, then b, then a ...
+        rival, other = ("a", "b") if step % 2 else ("b", "a")
+        tables.update_predictions({rival: (9.0, 1.0), other: (11.0, 1.0)})
+        chosen.append(selector.update(step * 0.1, tables, budgets, Objective()))
+    switched = [c for c in chosen if c.variant_id != "fast"]
+    assert switched and "upgrade after 2 s" in switched[0].reason
+    # The upgrade came 2 s after one first became available (t = 0.1), to the best at that moment.
+    assert chosen.index(switched[0]) == 20 and switched[0].variant_id == "a"
+    # An upgrade that stops being available restarts the dwell.
+    selector = StableSelector(dwell_s=2.0, margin=0.01)
+    tables.update_predictions({"a": (11.0, 1.0), "b": (11.0, 1.0)})
+    assert selector.update(0.0, tables, budgets, Objective()).variant_id == "fast"
+    for t, a_latency in [(0.1, 9.0), (1.5, 11.0), (2.2, 9.0), (3.0, 9.0)]:
+        tables.update_predictions({"a": (a_latency, 1.0)})
+        assert selector.update(t, tables, budgets, Objective()).variant_id == "fast"
+    assert selector.update(4.3, tables, budgets, Objective()).variant_id == "a"
+
+
 def test_small_gains_do_not_cause_switching():
     tables = tables_with(PRED, {"fast": 0.80, "mid": 0.896, "slow": 0.90})
     selector = StableSelector(dwell_s=0.0, margin=0.01)

@@ -54,7 +54,8 @@ PARAMETERS: dict[str, Param] = {
     "publish_forecast": Param(True, "Also publish the profile at the forecast load when it is known."),
     "correction_window": Param(
         30,
-        "Results whose measured/predicted latency ratio corrects the predictions (>= 0; 0: no correction).",
+        "Results whose measured/predicted latency ratios correct the predictions, per variant (its bias) and over "
+        "all variants (the tail) (>= 0; 0: no correction).",
         read_only=True,
     ),
     "correction_quantile": Param(
@@ -109,7 +110,9 @@ class Profiler(Node):
         for warning in self.warnings:
             self.get_logger().warning(warning)
         window = int(values["correction_window"])
-        self.correction = LatencyCorrection(max(window, 1), float(values["correction_quantile"]))
+        self.correction = LatencyCorrection(
+            max(window, 1), float(values["correction_quantile"]), incidence=self.predictor.incidence
+        )
         self.correct = window > 0
         self.publish_forecast = bool(values["publish_forecast"])
         self.state_timeout_s = float(values["state_timeout_s"])
@@ -205,7 +208,7 @@ class Profiler(Node):
         if msg.early_exited:  # a shorter path than the variant's: not a sample of its latency
             return
         self._recent.setdefault(index, deque(maxlen=MEASURED_WINDOW)).append((self._now_s(), latency))
-        self.correction.update(latency, float(self._raw_latency[index]))  # no-op before the first prediction
+        self.correction.update(latency, float(self._raw_latency[index]), index)  # no-op before the first prediction
 
     def _publish_profiles(self) -> None:
         # When states stop (the monitor died), predictions go on at the last one, so measured
@@ -220,15 +223,15 @@ class Profiler(Node):
         latency = self.predictor.latency_ms(np.vstack(states))
         self._raw_latency = latency[0]
         self._update_measured()
-        ratio = self.correction.ratio if self.correct else 1.0
+        corrected = self.correction.corrected(latency) if self.correct else latency
         stamp = self.get_clock().now().to_msg()
-        for is_forecast, (row, s) in enumerate(zip(latency, states, strict=True)):
+        for is_forecast, (row, s) in enumerate(zip(corrected, states, strict=True)):
             energy = self.predictor.energy_mj(s)
             msg = self._messages[bool(is_forecast)]
             msg.header.stamp = stamp
             msg.load_index = float(s[1])
             msg.load_is_forecast = bool(is_forecast)
-            for profile, ms, mj, measured in zip(msg.variants, row * ratio, energy, self.measured_ms, strict=True):
+            for profile, ms, mj, measured in zip(msg.variants, row, energy, self.measured_ms, strict=True):
                 profile.predicted_latency_ms = float(ms)
                 profile.predicted_energy_mj = float(mj)
                 profile.measured_latency_ms = float(measured)
@@ -263,7 +266,8 @@ class Profiler(Node):
             **self.counts,
             "state_stale": self._state_stale(),
             "last_state_age_s": age,
-            "latency_correction_ratio": self.correction.ratio if self.correct else 1.0,
+            "latency_correction_ratio": self.correction.ratio if self.correct else 1.0,  # the tail factor
+            "variants_with_measured_offset": len(self.correction.measured_offsets) if self.correct else 0,
             "publish_and_predict_ms_median": median(self._predict_ms) if self._predict_ms else math.nan,
             "predictor_mode": self.predictor.mode,
             "last_error": self.last_error,

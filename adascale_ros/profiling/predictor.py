@@ -277,33 +277,111 @@ class LatencyPredictor:
 
 
 class LatencyCorrection:
-    """AdaptiveNet's latency monitor, made tail-aware: r = a high quantile of recent measured / predicted.
+    """AdaptiveNet's latency monitor: corrections learnt from measured latencies, per module and tail-aware.
 
-    The next predictions are scaled by r. With ``quantile`` 0.9 they describe
-    the latency nine frames in ten stay under, so a variant chosen against a
-    deadline meets it that often, and one slow frame does not move r on its own.
-    r stays 1 until ``min_samples`` ratios are in (a quantile of two samples is their maximum).
+    A variant's raw prediction L is corrected to (L + offset) * tail:
+
+    - offset: what the predictor gets wrong for that variant, in ms. A variant
+      with ``variant_min_samples`` results or more has its own, the median of
+      measured - predicted over its last ``window`` results. Any other variant
+      gets the sum of per-module offsets fitted (ridge least squares) to the
+      measured variants' offsets through the variant-module ``incidence``
+      matrix, so a variant that shares blocks with measured ones shares their
+      correction. Why offsets are needed at all: the predictors are fitted to
+      back-to-back timings, and a camera-rate node wakes to cold caches, which
+      costs each module its weights' fetch: a large variant more than a small
+      one. Without the transfer, every variant not yet run looks as fast as
+      the raw model says, and the most accurate of them is tried, breaks the
+      budget, and gives way to the next untried one.
+    - tail: a high quantile of the last ``window`` ratios measured / corrected
+      prediction of any variant. With ``quantile`` 0.9 the predictions describe
+      the latency nine frames in ten stay under, so a variant chosen against a
+      deadline meets it that often; one slow frame does not move it on its
+      own, a load that slows every variant does. It stays 1 until
+      ``min_samples`` ratios are in.
+
+    Without ``incidence`` only measured variants are corrected (their own offsets).
     """
 
     def __init__(
-        self, window: int = 30, quantile: float = 0.9, low: float = 0.25, high: float = 4.0, min_samples: int = 10
+        self,
+        window: int = 30,
+        quantile: float = 0.9,
+        low: float = 0.25,
+        high: float = 4.0,
+        min_samples: int = 10,
+        incidence: np.ndarray | None = None,
+        variant_min_samples: int = 5,
+        ridge: float = 0.1,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         if not 0.0 <= quantile <= 1.0:
             raise ValueError(f"quantile must be in [0, 1], got {quantile}")
         self.quantile, self.low, self.high = quantile, low, high
+        self.window = window
         self.min_samples = min(min_samples, window)
-        self.samples: deque[float] = deque(maxlen=window)
-        self.ratio = 1.0
+        self.variant_min_samples = min(variant_min_samples, window)
+        self.incidence = None if incidence is None else np.asarray(incidence, np.float64)
+        self.ridge = ridge
+        self.samples: deque[float] = deque(maxlen=window)  # measured / corrected prediction, any variant
+        self._own: dict[int, deque[float]] = {}  # variant index -> its last measured - predicted [ms]
+        self.measured_offsets: dict[int, float] = {}  # variant index -> median of those
+        self._offsets: np.ndarray | None = None  # every variant's offset; None: to be refitted
+        self.ratio = 1.0  # the tail
         self.updates = 0
 
-    def update(self, measured_ms: float, predicted_ms: float) -> bool:
-        """Fold one measurement in; False (and nothing changes) for a non-finite or non-positive pair."""
+    def update(self, measured_ms: float, predicted_ms: float, variant: int | None = None) -> bool:
+        """Fold in one result (of ``variant``, if known) against its raw prediction.
+
+        False, and nothing changes, for a non-finite or non-positive pair.
+        """
         if not (math.isfinite(measured_ms) and math.isfinite(predicted_ms) and measured_ms > 0 and predicted_ms > 0):
             return False
-        self.samples.append(min(self.high, max(self.low, measured_ms / predicted_ms)))
+        # The ratio is against the prediction the selector acted on: with the offset known then.
+        offset = self._offset_of(variant, predicted_ms)
+        expected = max(predicted_ms + offset, self.low * predicted_ms)
+        self.samples.append(min(self.high, max(self.low, measured_ms / expected)))
         if len(self.samples) >= self.min_samples:
             self.ratio = float(np.quantile(self.samples, self.quantile))
+        if variant is not None:
+            own = self._own.setdefault(variant, deque(maxlen=self.window))
+            own.append(measured_ms - predicted_ms)
+            if len(own) >= self.variant_min_samples:
+                self.measured_offsets[variant] = float(np.median(own))
+                self._offsets = None
         self.updates += 1
         return True
+
+    def offsets(self, count: int) -> np.ndarray:
+        """(count,) offset of each variant [ms]: its own when measured, else its modules' fitted ones."""
+        if self._offsets is None or len(self._offsets) != count:
+            self._offsets = self._fit(count)
+        return self._offsets
+
+    def corrected(self, raw_ms: np.ndarray) -> np.ndarray:
+        """Raw predictions of every variant (last axis) corrected: (raw + offset) * tail."""
+        raw_ms = np.asarray(raw_ms, np.float64)
+        return np.maximum(raw_ms + self.offsets(raw_ms.shape[-1]), self.low * raw_ms) * self.ratio
+
+    def _offset_of(self, variant: int | None, predicted_ms: float) -> float:
+        if variant is None:
+            return 0.0
+        if variant in self.measured_offsets:
+            return self.measured_offsets[variant]
+        if self._offsets is not None and variant < len(self._offsets):
+            return float(self._offsets[variant])
+        return 0.0
+
+    def _fit(self, count: int) -> np.ndarray:
+        offsets = np.zeros(count)
+        measured = sorted(i for i in self.measured_offsets if i < count)
+        if not measured:
+            return offsets
+        own = np.array([self.measured_offsets[i] for i in measured])
+        if self.incidence is not None and len(self.incidence) == count:
+            a = self.incidence[measured]
+            gram = a.T @ a + self.ridge * np.eye(a.shape[1])
+            offsets = self.incidence @ np.linalg.solve(gram, a.T @ own)
+        offsets[measured] = own
+        return offsets

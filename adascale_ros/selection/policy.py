@@ -10,8 +10,13 @@ When nothing is feasible it takes the fastest variant and says so.
 
 ``StableSelector`` adds the adaptation-frequency guard: a running variant
 that breaks a budget (by prediction or by measurement) is replaced at once;
-a better variant replaces a feasible running one only after it has been the
-choice for ``dwell_s`` seconds and beats it by ``margin``.
+a feasible running one is replaced only once an upgrade (a feasible variant
+that beats it by ``margin``) has been available for ``dwell_s`` seconds
+without a break, and then by the best variant at that moment. The dwell
+is on the upgrade, not on one candidate: near a budget, noisy predictions
+make the best variant alternate between close rivals, and a timer that
+restarted with every change would keep the running variant for as long as
+the noise lasts.
 """
 
 from __future__ import annotations
@@ -208,8 +213,7 @@ class StableSelector:
         self.dwell_s = dwell_s
         self.margin = margin
         self.current: Choice | None = None
-        self._candidate: str | None = None
-        self._candidate_since = 0.0
+        self._upgrade_since: float | None = None  # since when an upgrade has been available
 
     def update(
         self,
@@ -239,20 +243,17 @@ class StableSelector:
                 self.current = best  # nothing better exists: keep it, report why
                 return self.current
             return self._switch(best, f"{current.variant_id} breaks its budget ({broken}): switch now")
-        if best.variant_id == current.variant_id or not best.feasible:
-            self._candidate = None
-            return current
         gain = score(tables, best.variant_id, objective) - score(tables, current.variant_id, objective)
-        if gain < self.margin:
-            self._candidate = None
+        if best.variant_id == current.variant_id or not best.feasible or gain < self.margin:
+            self._upgrade_since = None
             return current
-        if self._candidate != best.variant_id:
-            self._candidate, self._candidate_since = best.variant_id, now_s
-        if now_s - self._candidate_since >= self.dwell_s:
+        if self._upgrade_since is None:
+            self._upgrade_since = now_s
+        if now_s - self._upgrade_since >= self.dwell_s:
             return self._switch(best, f"upgrade after {self.dwell_s:g} s: {best.reason}")
         return current
 
     def _switch(self, choice: Choice, reason: str) -> Choice:
-        self._candidate = None
+        self._upgrade_since = None
         self.current = replace(choice, reason=reason)
         return self.current
