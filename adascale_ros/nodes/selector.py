@@ -47,7 +47,7 @@ PARAMETERS: dict[str, Param] = {
     "min_accuracy": Param(0.0, "Minimum validation accuracy Acc_min, in [0, 1]."),
     "alpha": Param(1.0, "Weight of latency in J = alpha*L + beta*E [1/ms] (>= 0)."),
     "beta": Param(0.0, "Weight of energy in J [1/mJ] (>= 0)."),
-    "dwell_s": Param(2.0, "An upgrade must stay the best choice this long before it is taken [s] (>= 0)."),
+    "dwell_s": Param(2.0, "An upgrade must stay available this long before it is taken [s] (>= 0)."),
     "margin": Param(0.005, "An upgrade must beat the running variant's score by this much (>= 0)."),
     "use_forecast": Param(True, "Act on the forecast-load profile when it predicts a higher load than the current."),
     "profile_timeout_s": Param(2.0, "Profiles older than this are stale (kept, flagged in diagnostics) [s] (> 0)."),
