@@ -137,8 +137,8 @@ def run_baselines(
 
     The baselines use the elastic network's recipe (optimiser, schedule,
     augmentation), at its peak learning rate unless ``lr`` is given: a rate
-    tuned for the GroupNorm elastic network can be too high for a network
-    without normalisation (SqueezeNet).
+    tuned for the elastic network (GroupNorm, many losses averaged per
+    step) can be too high for a single BatchNorm network.
     """
     card = model.card
     run = TrainRunConfig.from_dict(card["config"])

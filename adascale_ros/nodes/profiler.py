@@ -54,8 +54,8 @@ PARAMETERS: dict[str, Param] = {
     "publish_forecast": Param(True, "Also publish the profile at the forecast load when it is known."),
     "correction_window": Param(
         30,
-        "Results whose measured/predicted latency ratios correct the predictions, per variant (its bias) and over "
-        "all variants (the tail) (>= 0; 0: no correction).",
+        "Results the predictions are corrected by: each variant's offset, and the tail over all variants "
+        "(>= 0; 0: no correction).",
         read_only=True,
     ),
     "correction_quantile": Param(

@@ -339,7 +339,7 @@ class LatencyCorrection:
         if not (math.isfinite(measured_ms) and math.isfinite(predicted_ms) and measured_ms > 0 and predicted_ms > 0):
             return False
         # The ratio is against the prediction the selector acted on: with the offset known then.
-        offset = self._offset_of(variant, predicted_ms)
+        offset = self._offset_of(variant)
         expected = max(predicted_ms + offset, self.low * predicted_ms)
         self.samples.append(min(self.high, max(self.low, measured_ms / expected)))
         if len(self.samples) >= self.min_samples:
@@ -364,7 +364,7 @@ class LatencyCorrection:
         raw_ms = np.asarray(raw_ms, np.float64)
         return np.maximum(raw_ms + self.offsets(raw_ms.shape[-1]), self.low * raw_ms) * self.ratio
 
-    def _offset_of(self, variant: int | None, predicted_ms: float) -> float:
+    def _offset_of(self, variant: int | None) -> float:
         if variant is None:
             return 0.0
         if variant in self.measured_offsets:
