@@ -66,9 +66,11 @@ STATIC = {"static-largest", "static-mid", "static-smallest"}
 # 250x250 frame on a 2-core x86 machine; set the budget for the device at hand.
 DEFAULT_BUDGET_MS = 1.6
 READY_TIMEOUT_S = 120.0  # four nodes importing torch and exporting ONNX on a busy 2-core machine
-# The replay waits for its two subscribers (the inference node and this recorder), then a little
-# more, so frame 0 reaches both.
-REPLAY_DELAY_S = 0.5
+# The replay waits for its two subscribers (the inference node and this recorder), then this
+# long, so frame 0 reaches both: the replay's writer seeing a reader does not mean the reader has
+# matched the writer yet, and a best-effort reader drops what comes before. With Fast DDS's
+# defaults that took up to about 3 s here (one static run lost its first 1.7 s of frames at 0.5 s).
+REPLAY_DELAY_S = 3.0
 TAIL_S = 0.5  # results of the last frames still in flight when the run ends
 
 
