@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,12 @@ def test_baselines_adapt_to_the_input(name, channels, size):
 def test_unknown_baseline():
     with pytest.raises(ValueError, match="unknown baseline"):
         build_baseline("vgg16", 1, 10, 28)
+
+
+@pytest.mark.parametrize("lr", [0.0, -0.1, math.nan])
+def test_a_learning_rate_that_is_not_positive_is_refused_before_any_work(lr, tmp_path):
+    with pytest.raises(ValueError, match="--lr must be > 0"):
+        run_baselines(None, tmp_path, lr=lr)  # the model is never read
 
 
 @needs_data

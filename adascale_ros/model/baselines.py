@@ -140,6 +140,8 @@ def run_baselines(
     tuned for the elastic network (GroupNorm, many losses averaged per
     step) can be too high for a single BatchNorm network.
     """
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"--lr must be > 0, got {lr}")
     card = model.card
     run = TrainRunConfig.from_dict(card["config"])
     spec = replace(run.dataset, limit_train=limit_train) if limit_train else run.dataset
@@ -147,7 +149,7 @@ def run_baselines(
     normalize = model.normalize
     shape = splits.train.shape
     epochs = epochs or card["training"]["epochs"]
-    recipe = replace(run.training, lr=lr) if lr else run.training
+    recipe = replace(run.training, lr=lr) if lr is not None else run.training
     rows: list[dict[str, Any]] = []
     table = load_variant_table(model.directory)
     for exit_index, row in best_per_exit(table["variants"], key="val_accuracy").items():

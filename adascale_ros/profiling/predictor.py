@@ -327,7 +327,8 @@ class LatencyCorrection:
         self.samples: deque[float] = deque(maxlen=window)  # measured / corrected prediction, any variant
         self._own: dict[int, deque[float]] = {}  # variant index -> its last measured - predicted [ms]
         self.measured_offsets: dict[int, float] = {}  # variant index -> median of those
-        self._offsets: np.ndarray | None = None  # every variant's offset; None: to be refitted
+        self._offsets: np.ndarray | None = None  # every variant's offset, as last fitted
+        self._refit = True  # a measured offset changed since
         self.ratio = 1.0  # the tail
         self.updates = 0
 
@@ -349,14 +350,14 @@ class LatencyCorrection:
             own.append(measured_ms - predicted_ms)
             if len(own) >= self.variant_min_samples:
                 self.measured_offsets[variant] = float(np.median(own))
-                self._offsets = None
+                self._refit = True
         self.updates += 1
         return True
 
     def offsets(self, count: int) -> np.ndarray:
         """(count,) offset of each variant [ms]: its own when measured, else its modules' fitted ones."""
-        if self._offsets is None or len(self._offsets) != count:
-            self._offsets = self._fit(count)
+        if self._refit or self._offsets is None or len(self._offsets) != count:
+            self._offsets, self._refit = self._fit(count), False
         return self._offsets
 
     def corrected(self, raw_ms: np.ndarray) -> np.ndarray:
