@@ -3,7 +3,9 @@
 For each exit the most accurate variant (validation accuracy) is timed on
 both backends, interleaved in rounds so machine noise falls on both alike.
 The pre-processing of one 640 x 480 rgb8 camera frame is timed too: it is
-part of every frame's latency whatever the backend.
+part of every frame's latency whatever the backend. So is its shrinking step
+alone, ``shrink_by_area`` against OpenCV's INTER_AREA, at the camera sizes the
+launch files name, interleaved like the backends.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import cv2
 import numpy as np
 
 from adascale_ros.model.artifacts import LoadedModel
@@ -18,7 +21,7 @@ from adascale_ros.model.elastic import Variant
 from adascale_ros.model.pipeline import best_per_exit
 from adascale_ros.profiling.timing import summarize
 from adascale_ros.runtime.engine import BACKENDS, ElasticEngine
-from adascale_ros.runtime.preprocess import Preprocessor
+from adascale_ros.runtime.preprocess import Preprocessor, shrink_by_area
 
 
 def _summary(samples_ms: list[float]) -> dict[str, float]:
@@ -28,6 +31,46 @@ def _summary(samples_ms: list[float]) -> dict[str, float]:
         "p90_ms": round(timing.p90_ms, 4),
         "min_ms": round(timing.min_ms, 4),
     }
+
+
+# TurtleBot 4's OAK-D preview, TurtleBot 3's camera, a 720p webcam.
+CAMERA_SIZES = ((250, 250), (640, 480), (1280, 720))
+
+
+def _time_ms(call: Any, repeats: int) -> list[float]:
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return samples
+
+
+def bench_shrink(height: int, width: int, repeats: int = 200, rounds: int = 10) -> list[dict[str, Any]]:
+    """Per camera size: median time of INTER_AREA and of ``shrink_by_area``, and their largest difference."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for source_width, source_height in CAMERA_SIZES:
+        grey = rng.integers(0, 256, (source_height, source_width), dtype=np.uint8)
+        calls = {
+            "inter_area": lambda g=grey: cv2.resize(g, (width, height), interpolation=cv2.INTER_AREA),
+            "shrink_by_area": lambda g=grey: shrink_by_area(g, width, height),
+        }
+        samples: dict[str, list[float]] = {name: [] for name in calls}
+        for _ in range(rounds):
+            for name, call in calls.items():
+                samples[name] += _time_ms(call, max(1, repeats // rounds))
+        figures = {name: _summary(s) for name, s in samples.items()}
+        difference = np.abs(calls["inter_area"]().astype(int) - calls["shrink_by_area"]().astype(int)).max()
+        rows.append(
+            {
+                "source": f"{source_width}x{source_height}",
+                **figures,
+                "speedup": round(figures["inter_area"]["median_ms"] / figures["shrink_by_area"]["median_ms"], 2),
+                "max_grey_difference": int(difference),
+            }
+        )
+    return rows
 
 
 def bench_inference(
@@ -57,16 +100,13 @@ def bench_inference(
 
     preprocess = Preprocessor.from_card(model.card)
     frame = np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    pre_ms = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        preprocess(frame, "rgb8")
-        pre_ms.append((time.perf_counter() - start) * 1e3)
+    pre_ms = _time_ms(lambda: preprocess(frame, "rgb8"), repeats)
     return {
         "threads": threads,
         "samples_per_backend_and_exit": per_round * rounds,
         "exits": exits,
         "preprocess_640x480_rgb8": _summary(pre_ms),
+        "shrink": bench_shrink(preprocess.height, preprocess.width, repeats, rounds),
     }
 
 
@@ -80,4 +120,11 @@ def format_report(report: dict[str, Any]) -> str:
         )
     pre = report["preprocess_640x480_rgb8"]
     lines.append(f"pre-processing of a 640 x 480 rgb8 frame: {pre['median_ms']:.3f} ms (p90 {pre['p90_ms']:.3f})")
+    lines.append("shrinking a grey frame   INTER_AREA ms   shrink_by_area ms  speedup  max difference (grey levels)")
+    for row in report["shrink"]:
+        lines.append(
+            f"{row['source']:>24}   {row['inter_area']['median_ms']:>9.3f}"
+            f"       {row['shrink_by_area']['median_ms']:>9.3f}"
+            f"        {row['speedup']:>5.2f}x  {row['max_grey_difference']}"
+        )
     return "\n".join(lines)
