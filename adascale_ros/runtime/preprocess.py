@@ -51,7 +51,7 @@ def shrink_by_area(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     """Area-average ``pixels`` down to ``width`` x ``height``: OpenCV's INTER_AREA, faster.
 
     INTER_AREA is fast only for an integer scale factor; otherwise it takes a
-    generic path that costs up to twice as much (``adascale bench inference``
+    generic path that costs 1.4-3x as much (``adascale bench inference``
     prints both). So the frame is first enlarged slightly (bilinear, by less than
     one output block) to the next integer multiple of the output, then averaged
     over whole blocks. Enlarging interpolates, it drops no source pixel. Within
