@@ -4,8 +4,8 @@ For each exit the most accurate variant (validation accuracy) is timed on
 both backends, interleaved in rounds so machine noise falls on both alike.
 The pre-processing of one 640 x 480 rgb8 camera frame is timed too: it is
 part of every frame's latency whatever the backend. So is its shrinking step
-alone, ``shrink_by_area`` against OpenCV's INTER_AREA, at the camera sizes the
-launch files name, interleaved like the backends.
+alone, ``shrink_by_area`` against OpenCV's INTER_AREA, at three camera sizes,
+interleaved like the backends.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _time_ms(call: Any, repeats: int) -> list[float]:
     return samples
 
 
-def bench_shrink(height: int, width: int, repeats: int = 200, rounds: int = 10) -> list[dict[str, Any]]:
+def bench_shrink(width: int, height: int, repeats: int = 200, rounds: int = 10) -> list[dict[str, Any]]:
     """Per camera size: median time of INTER_AREA and of ``shrink_by_area``, and their largest difference."""
     rng = np.random.default_rng(2)
     rows = []
@@ -106,7 +106,7 @@ def bench_inference(
         "samples_per_backend_and_exit": per_round * rounds,
         "exits": exits,
         "preprocess_640x480_rgb8": _summary(pre_ms),
-        "shrink": bench_shrink(preprocess.height, preprocess.width, repeats, rounds),
+        "shrink": bench_shrink(preprocess.width, preprocess.height, repeats, rounds),
     }
 
 
