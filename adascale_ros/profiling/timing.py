@@ -31,15 +31,20 @@ def summarize(samples_ms: list[float]) -> Timing:
     )
 
 
+def time_samples(fn: Callable[[], object], repeats: int) -> list[float]:
+    """The wall time of each of ``repeats`` runs of ``fn`` [ms], for callers that pool rounds."""
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return samples
+
+
 def time_call(fn: Callable[[], object], repeats: int = 50, warmup: int = 5) -> Timing:
     """Run ``fn`` ``warmup`` times unmeasured, then time ``repeats`` runs."""
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
     for _ in range(warmup):
         fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return summarize(samples)
+    return summarize(time_samples(fn, repeats))

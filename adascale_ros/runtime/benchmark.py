@@ -10,7 +10,6 @@ interleaved like the backends.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import cv2
@@ -19,7 +18,7 @@ import numpy as np
 from adascale_ros.model.artifacts import LoadedModel
 from adascale_ros.model.elastic import Variant
 from adascale_ros.model.pipeline import best_per_exit
-from adascale_ros.profiling.timing import summarize
+from adascale_ros.profiling.timing import summarize, time_samples
 from adascale_ros.runtime.engine import BACKENDS, ElasticEngine
 from adascale_ros.runtime.preprocess import Preprocessor, shrink_by_area
 
@@ -37,15 +36,6 @@ def _summary(samples_ms: list[float]) -> dict[str, float]:
 CAMERA_SIZES = ((250, 250), (640, 480), (1280, 720))
 
 
-def _time_ms(call: Any, repeats: int) -> list[float]:
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return samples
-
-
 def bench_shrink(width: int, height: int, repeats: int = 200, rounds: int = 10) -> list[dict[str, Any]]:
     """Per camera size: median time of INTER_AREA and of ``shrink_by_area``, and their largest difference."""
     rng = np.random.default_rng(2)
@@ -59,7 +49,7 @@ def bench_shrink(width: int, height: int, repeats: int = 200, rounds: int = 10) 
         samples: dict[str, list[float]] = {name: [] for name in calls}
         for _ in range(rounds):
             for name, call in calls.items():
-                samples[name] += _time_ms(call, max(1, repeats // rounds))
+                samples[name] += time_samples(call, max(1, repeats // rounds))
         figures = {name: _summary(s) for name, s in samples.items()}
         difference = np.abs(calls["inter_area"]().astype(int) - calls["shrink_by_area"]().astype(int)).max()
         rows.append(
@@ -88,10 +78,7 @@ def bench_inference(
         for exit_index, variant in chosen.items():
             for name, engine in engines.items():
                 engine.run(x, variant)  # warm this path after the other backend ran
-                for _ in range(per_round):
-                    start = time.perf_counter()
-                    engine.run(x, variant)
-                    samples[(exit_index, name)].append((time.perf_counter() - start) * 1e3)
+                samples[(exit_index, name)] += time_samples(lambda e=engine, v=variant: e.run(x, v), per_round)
     exits = []
     for exit_index, variant in chosen.items():
         figures = {name: _summary(samples[(exit_index, name)]) for name in BACKENDS}
@@ -100,7 +87,7 @@ def bench_inference(
 
     preprocess = Preprocessor.from_card(model.card)
     frame = np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    pre_ms = _time_ms(lambda: preprocess(frame, "rgb8"), repeats)
+    pre_ms = time_samples(lambda: preprocess(frame, "rgb8"), repeats)
     return {
         "threads": threads,
         "samples_per_backend_and_exit": per_round * rounds,
