@@ -340,8 +340,7 @@ class LatencyCorrection:
         if not (math.isfinite(measured_ms) and math.isfinite(predicted_ms) and measured_ms > 0 and predicted_ms > 0):
             return False
         # The ratio is against the prediction the selector acted on: with the offset known then.
-        offset = self._offset_of(variant)
-        expected = max(predicted_ms + offset, self.low * predicted_ms)
+        expected = float(self._with_offset(predicted_ms, self._offset_of(variant)))
         self.samples.append(min(self.high, max(self.low, measured_ms / expected)))
         if len(self.samples) >= self.min_samples:
             self.ratio = float(np.quantile(self.samples, self.quantile))
@@ -363,7 +362,11 @@ class LatencyCorrection:
     def corrected(self, raw_ms: np.ndarray) -> np.ndarray:
         """Raw predictions of every variant (last axis) corrected: (raw + offset) * tail."""
         raw_ms = np.asarray(raw_ms, np.float64)
-        return np.maximum(raw_ms + self.offsets(raw_ms.shape[-1]), self.low * raw_ms) * self.ratio
+        return self._with_offset(raw_ms, self.offsets(raw_ms.shape[-1])) * self.ratio
+
+    def _with_offset(self, raw_ms: np.ndarray | float, offset: np.ndarray | float) -> np.ndarray:
+        # A negative offset never takes a prediction below ``low`` times the raw one.
+        return np.maximum(raw_ms + offset, self.low * raw_ms)
 
     def _offset_of(self, variant: int | None) -> float:
         if variant is None:
