@@ -14,7 +14,15 @@ from conftest import REPO_ROOT
 
 from adascale_ros.bringup import default_params_file
 from adascale_ros.model.files import cheapest_variant, load_variant_table
-from adascale_ros.tools.evaluate import EvaluationConfig, image_stamp_ns, policy_graph, static_variants
+from adascale_ros.tools.evaluate import (
+    EvaluationConfig,
+    image_stamp_ns,
+    load_runs,
+    policy_graph,
+    run_name,
+    score,
+    static_variants,
+)
 from adascale_ros.tools.scoring import (
     FrameOutcome,
     FrameRecord,
@@ -25,8 +33,10 @@ from adascale_ros.tools.scoring import (
     frame_outcomes,
     markdown_report,
     oracle_outcomes,
+    phase_metrics,
     plot_report,
     policy_metrics,
+    pooled_metrics,
 )
 from adascale_ros.tools.traces import LoadTrace, resolve_trace
 
@@ -107,6 +117,28 @@ def test_targets_are_checked_from_the_metrics():
     assert check_targets({"static-largest": m(0.3, 0.9, 2.0)}) == []
 
 
+def test_pooled_metrics_count_switches_within_each_repeat_only():
+    def run(*variants: str) -> list[FrameOutcome]:
+        return [FrameOutcome(0.1 * i, v, 0, 1.0 + i, True) for i, v in enumerate(variants)]
+
+    first, second = run("a", "a", "b"), run("a", "b", "b")  # one switch each; b -> a between them is none
+    m = pooled_metrics([first, second], budget_ms=2.5, duration_s=30.0)
+    assert (m["frames"], m["switches"]) == (6, 2)
+    assert m["switches_per_min"] == pytest.approx(2.0)  # 2 switches in 60 s
+    assert m["deadline_miss_rate"] == pytest.approx(2 / 6)  # the 3.0 ms frame of each run
+    assert m["latency_mean_ms"] == pytest.approx(2.0)
+
+
+def test_phase_metrics_put_each_frame_in_the_phase_that_had_begun():
+    early = [FrameOutcome(t, "a", 0, lat, True) for t, lat in ((0.0, 1.0), (0.5, 1.0), (1.2, 3.0), (2.5, 1.0))]
+    late_start = [FrameOutcome(t, "a", 0, 3.0, True) for t in (0.05, 1.6)]
+    by_phase = phase_metrics([(early, [(0.01, 0), (1.0, 1), (2.0, 2)]), (late_start, [(0.1, 0), (1.5, 1)])], 2.0)
+    assert {k: v["frames"] for k, v in by_phase.items()} == {"0": 3, "1": 2, "2": 1}  # 0.05 s: before the first change
+    assert by_phase["0"]["deadline_miss_rate"] == pytest.approx(1 / 3)
+    assert by_phase["1"]["deadline_miss_rate"] == pytest.approx(1.0)
+    assert by_phase["2"]["latency_mean_ms"] == pytest.approx(1.0)
+
+
 def test_runs_round_trip_and_a_corrupt_record_fails_clearly(tmp_path):
     run, _ = hand_made_run()
     run.save(tmp_path / "run.json.gz")
@@ -175,7 +207,13 @@ def test_static_variants_and_policy_graphs(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"policies": ("oracle",)}, {"policies": ("fastest",)}, {"budget_ms": 0.0}, {"duration_s": -1.0}],
+    [
+        {"policies": ("oracle",)},
+        {"policies": ("fastest",)},
+        {"budget_ms": 0.0},
+        {"duration_s": -1.0},
+        {"repeats": 0},
+    ],
 )
 def test_bad_evaluation_settings_are_refused(tmp_path, kwargs):
     with pytest.raises(ValueError):
@@ -203,6 +241,50 @@ def small_bag(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "bag"
     make_camera_bag(out, test.images[:, 0].numpy(), test.labels.numpy(), test.classes, BagSpec(120, 120, 10.0))
     return out
+
+
+def test_repeats_are_scored_one_by_one_and_pooled(tmp_path, small_bag):
+    from adascale_ros.tools.bags import read_labels
+
+    truth = read_labels(small_bag)
+    stamps = sorted(truth)[:20]
+    variants = static_variants(load_variant_table(DEFAULT_MODEL))
+
+    def run(policy: str, variant_id: str, latencies: list[float]) -> PolicyRun:
+        frames = [FrameRecord(0.1 * i, s) for i, s in enumerate(stamps)]
+        results = [
+            ResultRecord(0.1 * i + 0.01, s, variant_id, int(variant_id[1]), truth[s], lat)
+            for i, (s, lat) in enumerate(zip(stamps, latencies, strict=True))
+        ]
+        return PolicyRun(policy, 2.0, frames, results, [], [(0.0, 0), (1.0, 1)])
+
+    small, large = variants["static-smallest"], variants["static-largest"]
+    runs = {
+        "adascale": [run("adascale", small, [1.0] * 20), run("adascale", small, [1.0] * 10 + [3.0] * 10)],
+        "static-largest": [run("static-largest", large, [3.0] * 20)] * 2,
+    }
+    cfg = config(tmp_path, bag=small_bag, policies=("adascale", "static-largest", "oracle"), repeats=2, budget_ms=2.0)
+    report = score(cfg, runs, variants)
+    assert report["config"]["repeats"] == 2
+    assert [r["policies"]["adascale"]["deadline_miss_rate"] for r in report["repeats"]] == [0.0, 0.5]
+    assert report["policies"]["adascale"]["deadline_miss_rate"] == pytest.approx(0.25)  # 40 frames pooled
+    assert report["policies"]["adascale"]["frames"] == 40
+    assert [r["policies"]["oracle"]["deadline_miss_rate"] for r in report["repeats"]] == [0.0, 0.5]
+    misses = next(t for t in report["targets"] if t["name"].startswith("adascale misses <= 5 %"))
+    assert (misses["passed"], misses["met_in_runs"], misses["runs"]) == (False, 1, 2)
+    phases = report["phases"]["adascale"]
+    assert phases["0"]["deadline_miss_rate"] == 0.0 and phases["1"]["deadline_miss_rate"] == pytest.approx(0.5)
+    text = (cfg.out / "evaluation.md").read_text()
+    assert "## Each run" in text and "| adascale | " in text and "0.0% / 50.0%" in text
+    assert "(met in 1 of 2 runs)" in text and "## By trace phase" in text
+
+    # Saved under their run names, the runs load back and score to the same figures.
+    (cfg.out / "runs").mkdir()
+    for policy, policy_runs in runs.items():
+        for r, recorded in enumerate(policy_runs):
+            recorded.save(cfg.out / "runs" / f"{run_name(policy, r, 2)}.json.gz")
+    assert score(cfg, load_runs(cfg), variants)["policies"] == report["policies"]
+    assert run_name("adascale", 0, 1) == "adascale" and run_name("adascale", 1, 2) == "adascale-2"
 
 
 def short_trace(tmp_path):

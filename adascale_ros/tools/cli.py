@@ -190,8 +190,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from adascale_ros.bringup import default_model_dir, default_params_file
-    from adascale_ros.tools.evaluate import DEFAULT_BUDGET_MS, EvaluationConfig, evaluate, score
-    from adascale_ros.tools.scoring import PolicyRun, markdown_table
+    from adascale_ros.tools.evaluate import DEFAULT_BUDGET_MS, EvaluationConfig, evaluate, load_runs, score
+    from adascale_ros.tools.scoring import markdown_table, target_line
     from adascale_ros.tools.signals import stop_flag
     from adascale_ros.tools.traces import LoadTrace, resolve_trace
 
@@ -207,13 +207,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         budget_ms=DEFAULT_BUDGET_MS if args.budget_ms is None else args.budget_ms,
         duration_s=args.duration,
         camera_topic=args.camera_topic,
+        repeats=args.repeats,
     )
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     if args.rescore:
         saved = json.loads((args.out / "runs" / "config.json").read_text())
-        config = replace(config, budget_ms=float(saved["budget_ms"]))  # the budget the runs were made with
-        runs = {p: PolicyRun.load(args.out / "runs" / f"{p}.json.gz") for p in config.policies if p != "oracle"}
-        report = score(config, runs, saved["variants"])
+        # The budget and the number of repeats the runs were made with.
+        config = replace(config, budget_ms=float(saved["budget_ms"]), repeats=int(saved.get("repeats", 1)))
+        report = score(config, load_runs(config), saved["variants"])
     else:
         with stop_flag() as stop:
             report = evaluate(config, stop, say)
@@ -224,7 +225,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(markdown_table(report["policies"], report["variants"]))
         for check in report["targets"]:
-            print(f"[{'met' if check['passed'] else 'NOT met'}] {check['name']}: {check['measured']}")
+            print(target_line(check))
         print(f"report: {args.out / 'evaluation.md'} (JSON, plots and per-run records beside it)")
     return 0
 
@@ -514,6 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
     evl.add_argument("--out", type=Path, required=True, help="report folder")
     evl.add_argument("--budget-ms", type=float, help="latency budget per frame [ms] (default: 1.6)")
     evl.add_argument("--duration", type=float, help="seconds per policy (default: the trace's duration)")
+    evl.add_argument(
+        "--repeats", type=int, default=1,
+        help="runs per policy, interleaved round by round; the table pools them, the report lists each (default: 1)",
+    )  # fmt: skip
     evl.add_argument("--model-dir", type=Path, help="default: the embedded default model")
     evl.add_argument("--params-file", type=Path, help="ROS parameters file (default: config/adascale.yaml)")
     evl.add_argument("--camera-topic", default="/camera/image_raw")

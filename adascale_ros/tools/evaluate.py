@@ -47,6 +47,7 @@ from adascale_ros.bringup import (
 )
 from adascale_ros.tools.runner import GraphProcesses, status_line, unclean_exits
 from adascale_ros.tools.scoring import (
+    FrameOutcome,
     FrameRecord,
     PolicyRun,
     ResultRecord,
@@ -55,8 +56,10 @@ from adascale_ros.tools.scoring import (
     frame_outcomes,
     markdown_report,
     oracle_outcomes,
+    phase_metrics,
     plot_report,
     policy_metrics,
+    pooled_metrics,
 )
 from adascale_ros.tools.traces import LoadTrace, play_trace
 
@@ -85,6 +88,7 @@ class EvaluationConfig:
     budget_ms: float = DEFAULT_BUDGET_MS
     duration_s: float | None = None  # per policy; default: the trace's duration
     camera_topic: str = "/camera/image_raw"
+    repeats: int = 1  # runs per policy, interleaved (policy order within each round)
 
     def __post_init__(self) -> None:
         unknown = set(self.policies) - set(POLICIES)
@@ -96,10 +100,22 @@ class EvaluationConfig:
             raise ValueError(f"--budget-ms must be > 0, got {self.budget_ms}")
         if self.duration_s is not None and not self.duration_s > 0:
             raise ValueError(f"--duration must be > 0, got {self.duration_s}")
+        if self.repeats < 1:
+            raise ValueError(f"--repeats must be >= 1, got {self.repeats}")
 
     @property
     def run_s(self) -> float:
         return self.duration_s if self.duration_s is not None else self.trace.duration_s
+
+    @property
+    def runnable(self) -> tuple[str, ...]:
+        """The policies that run a graph (all but the oracle)."""
+        return tuple(p for p in self.policies if p != "oracle")
+
+
+def run_name(policy: str, repeat: int, repeats: int) -> str:
+    """File stem of one run's records and log: the policy, with the repeat number when there are several."""
+    return policy if repeats == 1 else f"{policy}-{repeat + 1}"
 
 
 def static_variants(table: dict[str, Any]) -> dict[str, str]:
@@ -236,18 +252,21 @@ def run_policy(
     stop: threading.Event,
     say: Callable[[str], None],
     on_tick: Callable[[GraphProcesses], None] | None = None,
+    name: str | None = None,
 ) -> PolicyRun | None:
     """One replay of the bag under the trace with this policy's graph; None when interrupted.
 
     The trace starts over when the run is longer than it. ``on_tick`` is called with the
     running graph about every 50 ms while frames flow (e.g. to sample the nodes' memory).
+    ``name`` (default: the policy) names the log file and the progress lines.
     """
     import rclpy
 
+    label = name or policy
     log_dir = config.out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     recorder.reset()
-    with open(log_dir / f"{policy}.log", "w") as log:
+    with open(log_dir / f"{label}.log", "w") as log:
         graph = GraphProcesses(specs, config.params_file)
         graph.start(out=log)
         replay: subprocess.Popen[bytes] | None = None
@@ -256,7 +275,7 @@ def run_policy(
         phases: list[tuple[float, int]] = []
         selecting = any(s.name == "selector" for s in specs)
         try:
-            say(f"[{policy}] starting {', '.join(s.name for s in specs)} ...")
+            say(f"[{label}] starting {', '.join(s.name for s in specs)} ...")
 
             def check_alive() -> bool:
                 if graph.exited():
@@ -308,7 +327,7 @@ def run_policy(
                         last = recorder.results[-1][1]
                         line += f" | ran {last.variant_id} {last.latency_ms:.2f} ms"
                     phase = phases[-1][1] if phases else 0
-                    say(f"[{policy} {time.monotonic() - t0:5.1f} s, phase {phase}] {line}")
+                    say(f"[{label} {time.monotonic() - t0:5.1f} s, phase {phase}] {line}")
             if stop.is_set():
                 return None
             return recorder.run_records(policy, t0, config.run_s, phases)
@@ -326,11 +345,16 @@ def run_policy(
             codes = graph.stop()
             bad = unclean_exits(codes)
             if bad:
-                say(f"[{policy}] warning: node(s) did not exit cleanly: {bad} (see {log.name})")
+                say(f"[{label}] warning: node(s) did not exit cleanly: {bad} (see {log.name})")
 
 
-def score(config: EvaluationConfig, runs: dict[str, PolicyRun], variants: dict[str, str]) -> dict[str, Any]:
-    """Metrics per policy (and the oracle), target checks, report files; returns the report."""
+def score(config: EvaluationConfig, runs: dict[str, list[PolicyRun]], variants: dict[str, str]) -> dict[str, Any]:
+    """Metrics per policy (and the oracle), target checks, report files; returns the report.
+
+    ``runs`` holds each policy's runs, one per repeat. Every repeat is scored on its own
+    (the oracle from that repeat's runs); the report's table pools the frames of all
+    repeats, and each target says in how many repeats it was met.
+    """
     from adascale_ros.model.files import load_variant_table
     from adascale_ros.tools.bags import read_labels
 
@@ -338,32 +362,52 @@ def score(config: EvaluationConfig, runs: dict[str, PolicyRun], variants: dict[s
     table = load_variant_table(config.model_dir)
     accuracy = {row["variant_id"]: float(row["val_accuracy"]) for row in table["variants"]}
     energy_of = _energy_estimator(config.model_dir)
-    outcomes, metrics, unmatched = {}, {}, {}
-    for policy, run in runs.items():
-        outcomes[policy], unmatched[policy] = frame_outcomes(run, truth, energy_of)
-        metrics[policy] = policy_metrics(outcomes[policy], config.budget_ms, run.duration_s)
-    if "oracle" in config.policies and outcomes:
-        chosen = oracle_outcomes(outcomes, accuracy, config.budget_ms)
-        outcomes["oracle"] = chosen
-        metrics["oracle"] = policy_metrics(chosen, config.budget_ms, config.run_s)
-    metrics = {p: metrics[p] for p in config.policies if p in metrics}  # the order asked for
+    repeats = min(len(r) for r in runs.values()) if runs else 0
+    outcomes: dict[str, list[list[FrameOutcome]]] = {p: [] for p in runs}
+    phases: dict[str, list[list[tuple[float, int]]]] = {p: [] for p in runs}
+    unmatched: dict[str, int] = dict.fromkeys(runs, 0)
+    per_repeat = []
+    for r in range(repeats):
+        metrics = {}
+        for policy, policy_runs in runs.items():
+            run = policy_runs[r]
+            got, lost = frame_outcomes(run, truth, energy_of)
+            outcomes[policy].append(got)
+            phases[policy].append(run.phases)
+            unmatched[policy] += lost
+            metrics[policy] = policy_metrics(got, config.budget_ms, run.duration_s)
+        if "oracle" in config.policies and runs:
+            chosen = oracle_outcomes({p: outcomes[p][r] for p in runs}, accuracy, config.budget_ms)
+            outcomes.setdefault("oracle", []).append(chosen)
+            phases.setdefault("oracle", []).append(next(iter(runs.values()))[r].phases)
+            metrics["oracle"] = policy_metrics(chosen, config.budget_ms, config.run_s)
+        metrics = {p: metrics[p] for p in config.policies if p in metrics}  # the order asked for
+        per_repeat.append({"policies": metrics, "targets": [asdict(c) for c in check_targets(metrics)]})
+    pooled = {p: pooled_metrics(outcomes[p], config.budget_ms, config.run_s) for p in config.policies if p in outcomes}
+    met = [t["name"] for rep in per_repeat for t in rep["targets"] if t["passed"]]
+    targets = [{**asdict(c), "met_in_runs": met.count(c.name), "runs": repeats} for c in check_targets(pooled)]
     report = {
         "config": {
             "bag": str(config.bag),
             "trace": config.trace.name,
+            "trace_phases": [phase.describe() for phase in config.trace.phases],
             "duration_s": config.run_s,
+            "repeats": repeats,
             "budget_ms": config.budget_ms,
             "model_dir": str(config.model_dir),
             "policies": list(config.policies),
         },
-        "variants": {p: v for p, v in variants.items() if p in metrics},
-        "policies": metrics,
+        "variants": {p: v for p, v in variants.items() if p in pooled},
+        "policies": pooled,
         "results_without_frame": unmatched,
-        "targets": [asdict(c) for c in check_targets(metrics)],
+        "targets": targets,
+        "repeats": per_repeat,
+        "phases": {p: phase_metrics(list(zip(outcomes[p], phases[p], strict=True)), config.budget_ms) for p in pooled},
     }
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / "evaluation.json").write_text(json.dumps(report, indent=1, allow_nan=True) + "\n")
-    plot_report(runs, outcomes, metrics, config.budget_ms, config.out)
+    first = {p: runs[p][0] for p in runs}
+    plot_report(first, {p: v[0] for p, v in outcomes.items()}, pooled, config.budget_ms, config.out)
     (config.out / "evaluation.md").write_text(markdown_report(report))
     return report
 
@@ -394,21 +438,37 @@ def evaluate(config: EvaluationConfig, stop: threading.Event, say: Callable[[str
     variants = static_variants(load_variant_table(config.model_dir))
     runs_dir = config.out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    (runs_dir / "config.json").write_text(json.dumps({"budget_ms": config.budget_ms, "variants": variants}))
+    (runs_dir / "config.json").write_text(
+        json.dumps({"budget_ms": config.budget_ms, "variants": variants, "repeats": config.repeats})
+    )
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("adascale_evaluate")
-    runs: dict[str, PolicyRun] = {}
+    runs: dict[str, list[PolicyRun]] = {p: [] for p in config.runnable}
     try:
         recorder = Recorder(node, config.camera_topic)
-        for policy in (p for p in config.policies if p != "oracle"):
-            run = run_policy(policy, policy_graph(policy, config, variants), config, node, recorder, stop, say)
-            if run is None:
-                say("interrupted: no report written")
-                return None
-            run.save(runs_dir / f"{policy}.json.gz")
-            runs[policy] = run
-            say(f"[{policy}] {len(run.frames)} frames, {len(run.results)} results recorded")
+        # Round by round, every policy once per round: slow drift of the machine spreads
+        # over all policies instead of landing on the ones run last.
+        for repeat in range(config.repeats):
+            for policy in config.runnable:
+                name = run_name(policy, repeat, config.repeats)
+                specs = policy_graph(policy, config, variants)
+                run = run_policy(policy, specs, config, node, recorder, stop, say, name=name)
+                if run is None:
+                    say("interrupted: no report written")
+                    return None
+                run.save(runs_dir / f"{name}.json.gz")
+                runs[policy].append(run)
+                say(f"[{name}] {len(run.frames)} frames, {len(run.results)} results recorded")
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
     return score(config, runs, variants)
+
+
+def load_runs(config: EvaluationConfig) -> dict[str, list[PolicyRun]]:
+    """The runs a finished evaluation saved in ``config.out/runs``, per policy in repeat order."""
+    runs_dir = config.out / "runs"
+    return {
+        p: [PolicyRun.load(runs_dir / f"{run_name(p, r, config.repeats)}.json.gz") for r in range(config.repeats)]
+        for p in config.runnable
+    }

@@ -217,6 +217,45 @@ def policy_metrics(outcomes: Sequence[FrameOutcome], budget_ms: float, duration_
     }
 
 
+def pooled_metrics(
+    outcomes_per_repeat: Sequence[Sequence[FrameOutcome]], budget_ms: float, duration_s: float
+) -> dict[str, Any]:
+    """``policy_metrics`` over the frames of every repeat of one policy (each ``duration_s`` long).
+
+    Switches are counted within each repeat: the first frame of a repeat is not a switch from
+    the last frame of the one before.
+    """
+    total_s = duration_s * len(outcomes_per_repeat)
+    pooled = policy_metrics([o for run in outcomes_per_repeat for o in run], budget_ms, total_s)
+    switches = sum(policy_metrics(run, budget_ms, duration_s)["switches"] for run in outcomes_per_repeat)
+    pooled["switches"] = switches
+    pooled["switches_per_min"] = switches / (total_s / 60.0) if total_s > 0 else math.nan
+    return pooled
+
+
+def phase_metrics(
+    runs: Sequence[tuple[Sequence[FrameOutcome], Sequence[tuple[float, int]]]], budget_ms: float
+) -> dict[str, dict[str, Any]]:
+    """Frames, mean and p95 latency and deadline-miss rate per trace phase, over runs of one policy.
+
+    ``runs`` holds each run's outcomes with its phase changes ``(t_s, index)``.
+    A frame belongs to the phase that had begun when it was published; frames
+    before the first change count to the first phase. Shows what each phase of
+    the load did to a policy's latency.
+    """
+    by_phase: dict[int, list[FrameOutcome]] = {}
+    for outcomes, phases in runs:
+        starts = np.array([t for t, _ in phases])
+        for o in outcomes:
+            at = max(0, int(np.searchsorted(starts, o.t_s, side="right")) - 1)
+            by_phase.setdefault(phases[at][1] if phases else 0, []).append(o)
+    result = {}
+    for index in sorted(by_phase):
+        m = policy_metrics(by_phase[index], budget_ms, 0.0)
+        result[str(index)] = {k: m[k] for k in ("frames", "latency_mean_ms", "latency_p95_ms", "deadline_miss_rate")}
+    return result
+
+
 # -- the issue's targets --------------------------------------------------------------------------------
 
 
@@ -295,12 +334,50 @@ def markdown_table(metrics: Mapping[str, Mapping[str, Any]], variants: Mapping[s
     return "\n".join(rows)
 
 
+def target_line(target: Mapping[str, Any]) -> str:
+    """One target as a checklist line: pooled result, and in how many repeats it was met."""
+    line = f"[{'x' if target['passed'] else ' '}] {target['name']}: {target['measured']}"
+    if target.get("runs", 1) > 1:
+        line += f" (met in {target['met_in_runs']} of {target['runs']} runs)"
+    return line
+
+
+def repeats_table(repeats: Sequence[Mapping[str, Any]]) -> str:
+    """Accuracy, mean latency and deadline misses of each policy in each repeat, side by side."""
+    rows = ["| policy | accuracy per run | mean ms per run | deadline misses per run |", "|---|---|---|---|"]
+    for name in repeats[0]["policies"]:
+        runs = [r["policies"][name] for r in repeats if name in r["policies"]]
+        rows.append(
+            f"| {name} | {' / '.join(_cell(m['accuracy'], '.1%') for m in runs)} "
+            f"| {' / '.join(_cell(m['latency_mean_ms'], '.2f') for m in runs)} "
+            f"| {' / '.join(_cell(m['deadline_miss_rate'], '.1%') for m in runs)} |"
+        )
+    return "\n".join(rows)
+
+
+def phases_table(phases: Mapping[str, Mapping[str, Mapping[str, Any]]], describe: Sequence[str]) -> str:
+    """Mean latency and deadline misses of each policy in each phase of the trace."""
+    header = "| policy | " + " | ".join(f"phase {i}: {d}" for i, d in enumerate(describe)) + " |"
+    rows = [header, "|---|" + "---:|" * len(describe)]
+    for name, by_phase in phases.items():
+        cells = []
+        for i in range(len(describe)):
+            m = by_phase.get(str(i))
+            cells.append(
+                f"{_cell(m['latency_mean_ms'], '.2f')} ms, {_cell(m['deadline_miss_rate'], '.0%')} missed" if m else "-"
+            )
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def markdown_report(report: Mapping[str, Any]) -> str:
     config = report["config"]
+    repeats = config.get("repeats", 1)
+    pooled = f", {repeats} runs per policy, interleaved; the table pools them" if repeats > 1 else ""
     lines = [
         "# Evaluation",
         "",
-        f"Bag `{config['bag']}`, trace `{config['trace']}` ({config['duration_s']:g} s per policy), "
+        f"Bag `{config['bag']}`, trace `{config['trace']}` ({config['duration_s']:g} s per policy{pooled}), "
         f"latency budget {config['budget_ms']:g} ms, model `{config['model_dir']}`.",
         "",
         markdown_table(report["policies"], report["variants"]),
@@ -308,8 +385,12 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     ]
     if report["targets"]:
         lines += ["## Targets", ""]
-        lines += [f"- [{'x' if t['passed'] else ' '}] {t['name']}: {t['measured']}" for t in report["targets"]]
+        lines += [f"- {target_line(t)}" for t in report["targets"]]
         lines.append("")
+    if repeats > 1:
+        lines += ["## Each run", "", repeats_table(report["repeats"]), ""]
+    if report.get("phases"):
+        lines += ["## By trace phase", "", phases_table(report["phases"], config["trace_phases"]), ""]
     lines += [
         "Deadline misses count results slower than the budget and dropped frames. Energy is the profiler's",
         "eq. 3 estimate for the variant that ran, at the resource state of the moment.",
