@@ -189,6 +189,25 @@ def test_fitting_recovers_a_known_device_and_reports_it(fitted):
     assert report["ablation_without_state"]["variants"]["load"]["within_10"] < auto["variants"]["load"]["within_10"]
     text = report_markdown(report)
     assert "auto-selected" in text and "ablation" in text and "NOT met" not in text
+    # The synthetic device slows down with load, and the report says by how much.
+    slowdown = report["slowdown_by_level"]
+    assert slowdown["idle"] == 1.0 and max(slowdown.values()) > 1.1
+    assert "Measured slowdown per load level" in text
+
+
+def test_slowdown_by_level_is_the_median_over_variants_of_their_ratio_to_idle():
+    from adascale_ros.profiling.fitting import slowdown_by_level
+
+    variants = {
+        "variant_id": np.array(["a", "a", "b", "b", "a", "b"]),
+        "level": np.array(["idle", "idle", "idle", "idle", "busy", "busy"]),
+        "latency_ms": np.array([1.0, 1.2, 2.0, 2.0, 2.2, 3.0]),
+    }
+    levels = [{"name": "idle", "idle": True}, {"name": "busy", "idle": False}, {"name": "unmeasured", "idle": False}]
+    slowdown = slowdown_by_level(variants, levels)
+    assert slowdown["idle"] == 1.0
+    assert slowdown["busy"] == pytest.approx(1.75)  # a: 2.2 / 1.1, b: 3.0 / 2.0
+    assert math.isnan(slowdown["unmeasured"])
 
 
 def test_predictions_follow_the_law_and_rise_with_load(fitted):
@@ -204,6 +223,15 @@ def test_predictions_follow_the_law_and_rise_with_load(fitted):
     high = predictor.latency_ms(predictor.at_load(state, 0.9)[None, :])[0]
     assert np.all(high > low)
     assert np.all(np.isfinite(energy)) and np.all(energy > 0)
+
+
+def test_prediction_time_covers_every_variant_at_both_loads(fitted):
+    from adascale_ros.profiling.calibrate import prediction_time_ms
+
+    _, table, predictor, _ = fitted
+    timing = prediction_time_ms(predictor, repeats=20)
+    assert timing["variants"] == len(table["variants"])
+    assert 0 < timing["median_ms"] <= timing["p90_ms"]
 
 
 def test_predictor_files_round_trip_and_fail_clearly(fitted, tmp_path):

@@ -10,6 +10,7 @@ Writes into the model directory:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -35,6 +36,7 @@ from adascale_ros.profiling.calibration import (
 from adascale_ros.profiling.energy import EnergyProfile
 from adascale_ros.profiling.fitting import fit_and_report, report_markdown
 from adascale_ros.profiling.predictor import PREDICTOR_DIR, STATE_FEATURES, LatencyPredictor, device_fingerprint
+from adascale_ros.profiling.timing import summarize, time_samples
 from adascale_ros.runtime.engine import ElasticEngine, softmax
 from adascale_ros.runtime.preprocess import Preprocessor
 
@@ -157,19 +159,19 @@ def measure(model_dir: Path, options: CalibrateOptions, progress: bool) -> Calib
 def prediction_time_ms(predictor: LatencyPredictor, repeats: int = 200) -> dict[str, float]:
     """Median and p90 time to predict every variant at the current and the forecast load [ms]."""
     state = np.nan_to_num(predictor.state_mean, nan=0.0)
-    samples = []
-    for i in range(repeats):
-        start = time.perf_counter()
-        states = np.vstack([state, predictor.at_load(state, 0.5 + 0.4 * (i % 2))])
+    forecast_loads = itertools.cycle((0.5, 0.9))  # a new forecast each time: nothing cached
+
+    def predict() -> None:
+        states = np.vstack([state, predictor.at_load(state, next(forecast_loads))])
         predictor.latency_ms(states)
         predictor.energy_mj(states[0])
         predictor.energy_mj(states[1])
-        samples.append((time.perf_counter() - start) * 1e3)
-    ordered = sorted(samples)
+
+    timing = summarize(time_samples(predict, repeats))
     return {
         "variants": len(predictor.variant_ids),
-        "median_ms": round(ordered[len(ordered) // 2], 3),
-        "p90_ms": round(ordered[int(0.9 * len(ordered))], 3),
+        "median_ms": round(timing.median_ms, 3),
+        "p90_ms": round(timing.p90_ms, 3),
     }
 
 

@@ -62,6 +62,23 @@ def _median_groups(
     return groups
 
 
+def slowdown_by_level(variants: dict[str, np.ndarray], levels: list[dict[str, Any]]) -> dict[str, float]:
+    """How much each load level slowed the measured variants: per level, the median over variants of
+    (their median latency at that level / their median latency at idle). What the load did to the
+    modules back to back, to compare with what it does to frames at camera rate."""
+    idle_names = {level["name"] for level in levels if level.get("idle")}
+    medians: dict[tuple[str, str], float] = {}
+    for item, level in set(zip(variants["variant_id"], variants["level"], strict=True)):
+        mine = (variants["variant_id"] == item) & (variants["level"] == level)
+        medians[(str(item), str(level))] = float(np.median(variants["latency_ms"][mine]))
+    idle = {item: lat for (item, level), lat in medians.items() if level in idle_names}
+    result = {}
+    for level in levels:
+        ratios = [lat / idle[item] for (item, name), lat in medians.items() if name == level["name"] and item in idle]
+        result[level["name"]] = float(np.median(ratios)) if ratios else math.nan
+    return result
+
+
 class Fitter:
     """Everything derived from one calibration dataset and one model's variant table."""
 
@@ -288,6 +305,7 @@ def fit_and_report(
             "modules by calibration round (rounds 0-2 of 5 train, 3 selects, 4 scores); whole variants: "
             "half of the measured variants held out, scored per variant and load level (median latency)"
         ),
+        "slowdown_by_level": slowdown_by_level(fitter.variant_samples, data.levels),
         "regressors": per_family,
         "auto_selected": {"per_kind": selection, "variant_mode": mode, "variants": auto_scores},
         "ablation_without_state": {
@@ -337,6 +355,11 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"{report['samples']['module']} module samples, {report['samples']['variant']} whole-variant samples "
         f"of {report['samples']['variants_measured']} variants over {len(report['levels'])} load levels "
         f"({', '.join(level['name'] for level in report['levels'])}).",
+        "",
+        "Measured slowdown per load level (median over the measured variants of their median latency there"
+        " over their median latency at idle): "
+        + ", ".join(f"{name} {num(ratio, 2)}x" for name, ratio in report.get("slowdown_by_level", {}).items())
+        + ".",
         "",
         f"Held out: {report['split']}; {report['samples']['held_out_groups']} held-out (variant, level) pairs. "
         "Whole-variant prediction = sum of the predicted modules at the pair's median state; accurate when "

@@ -225,7 +225,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(markdown_table(report["policies"], report["variants"]))
         for check in report["targets"]:
-            print(target_line(check))
+            print(f"[{'met' if check['passed'] else 'NOT met'}] {target_line(check)}")
         print(f"report: {args.out / 'evaluation.md'} (JSON, plots and per-run records beside it)")
     return 0
 
