@@ -78,3 +78,16 @@ def test_stem_stride_downsamples_before_the_first_stage():
     net = ElasticNet(ElasticConfig(**{**TINY.to_dict(), "stem_stride": 2}))
     assert net.stem(torch.zeros(1, 1, 16, 16)).shape[-2:] == (8, 8)
     assert ElasticConfig.from_dict({k: v for k, v in TINY.to_dict().items() if k != "stem_stride"}).stem_stride == 1
+
+
+def test_norm_is_chosen_by_the_config_and_old_cards_mean_groupnorm():
+    from torch import nn
+
+    batch = ElasticNet(ElasticConfig(**{**TINY.to_dict(), "norm": "batch"}))
+    norms = {type(m) for m in batch.modules() if isinstance(m, nn.BatchNorm2d | nn.GroupNorm)}
+    assert norms == {nn.BatchNorm2d}
+    group = ElasticNet(TINY)
+    assert {type(m) for m in group.modules() if isinstance(m, nn.BatchNorm2d | nn.GroupNorm)} == {nn.GroupNorm}
+    assert ElasticConfig.from_dict({k: v for k, v in TINY.to_dict().items() if k != "norm"}).norm == "group"
+    with pytest.raises(ValueError, match="norm must be one of"):
+        ElasticConfig(norm="layer")

@@ -213,6 +213,27 @@ def test_backends_agree_and_run_only_the_variant(default_model):
         onnx_engine.check_variant("e1:res/fac")
 
 
+def test_onnx_export_of_a_batchnorm_network_uses_its_running_statistics():
+    from adascale_ros.model.elastic import ElasticConfig, ElasticNet
+
+    net = ElasticNet(
+        ElasticConfig(stem_channels=8, stage_channels=(8, 16), stage_strides=(2, 2), head_channels=16, norm="batch")
+    )
+    with torch.no_grad():  # statistics unlike a fresh BatchNorm's (mean 0, variance 1)
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    engine = ElasticEngine.from_net(net, (1, 28, 28), "onnxruntime", threads=1)
+    x = np.random.default_rng(2).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    for variant_id in ["e0:dense", "e1:res-mbc", "e1:fac-dws"]:
+        variant = Variant.parse(variant_id)
+        with torch.inference_mode():
+            reference = torch.softmax(net(torch.from_numpy(x), variant), dim=1)[0].numpy()
+        np.testing.assert_allclose(engine.run(x, variant).probabilities, reference, atol=1e-5)
+
+
 def test_onnx_modules_are_cached_by_content_and_read_back_without_torch(default_model, tmp_path, monkeypatch):
     monkeypatch.setenv("ADASCALE_CACHE_DIR", str(tmp_path / "cache"))
     model_dir = tmp_path / "model"

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adascale_ros.model.operators import OPERATORS, build_operator, conv_norm
+from adascale_ros.model.operators import NORMS, OPERATORS, build_operator, conv_norm
 from adascale_ros.model.variant import Variant
 
 __all__ = ["ElasticConfig", "ElasticNet", "ExitHead", "Variant"]
@@ -43,6 +43,9 @@ class ElasticConfig:
     operators: tuple[str, ...] = tuple(OPERATORS)
     head_channels: int = 128
     dropout: float = 0.2
+    # "group" (GroupNorm, per sample) or "batch" (BatchNorm, running statistics shared by every
+    # path through a block). Model cards written before this field was added used "group".
+    norm: str = "group"
 
     def __post_init__(self) -> None:
         if len(self.stage_channels) != len(self.stage_strides) or not self.stage_channels:
@@ -54,6 +57,8 @@ class ElasticConfig:
             raise ValueError("channel and class counts must be >= 1")
         if min(self.stem_stride, *self.stage_strides) < 1:
             raise ValueError("strides must be >= 1")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {list(NORMS)}, got {self.norm!r}")
 
     @property
     def num_stages(self) -> int:
@@ -96,13 +101,16 @@ class ElasticNet(nn.Module):
     def __init__(self, config: ElasticConfig = ElasticConfig()) -> None:
         super().__init__()
         self.config = config
-        self.stem = conv_norm(config.in_channels, config.stem_channels, 3, config.stem_stride)
+        norm_layer = NORMS[config.norm]
+        self.stem = conv_norm(config.in_channels, config.stem_channels, 3, config.stem_stride, norm_layer=norm_layer)
         self.stages = nn.ModuleList()
         self.exits = nn.ModuleList()
         in_channels = config.stem_channels
         for out_channels, stride in zip(config.stage_channels, config.stage_strides, strict=True):
             self.stages.append(
-                nn.ModuleDict({op: build_operator(op, in_channels, out_channels, stride) for op in config.operators})
+                nn.ModuleDict(
+                    {op: build_operator(op, in_channels, out_channels, stride, norm_layer) for op in config.operators}
+                )
             )
             self.exits.append(ExitHead(out_channels, config.head_channels, config.num_classes, config.dropout))
             in_channels = out_channels

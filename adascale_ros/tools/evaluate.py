@@ -363,6 +363,7 @@ def score(config: EvaluationConfig, runs: dict[str, list[PolicyRun]], variants: 
     accuracy = {row["variant_id"]: float(row["val_accuracy"]) for row in table["variants"]}
     energy_of = _energy_estimator(config.model_dir)
     repeats = min(len(r) for r in runs.values()) if runs else 0
+    run_s = next(iter(runs.values()))[0].duration_s if repeats else config.run_s  # as recorded
     outcomes: dict[str, list[list[FrameOutcome]]] = {p: [] for p in runs}
     phases: dict[str, list[list[tuple[float, int]]]] = {p: [] for p in runs}
     unmatched: dict[str, int] = dict.fromkeys(runs, 0)
@@ -380,10 +381,10 @@ def score(config: EvaluationConfig, runs: dict[str, list[PolicyRun]], variants: 
             chosen = oracle_outcomes({p: outcomes[p][r] for p in runs}, accuracy, config.budget_ms)
             outcomes.setdefault("oracle", []).append(chosen)
             phases.setdefault("oracle", []).append(next(iter(runs.values()))[r].phases)
-            metrics["oracle"] = policy_metrics(chosen, config.budget_ms, config.run_s)
+            metrics["oracle"] = policy_metrics(chosen, config.budget_ms, run_s)
         metrics = {p: metrics[p] for p in config.policies if p in metrics}  # the order asked for
         per_repeat.append({"policies": metrics, "targets": [asdict(c) for c in check_targets(metrics)]})
-    pooled = {p: pooled_metrics(outcomes[p], config.budget_ms, config.run_s) for p in config.policies if p in outcomes}
+    pooled = {p: pooled_metrics(outcomes[p], config.budget_ms, run_s) for p in config.policies if p in outcomes}
     met = [t["name"] for rep in per_repeat for t in rep["targets"] if t["passed"]]
     targets = [{**asdict(c), "met_in_runs": met.count(c.name), "runs": repeats} for c in check_targets(pooled)]
     report = {
@@ -391,7 +392,7 @@ def score(config: EvaluationConfig, runs: dict[str, list[PolicyRun]], variants: 
             "bag": str(config.bag),
             "trace": config.trace.name,
             "trace_phases": [phase.describe() for phase in config.trace.phases],
-            "duration_s": config.run_s,
+            "duration_s": run_s,
             "repeats": repeats,
             "budget_ms": config.budget_ms,
             "model_dir": str(config.model_dir),
