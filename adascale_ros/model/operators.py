@@ -1,9 +1,10 @@
 """The compression-operator pool: interchangeable blocks with one interface.
 
 Every operator is an ``nn.Module`` built as ``Operator(in_channels,
-out_channels, stride)`` that maps ``(N, in, H, W)`` to
+out_channels, stride, norm_layer)`` that maps ``(N, in, H, W)`` to
 ``(N, out, ceil(H / stride), ceil(W / stride))``, so any of them can fill any
-stage of the elastic network. They cover AdaScale's categories:
+stage of the elastic network (``norm_layer``, default GroupNorm, builds every
+normalisation in it). They cover AdaScale's categories:
 
 ========  ===================================  ==============================
 name      block                                category
@@ -41,7 +42,8 @@ def group_norm(channels: int) -> nn.GroupNorm:
 def batch_norm(channels: int) -> nn.BatchNorm2d:
     """BatchNorm. With weight sharing its running statistics average the
     features of every path through a block; the variant table measures what
-    that costs each variant. At inference it folds into the conv before it."""
+    that costs each variant. In eval mode it is an affine map that onnxruntime
+    can fuse into the conv before it."""
     return nn.BatchNorm2d(channels)
 
 
