@@ -198,13 +198,15 @@ def test_fitting_recovers_a_known_device_and_reports_it(fitted):
 def test_slowdown_by_level_is_the_median_over_variants_of_their_ratio_to_idle():
     from adascale_ros.profiling.fitting import slowdown_by_level
 
-    variants = {
-        "variant_id": np.array(["a", "a", "b", "b", "a", "b"]),
-        "level": np.array(["idle", "idle", "idle", "idle", "busy", "busy"]),
-        "latency_ms": np.array([1.0, 1.2, 2.0, 2.0, 2.2, 3.0]),
-    }
+    state = np.full(4, math.nan)
+    groups = [  # (variant, idle, median latency, median state, level): a took 1.0 and 1.2 ms at idle
+        ("a", True, 1.1, state, "idle"),
+        ("b", True, 2.0, state, "idle"),
+        ("a", False, 2.2, state, "busy"),
+        ("b", False, 3.0, state, "busy"),
+    ]
     levels = [{"name": "idle", "idle": True}, {"name": "busy", "idle": False}, {"name": "unmeasured", "idle": False}]
-    slowdown = slowdown_by_level(variants, levels)
+    slowdown = slowdown_by_level(groups, levels)
     assert slowdown["idle"] == 1.0
     assert slowdown["busy"] == pytest.approx(1.75)  # a: 2.2 / 1.1, b: 3.0 / 2.0
     assert math.isnan(slowdown["unmeasured"])

@@ -50,31 +50,31 @@ def _states(table: dict[str, np.ndarray]) -> np.ndarray:
 
 def _median_groups(
     table: dict[str, np.ndarray], id_column: str, mask: np.ndarray, idle: np.ndarray
-) -> list[tuple[str, bool, float, np.ndarray]]:
+) -> list[tuple[str, bool, float, np.ndarray, str]]:
     """Ground truth as nn-Meter measures it: per id (module or variant) and load level, the median
-    latency of its samples in ``mask`` and the median of their states: (id, idle, latency_ms, state)."""
+    latency of its samples in ``mask`` and the median of their states:
+    (id, idle, latency_ms, state, level)."""
     states = _states(table)
     groups = []
     for item, level in sorted(set(zip(table[id_column][mask], table["level"][mask], strict=True))):
         mine = mask & (table[id_column] == item) & (table["level"] == level)
         state = np.array([np.nanmedian(c) if np.isfinite(c).any() else math.nan for c in states[mine].T])
-        groups.append((str(item), bool(idle[mine][0]), float(np.median(table["latency_ms"][mine])), state))
+        groups.append((str(item), bool(idle[mine][0]), float(np.median(table["latency_ms"][mine])), state, str(level)))
     return groups
 
 
-def slowdown_by_level(variants: dict[str, np.ndarray], levels: list[dict[str, Any]]) -> dict[str, float]:
+def slowdown_by_level(
+    groups: list[tuple[str, bool, float, np.ndarray, str]], levels: list[dict[str, Any]]
+) -> dict[str, float]:
     """How much each load level slowed the measured variants: per level, the median over variants of
-    (their median latency at that level / their median latency at idle). What the load did to the
-    modules back to back, to compare with what it does to frames at camera rate."""
-    idle_names = {level["name"] for level in levels if level.get("idle")}
-    medians: dict[tuple[str, str], float] = {}
-    for item, level in set(zip(variants["variant_id"], variants["level"], strict=True)):
-        mine = (variants["variant_id"] == item) & (variants["level"] == level)
-        medians[(str(item), str(level))] = float(np.median(variants["latency_ms"][mine]))
-    idle = {item: lat for (item, level), lat in medians.items() if level in idle_names}
+    (their median latency at that level / their median latency at idle), from ``_median_groups``.
+    What the load did to the modules back to back, to compare with what it does to frames at
+    camera rate."""
+    idle = {item: latency for item, is_idle, latency, _, _ in groups if is_idle}
     result = {}
     for level in levels:
-        ratios = [lat / idle[item] for (item, name), lat in medians.items() if name == level["name"] and item in idle]
+        at_level = [(item, latency) for item, _, latency, _, name in groups if name == level["name"]]
+        ratios = [latency / idle[item] for item, latency in at_level if item in idle]
         result[level["name"]] = float(np.median(ratios)) if ratios else math.nan
     return result
 
@@ -160,7 +160,7 @@ class Fitter:
             theoretical_ms=flops / (throughput["gflops"] * 1e6) + memory / (throughput["copy_gbs"] * 1e6),
         )
 
-    def variant_groups(self, mask: np.ndarray) -> list[tuple[str, bool, float, np.ndarray]]:
+    def variant_groups(self, mask: np.ndarray) -> list[tuple[str, bool, float, np.ndarray, str]]:
         """Whole-variant ground truth: (variant_id, idle, median latency, median state) per variant and level."""
         return _median_groups(self.variant_samples, "variant_id", mask, self.variant_idle)
 
@@ -305,7 +305,9 @@ def fit_and_report(
             "modules by calibration round (rounds 0-2 of 5 train, 3 selects, 4 scores); whole variants: "
             "half of the measured variants held out, scored per variant and load level (median latency)"
         ),
-        "slowdown_by_level": slowdown_by_level(fitter.variant_samples, data.levels),
+        "slowdown_by_level": slowdown_by_level(
+            fitter.variant_groups(np.ones(len(fitter.variant_samples["variant_id"]), bool)), data.levels
+        ),
         "regressors": per_family,
         "auto_selected": {"per_kind": selection, "variant_mode": mode, "variants": auto_scores},
         "ablation_without_state": {

@@ -140,8 +140,7 @@ def frame_outcomes(
             continue
         energy = math.nan
         if energy_of is not None and len(state_times):
-            at = max(0, int(np.searchsorted(state_times, result.t_s, side="right")) - 1)
-            energy = float(energy_of(result.variant_id, run.states[at]))
+            energy = float(energy_of(result.variant_id, run.states[_latest_at(state_times, result.t_s)]))
         outcomes.append(
             FrameOutcome(
                 frame.t_s,
@@ -183,6 +182,17 @@ def oracle_outcomes(
     return chosen
 
 
+def _latest_at(times: np.ndarray, t_s: float) -> int:
+    """Index of the newest of the ascending ``times`` at or before ``t_s`` (the first when none is)."""
+    return max(0, int(np.searchsorted(times, t_s, side="right")) - 1)
+
+
+def _switches(outcomes: Sequence[FrameOutcome]) -> int:
+    """Variant changes between consecutive answered frames."""
+    answered = [o for o in outcomes if not o.dropped]
+    return sum(1 for a, b in itertools.pairwise(answered) if a.variant_id != b.variant_id)
+
+
 def _percentile(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else math.nan
 
@@ -193,7 +203,7 @@ def policy_metrics(outcomes: Sequence[FrameOutcome], budget_ms: float, duration_
     latency = np.array([o.latency_ms for o in answered])
     late = int(np.sum(latency > budget_ms)) if len(latency) else 0
     dropped = len(outcomes) - len(answered)
-    switches = sum(1 for a, b in itertools.pairwise(answered) if a.variant_id != b.variant_id)
+    switches = _switches(outcomes)
     energy = np.array([o.energy_mj for o in answered if math.isfinite(o.energy_mj)])
     exits: dict[str, int] = {}
     for o in answered:
@@ -227,7 +237,7 @@ def pooled_metrics(
     """
     total_s = duration_s * len(outcomes_per_repeat)
     pooled = policy_metrics([o for run in outcomes_per_repeat for o in run], budget_ms, total_s)
-    switches = sum(policy_metrics(run, budget_ms, duration_s)["switches"] for run in outcomes_per_repeat)
+    switches = sum(_switches(run) for run in outcomes_per_repeat)
     pooled["switches"] = switches
     pooled["switches_per_min"] = switches / (total_s / 60.0) if total_s > 0 else math.nan
     return pooled
@@ -247,8 +257,7 @@ def phase_metrics(
     for outcomes, phases in runs:
         starts = np.array([t for t, _ in phases])
         for o in outcomes:
-            at = max(0, int(np.searchsorted(starts, o.t_s, side="right")) - 1)
-            by_phase.setdefault(phases[at][1] if phases else 0, []).append(o)
+            by_phase.setdefault(phases[_latest_at(starts, o.t_s)][1] if phases else 0, []).append(o)
     result = {}
     for index in sorted(by_phase):
         m = policy_metrics(by_phase[index], budget_ms, 0.0)
