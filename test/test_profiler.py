@@ -196,14 +196,14 @@ def test_fitting_recovers_a_known_device_and_reports_it(fitted):
 
 
 def test_slowdown_by_level_is_the_median_over_variants_of_their_ratio_to_idle():
-    from adascale_ros.profiling.fitting import slowdown_by_level
+    from adascale_ros.profiling.fitting import MedianGroup, slowdown_by_level
 
     state = np.full(4, math.nan)
-    groups = [  # (variant, idle, median latency, median state, level): a took 1.0 and 1.2 ms at idle
-        ("a", True, 1.1, state, "idle"),
-        ("b", True, 2.0, state, "idle"),
-        ("a", False, 2.2, state, "busy"),
-        ("b", False, 3.0, state, "busy"),
+    groups = [  # a took 1.0 and 1.2 ms at idle
+        MedianGroup("a", True, 1.1, state, "idle"),
+        MedianGroup("b", True, 2.0, state, "idle"),
+        MedianGroup("a", False, 2.2, state, "busy"),
+        MedianGroup("b", False, 3.0, state, "busy"),
     ]
     levels = [{"name": "idle", "idle": True}, {"name": "busy", "idle": False}, {"name": "unmeasured", "idle": False}]
     slowdown = slowdown_by_level(groups, levels)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -48,33 +48,40 @@ def _states(table: dict[str, np.ndarray]) -> np.ndarray:
     return np.column_stack([table[f].astype(np.float64) for f in STATE_FEATURES])
 
 
+class MedianGroup(NamedTuple):
+    """One id (module or variant) at one load level: the median latency and state of its samples."""
+
+    id: str
+    idle: bool
+    latency_ms: float
+    state: np.ndarray
+    level: str
+
+
 def _median_groups(
     table: dict[str, np.ndarray], id_column: str, mask: np.ndarray, idle: np.ndarray
-) -> list[tuple[str, bool, float, np.ndarray, str]]:
+) -> list[MedianGroup]:
     """Ground truth as nn-Meter measures it: per id (module or variant) and load level, the median
-    latency of its samples in ``mask`` and the median of their states:
-    (id, idle, latency_ms, state, level)."""
+    latency of its samples in ``mask`` and the median of their states."""
     states = _states(table)
     groups = []
     for item, level in sorted(set(zip(table[id_column][mask], table["level"][mask], strict=True))):
         mine = mask & (table[id_column] == item) & (table["level"] == level)
         state = np.array([np.nanmedian(c) if np.isfinite(c).any() else math.nan for c in states[mine].T])
-        groups.append((str(item), bool(idle[mine][0]), float(np.median(table["latency_ms"][mine])), state, str(level)))
+        latency = float(np.median(table["latency_ms"][mine]))
+        groups.append(MedianGroup(str(item), bool(idle[mine][0]), latency, state, str(level)))
     return groups
 
 
-def slowdown_by_level(
-    groups: list[tuple[str, bool, float, np.ndarray, str]], levels: list[dict[str, Any]]
-) -> dict[str, float]:
+def slowdown_by_level(groups: list[MedianGroup], levels: list[dict[str, Any]]) -> dict[str, float]:
     """How much each load level slowed the measured variants: per level, the median over variants of
     (their median latency at that level / their median latency at idle), from ``_median_groups``.
     What the load did to the modules back to back, to compare with what it does to frames at
     camera rate."""
-    idle = {item: latency for item, is_idle, latency, _, _ in groups if is_idle}
+    idle = {g.id: g.latency_ms for g in groups if g.idle}
     result = {}
     for level in levels:
-        at_level = [(item, latency) for item, _, latency, _, name in groups if name == level["name"]]
-        ratios = [latency / idle[item] for item, latency in at_level if item in idle]
+        ratios = [g.latency_ms / idle[g.id] for g in groups if g.level == level["name"] and g.id in idle]
         result[level["name"]] = float(np.median(ratios)) if ratios else math.nan
     return result
 
@@ -133,10 +140,10 @@ class Fitter:
         scores = {}
         for part in ("select", "test"):  # scored as nn-Meter measures: median per module and load level
             groups = _median_groups(self.modules, "key", of_kind & split[part], self.module_idle)
-            feats = np.array([self.infos[g[0]].features() for g in groups])
+            feats = np.array([self.infos[g.id].features() for g in groups])
             if use_state:
-                feats = np.hstack([feats, self._impute(np.vstack([g[3] for g in groups]))])
-            scores[part] = Score.of(regressor.predict(feats), np.array([g[2] for g in groups]))
+                feats = np.hstack([feats, self._impute(np.vstack([g.state for g in groups]))])
+            scores[part] = Score.of(regressor.predict(feats), np.array([g.latency_ms for g in groups]))
         # One prediction call in the node: every module of this kind at the current and forecast state.
         modules_of_kind = sum(info.kind == kind for info in self.infos.values())
         probe = self.features(of_kind & split["train"], use_state)[: 2 * modules_of_kind]
@@ -160,26 +167,26 @@ class Fitter:
             theoretical_ms=flops / (throughput["gflops"] * 1e6) + memory / (throughput["copy_gbs"] * 1e6),
         )
 
-    def variant_groups(self, mask: np.ndarray) -> list[tuple[str, bool, float, np.ndarray, str]]:
-        """Whole-variant ground truth: (variant_id, idle, median latency, median state) per variant and level."""
+    def variant_groups(self, mask: np.ndarray) -> list[MedianGroup]:
+        """Whole-variant ground truth: median latency and state per variant and level."""
         return _median_groups(self.variant_samples, "variant_id", mask, self.variant_idle)
 
     def variant_predictions(
-        self, predictor: LatencyPredictor, groups: list[tuple[str, bool, float, np.ndarray]]
+        self, predictor: LatencyPredictor, groups: list[MedianGroup]
     ) -> tuple[np.ndarray, np.ndarray]:
         """(predicted, measured) latency of each ground-truth group, predicted at the group's state."""
         if not groups:
             return np.empty(0), np.empty(0)
-        rows = np.array([predictor.variant_index(g[0]) for g in groups], np.int64)
-        latency = predictor.latency_ms(np.vstack([g[3] for g in groups]))
-        return latency[np.arange(len(groups)), rows], np.array([g[2] for g in groups])
+        rows = np.array([predictor.variant_index(g.id) for g in groups], np.int64)
+        latency = predictor.latency_ms(np.vstack([g.state for g in groups]))
+        return latency[np.arange(len(groups)), rows], np.array([g.latency_ms for g in groups])
 
     def variant_scores(self, predictor: LatencyPredictor) -> dict[str, Any]:
         """Scores on the held-out half of the ground-truth variants, at idle and under load."""
         groups = self.variant_groups(self.held_out)
         out = {}
         for name, idle in (("idle", True), ("load", False)):
-            predicted, measured = self.variant_predictions(predictor, [g for g in groups if g[1] == idle])
+            predicted, measured = self.variant_predictions(predictor, [g for g in groups if g.idle == idle])
             out[name] = asdict(Score.of(predicted, measured))
         return out
 
@@ -188,8 +195,8 @@ class Fitter:
         groups = self.variant_groups(~self.held_out)
         predictor.mode, predictor.scale = "additive", ADDITIVE.copy()
         additive, measured = self.variant_predictions(predictor, groups)
-        rows = np.array([predictor.variant_index(g[0]) for g in groups], np.int64)
-        cpu = predictor.impute(np.vstack([g[3] for g in groups]))[:, 0] if predictor.use_state else 0.0
+        rows = np.array([predictor.variant_index(g.id) for g in groups], np.int64)
+        cpu = predictor.impute(np.vstack([g.state for g in groups]))[:, 0] if predictor.use_state else 0.0
         design = scaled_terms(additive, predictor.theoretical_ms[rows], cpu)
         scale, *_ = np.linalg.lstsq(design, measured, rcond=None)
         scores = {}
