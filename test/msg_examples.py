@@ -10,29 +10,12 @@ from adascale_msgs.msg import (
     ElasticClassification,
     FrameLabel,
     ResourceState,
-    VariantProfile,
     VariantProfileArray,
     VariantSelection,
 )
 
 NAN = float("nan")
 HEADER = Header(stamp=Time(sec=1_700_000_000, nanosec=123_456_789), frame_id="camera_optical")
-
-
-def _profile(exit_index: int) -> VariantProfile:
-    return VariantProfile(
-        variant_id=f"e{exit_index}:dws-mbc",
-        exit_index=exit_index,
-        operators=["dws", "mbc"][: exit_index + 1],
-        accuracy=0.875,
-        params=312_345,
-        flops=12_000_000_000,  # exceeds 32 bits on purpose
-        storage_bytes=1_249_380,
-        memory_accesses=4_567_890,
-        predicted_latency_ms=3.25,
-        predicted_energy_mj=0.5,
-        measured_latency_ms=3.5,
-    )
 
 
 def examples() -> dict[str, object]:
@@ -54,9 +37,20 @@ def examples() -> dict[str, object]:
             load_index_forecast=0.5,
             forecast_horizon_s=1.0,
         ),
-        "VariantProfile": _profile(1),
         "VariantProfileArray": VariantProfileArray(
-            header=HEADER, load_index=0.25, load_is_forecast=True, variants=[_profile(0), _profile(1)]
+            header=HEADER,
+            load_index=0.25,
+            load_is_forecast=True,
+            variant_ids=["e0:dws", "e1:dws-mbc"],
+            exit_indices=[0, 1],
+            accuracy=[0.75, 0.875],
+            params=[12_345, 312_345],
+            flops=[1_000_000, 12_000_000_000],  # exceeds 32 bits on purpose
+            storage_bytes=[49_380, 1_249_380],
+            memory_accesses=[567_890, 4_567_890],
+            predicted_latency_ms=[1.25, 3.25],
+            predicted_energy_mj=[0.25, 0.5],
+            measured_latency_ms=[1.5, 3.5],
         ),
         "VariantSelection": VariantSelection(
             header=HEADER,

@@ -7,7 +7,7 @@ import math
 import signal
 import subprocess
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 from conftest import REPO_ROOT
@@ -32,6 +32,7 @@ from adascale_ros.tools.scoring import (
     check_targets,
     frame_outcomes,
     markdown_report,
+    mean_node_cpu,
     oracle_outcomes,
     phase_metrics,
     plot_report,
@@ -59,7 +60,8 @@ def hand_made_run() -> tuple[PolicyRun, dict[int, int]]:
         ResultRecord(0.60, 999 * MS, "e0:dws", 0, 1, 0.8),  # no such frame
     ]
     states = [StateRecord(0.0, 0.1, 0.1, 1000.0, math.nan), StateRecord(0.25, 0.9, 0.7, 1000.0, math.nan)]
-    return PolicyRun("adascale", 0.6, frames, results, states, [(0.0, 0), (0.25, 1)]), truth
+    node_cpu = {"elastic_inference": 0.045, "selector": 0.0625}
+    return PolicyRun("adascale", 0.6, frames, results, states, [(0.0, 0), (0.25, 1)], node_cpu), truth
 
 
 def test_metrics_of_a_hand_made_run():
@@ -160,9 +162,12 @@ def test_report_and_plots_are_written(tmp_path):
         "variants": {},
         "policies": metrics,
         "targets": [],
+        "node_cpu": {"adascale": mean_node_cpu([run, replace(run, node_cpu={"selector": 0.0375})])},
     }
     text = markdown_report(report)
     assert "| adascale | adaptive | 6 | 80.0% |" in text and "timeline.png" in text
+    assert "| policy | elastic_inference | selector | all nodes |" in text
+    assert "| adascale | 4.5 | 5.0 | 9.5 |" in text  # a node a run did not measure is left out of its mean
 
 
 # ---------------------------------------------------------------- policies
@@ -314,6 +319,10 @@ def test_adascale_evaluate_scores_every_policy_end_to_end(tmp_path, small_bag, s
     for name in ("evaluation.json", "evaluation.md", "timeline.png", "accuracy_latency.png"):
         assert (out / name).stat().st_size > 0
     assert (out / "runs" / "adascale.json.gz").exists() and (out / "logs" / "adascale.log").exists()
+    nodes = {"resource_monitor", "profiler", "selector", "elastic_inference"}
+    assert set(report["node_cpu"]["adascale"]) == nodes and "oracle" not in report["node_cpu"]
+    assert set(report["node_cpu"]["static-smallest"]) == {"resource_monitor", "elastic_inference"}
+    assert all(0.0 < c < 2.0 for c in report["node_cpu"]["adascale"].values())  # CPU-seconds per second
     assert subprocess.run(["pgrep", "-x", "stress-ng"], capture_output=True).returncode == 1
 
     # The saved runs score again to the same figures.

@@ -10,7 +10,7 @@ from publish_examples import LATCHED
 
 
 def test_fields_and_defaults():
-    from adascale_msgs.msg import ResourceState, VariantProfile
+    from adascale_msgs.msg import ResourceState, VariantProfileArray
 
     state = ResourceState()
     assert {"load_index", "load_index_forecast", "cpu_util_per_core", "power_source"} <= set(
@@ -18,7 +18,7 @@ def test_fields_and_defaults():
     )
     state.cpu_util = float("nan")  # NaN is the documented "unknown"
     assert math.isnan(state.cpu_util)
-    assert VariantProfile.get_fields_and_field_types()["flops"] == "uint64"
+    assert VariantProfileArray.get_fields_and_field_types()["flops"] == "sequence<uint64>"
 
 
 @pytest.mark.ros

@@ -439,15 +439,18 @@ def test_node_publishes_profiles_that_follow_load_forecast_and_measurements(fitt
         return condition()
 
     def mean_latency(array) -> float:
-        return float(np.mean([p.predicted_latency_ms for p in array.variants]))
+        return float(np.mean(array.predicted_latency_ms))
 
     assert publish_until(resource_state(0.05, 0.05), lambda: bool(current)), proc.poll()
     idle = current[-1]
-    assert len(idle.variants) == 780 and not idle.load_is_forecast
+    assert list(idle.variant_ids) == list(predictor.variant_ids) and not idle.load_is_forecast
+    columns = ("exit_indices", "accuracy", "params", "flops", "storage_bytes", "memory_accesses")
+    columns += ("predicted_latency_ms", "predicted_energy_mj", "measured_latency_ms")
+    assert {len(getattr(idle, c)) for c in columns} == {780}
     assert idle.load_index == pytest.approx(0.05)
-    first = idle.variants[0]
-    assert first.variant_id == predictor.variant_ids[0] and first.flops > 0 and 0 < first.accuracy <= 1
-    assert math.isnan(first.measured_latency_ms) and first.predicted_energy_mj > 0
+    assert idle.exit_indices[0] == Variant.parse(idle.variant_ids[0]).exit_index
+    assert idle.flops[0] > 0 and 0 < idle.accuracy[0] <= 1
+    assert math.isnan(idle.measured_latency_ms[0]) and idle.predicted_energy_mj[0] > 0
 
     count = len(current)
     assert publish_until(resource_state(0.8, 0.95), lambda: len(current) > count and current[-1].load_index > 0.5)
@@ -467,7 +470,7 @@ def test_node_publishes_profiles_that_follow_load_forecast_and_measurements(fitt
     )
 
     # Measured latencies twice the prediction: the correction doubles the next predictions.
-    idle_ms = {p.variant_id: p.predicted_latency_ms for p in idle.variants}
+    idle_ms = dict(zip(idle.variant_ids, idle.predicted_latency_ms, strict=True))
     variant = "e1:res-fac"
     result = ElasticClassification(variant_id=variant, exit_index=1, latency_ms=2.0 * idle_ms[variant])
     count = len(current)
@@ -477,12 +480,13 @@ def test_node_publishes_profiles_that_follow_load_forecast_and_measurements(fitt
             results.publish(result)
         states.publish(resource_state(0.05, 0.05))
         spin_until(ros_node, lambda: False, 0.2)
-        latest = {p.variant_id: p for p in current[-1].variants}
-        if len(current) > count and latest[variant].predicted_latency_ms > 1.8 * idle_ms[variant]:
+        index = list(current[-1].variant_ids).index(variant)
+        if len(current) > count and current[-1].predicted_latency_ms[index] > 1.8 * idle_ms[variant]:
             break
-    latest = {p.variant_id: p for p in current[-1].variants}
-    assert latest[variant].predicted_latency_ms == pytest.approx(2.0 * idle_ms[variant], rel=0.1)
-    assert latest[variant].measured_latency_ms == pytest.approx(2.0 * idle_ms[variant], rel=1e-5)
+    latest = current[-1]
+    index = list(latest.variant_ids).index(variant)
+    assert latest.predicted_latency_ms[index] == pytest.approx(2.0 * idle_ms[variant], rel=0.1)
+    assert latest.measured_latency_ms[index] == pytest.approx(2.0 * idle_ms[variant], rel=1e-5)
     assert proc.poll() is None
 
 
@@ -496,7 +500,7 @@ def test_reactive_mode_ignores_resource_states(fitted, ros_node, start_process):
     arrays = []
     ros_node.create_subscription(VariantProfileArray, "/profiler/profiles", arrays.append, 10)
     assert spin_until(ros_node, lambda: bool(arrays), 30), proc.poll()  # no resource state was ever sent
-    idle = [p.predicted_latency_ms for p in arrays[-1].variants]
+    idle = list(arrays[-1].predicted_latency_ms)
     expected = predictor.latency_ms(predictor.at_load(predictor.impute(predictor.state_mean), 0.0)[None, :])[0]
     np.testing.assert_allclose(idle, expected, rtol=1e-5)
 
@@ -508,7 +512,7 @@ def test_reactive_mode_ignores_resource_states(fitted, ros_node, start_process):
         spin_until(ros_node, lambda: False, 0.2)
     assert len(arrays) >= count + 5
     assert not any(a.load_is_forecast for a in arrays)
-    np.testing.assert_allclose([p.predicted_latency_ms for p in arrays[-1].variants], idle, rtol=1e-5)
+    np.testing.assert_allclose(arrays[-1].predicted_latency_ms, idle, rtol=1e-5)
     assert proc.poll() is None
 
 

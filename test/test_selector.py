@@ -151,19 +151,16 @@ def write_model_dir(tmp_path):
 
 
 def profile_array(load: float, predictions: dict, forecast: bool = False, measured: dict | None = None):
-    from adascale_msgs.msg import VariantProfile, VariantProfileArray
+    from adascale_msgs.msg import VariantProfileArray
 
-    msg = VariantProfileArray(load_index=load, load_is_forecast=forecast)
-    for variant_id, (latency, energy) in predictions.items():
-        msg.variants.append(
-            VariantProfile(
-                variant_id=variant_id,
-                predicted_latency_ms=latency,
-                predicted_energy_mj=energy,
-                measured_latency_ms=(measured or {}).get(variant_id, math.nan),
-            )
-        )
-    return msg
+    return VariantProfileArray(
+        load_index=load,
+        load_is_forecast=forecast,
+        variant_ids=list(predictions),
+        predicted_latency_ms=[float(latency) for latency, _ in predictions.values()],
+        predicted_energy_mj=[float(energy) for _, energy in predictions.values()],
+        measured_latency_ms=[float((measured or {}).get(v, math.nan)) for v in predictions],
+    )
 
 
 class SelectorHarness:
@@ -257,11 +254,14 @@ def test_node_flags_stale_profiles_and_counts_bad_ones(tmp_path, ros_node, start
     harness.publish_until(profile_array(0.1, IDLE | {"e7:ghost": (1.0, 1.0)}), lambda: len(selections) >= 2)
     assert selections[-1].variant_id == "e2:res-res-res"
     harness.profiles.publish(profile_array(0.1, {}))  # empty: rejected
+    ragged = profile_array(0.1, IDLE)
+    ragged.predicted_energy_mj = ragged.predicted_energy_mj[:-1]  # a column one short: rejected
+    harness.profiles.publish(ragged)
 
     def values():
         return {kv.key: kv.value for kv in harness.diagnostics[-1].values} if harness.diagnostics else {}
 
-    assert spin_until(ros_node, lambda: values().get("profiles_rejected") == "1", timeout_s=5.0)
+    assert spin_until(ros_node, lambda: values().get("profiles_rejected") == "2", timeout_s=5.0)
     assert int(values()["unknown_variant_ids"]) >= 1
     # No profile for longer than profile_timeout_s: WARN, and the last choice stays in force.
     assert spin_until(

@@ -16,6 +16,7 @@ AdaptiveNet's measured/predicted ratio.
 
 from __future__ import annotations
 
+import array
 import math
 import threading
 import time
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 from rclpy.node import Node
 
-from adascale_msgs.msg import ElasticClassification, ResourceState, VariantProfile, VariantProfileArray
+from adascale_msgs.msg import ElasticClassification, ResourceState, VariantProfileArray
 from adascale_ros.bringup import default_model_dir
 from adascale_ros.model.files import load_variant_table
 from adascale_ros.nodes.common import (
@@ -82,6 +83,11 @@ def _validate(values: dict[str, Any]) -> None:
         raise ValueError(f"correction_quantile must be in [0, 1], got {values['correction_quantile']}")
     if not float(values["state_timeout_s"]) > 0.0:
         raise ValueError(f"state_timeout_s must be > 0, got {values['state_timeout_s']}")
+
+
+def float32_array(values: np.ndarray) -> array.array:
+    """A float32[] message field from numpy values, in one copy (a list would be checked value by value)."""
+    return array.array("f", np.asarray(values, np.float32).tobytes())
 
 
 def state_of(msg: ResourceState) -> np.ndarray:
@@ -145,24 +151,18 @@ class Profiler(Node):
         )
 
     def _profile_array(self, rows: dict[str, dict[str, Any]]) -> VariantProfileArray:
-        """One message per kind, built once: only predictions change between publications."""
-        array = VariantProfileArray()
-        for variant_id in self.predictor.variant_ids:
-            row = rows[variant_id]
-            array.variants.append(
-                VariantProfile(
-                    variant_id=variant_id,
-                    exit_index=int(row["exit_index"]),
-                    operators=list(row["operators"]),
-                    accuracy=float(row["val_accuracy"]),
-                    params=int(row["params"]),
-                    flops=int(row["flops"]),
-                    storage_bytes=int(row["storage_bytes"]),
-                    memory_accesses=int(row["memory_accesses"]),
-                    measured_latency_ms=math.nan,
-                )
-            )
-        return array
+        """One message per kind, built once: only the predictions change between publications."""
+        table = [rows[variant_id] for variant_id in self.predictor.variant_ids]
+        return VariantProfileArray(
+            variant_ids=list(self.predictor.variant_ids),
+            exit_indices=[int(row["exit_index"]) for row in table],
+            accuracy=[float(row["val_accuracy"]) for row in table],
+            params=[int(row["params"]) for row in table],
+            flops=[int(row["flops"]) for row in table],
+            storage_bytes=[int(row["storage_bytes"]) for row in table],
+            memory_accesses=[int(row["memory_accesses"]) for row in table],
+            measured_latency_ms=[math.nan] * len(table),
+        )
 
     def _now_s(self) -> float:
         return self.get_clock().now().nanoseconds / 1e9
@@ -231,10 +231,9 @@ class Profiler(Node):
             msg.header.stamp = stamp
             msg.load_index = float(s[1])
             msg.load_is_forecast = bool(is_forecast)
-            for profile, ms, mj, measured in zip(msg.variants, row, energy, self.measured_ms, strict=True):
-                profile.predicted_latency_ms = float(ms)
-                profile.predicted_energy_mj = float(mj)
-                profile.measured_latency_ms = float(measured)
+            msg.predicted_latency_ms = float32_array(row)
+            msg.predicted_energy_mj = float32_array(energy)
+            msg.measured_latency_ms = float32_array(self.measured_ms)
             self._pub.publish(msg)
             self.counts["profiles"] += 1
         self._predict_ms.append((time.perf_counter() - start) * 1e3)

@@ -118,11 +118,18 @@ class Selector(Node):
 
     def _on_profiles(self, msg: VariantProfileArray) -> None:
         self.profiles_received += 1
-        if not msg.variants:
+        ids = msg.variant_ids
+        columns = (msg.predicted_latency_ms, msg.predicted_energy_mj, msg.measured_latency_ms)
+        if not ids or any(len(column) != len(ids) for column in columns):
             self.profiles_rejected += 1
-            self.get_logger().warning("rejected an empty VariantProfileArray", throttle_duration_sec=5.0)
+            self.get_logger().warning(
+                f"rejected a VariantProfileArray of {len(ids)} variant ids with "
+                f"{', '.join(str(len(c)) for c in columns)} predicted latencies, energies and measured "
+                "latencies: the columns must be one per variant, and not empty",
+                throttle_duration_sec=5.0,
+            )
             return
-        predictions = {p.variant_id: (p.predicted_latency_ms, p.predicted_energy_mj) for p in msg.variants}
+        predictions = dict(zip(ids, zip(msg.predicted_latency_ms, msg.predicted_energy_mj, strict=True), strict=True))
         unknown = sum(1 for v in predictions if v not in self.core.tables)
         if unknown:
             self.unknown_ids += unknown
@@ -136,7 +143,7 @@ class Selector(Node):
             self.get_logger().warning(
                 f"{invalid} latency predictions are NaN, infinite or negative", throttle_duration_sec=5.0
             )
-        measured = {p.variant_id: p.measured_latency_ms for p in msg.variants}
+        measured = dict(zip(ids, msg.measured_latency_ms, strict=True))
         profile = Profile(self._now_s(), float(msg.load_index), predictions, measured)
         start = time.perf_counter()
         selection = self.core.on_profile(profile, bool(msg.load_is_forecast))

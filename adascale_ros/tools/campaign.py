@@ -92,7 +92,6 @@ def strategies(variant_ids: list[str], sample_jpeg: bytes, sample_png: bytes) ->
     from adascale_msgs.msg import (
         ElasticClassification,
         ResourceState,
-        VariantProfile,
         VariantProfileArray,
         VariantSelection,
     )
@@ -136,20 +135,29 @@ def strategies(variant_ids: list[str], sample_jpeg: bytes, sample_png: bytes) ->
         fmt = st.sampled_from(["jpeg", "png", "rgb8; jpeg compressed bgr8", "bgr8; png compressed bgr8", "bmp", ""])
         return CompressedImage(format=draw(fmt | text), data=data)
 
-    profile = st.builds(
-        VariantProfile,
-        variant_id=ids,
-        exit_index=u8,
-        operators=st.lists(text, max_size=6),
-        accuracy=unit,
-        params=u64,
-        flops=u64,
-        storage_bytes=u64,
-        memory_accesses=u64,
-        predicted_latency_ms=f32,
-        predicted_energy_mj=f32,
-        measured_latency_ms=f32,
-    )
+    @st.composite
+    def profiles(draw: Callable) -> VariantProfileArray:
+        """Columns of one length (bad values in a well-formed shape), or half the time of any length (ragged)."""
+        size, ragged = draw(st.integers(0, 40)), draw(st.booleans())
+
+        def column(values: Any) -> list:
+            return draw(st.lists(values, max_size=40) if ragged else st.lists(values, min_size=size, max_size=size))
+
+        return VariantProfileArray(
+            load_index=draw(unit),
+            load_is_forecast=draw(st.booleans()),
+            variant_ids=column(ids),
+            exit_indices=column(u8),
+            accuracy=column(unit),
+            params=column(u64),
+            flops=column(u64),
+            storage_bytes=column(u64),
+            memory_accesses=column(u64),
+            predicted_latency_ms=column(f32),
+            predicted_energy_mj=column(f32),
+            measured_latency_ms=column(f32),
+        )
+
     return {
         "image": images(),
         "compressed_image": compressed(),
@@ -193,12 +201,7 @@ def strategies(variant_ids: list[str], sample_jpeg: bytes, sample_png: bytes) ->
             latency_ms=f32,
             age_ms=f32,
         ),
-        "profiles": st.builds(
-            VariantProfileArray,
-            load_index=unit,
-            load_is_forecast=st.booleans(),
-            variants=st.lists(profile, max_size=40),
-        ),
+        "profiles": profiles(),
     }
 
 
@@ -471,26 +474,26 @@ class Campaign:
 
         if not self.spin_until(lambda: bool(answers()), 5.0):
             return None
+        answer = answers()[0]
         return tuple(
-            (p.variant_id, round(float(p.predicted_latency_ms), 5), round(float(p.predicted_energy_mj), 5))
-            for p in answers()[0].variants
+            (variant_id, round(float(ms), 5), round(float(mj), 5))
+            for variant_id, ms, mj in zip(
+                answer.variant_ids, answer.predicted_latency_ms, answer.predicted_energy_mj, strict=True
+            )
         )
 
     def _selection_for_profile(self) -> tuple | None:
-        from adascale_msgs.msg import VariantProfile, VariantProfileArray
+        from adascale_msgs.msg import VariantProfileArray
 
         rows = self.table["variants"]
         most = max(row["flops"] for row in rows)
-        array = VariantProfileArray(load_index=0.3)
-        for row in rows:  # deeper variants break the 2 ms budget
-            array.variants.append(
-                VariantProfile(
-                    variant_id=row["variant_id"],
-                    predicted_latency_ms=0.5 + 3.0 * row["flops"] / most,
-                    predicted_energy_mj=1.0,
-                    measured_latency_ms=math.nan,
-                )
-            )
+        array = VariantProfileArray(
+            load_index=0.3,
+            variant_ids=[row["variant_id"] for row in rows],
+            predicted_latency_ms=[0.5 + 3.0 * row["flops"] / most for row in rows],  # deeper ones break 2 ms
+            predicted_energy_mj=[1.0] * len(rows),
+            measured_latency_ms=[math.nan] * len(rows),
+        )
         for forecast in (False, True):  # replace both profiles the selector keeps
             array.load_is_forecast = forecast
             self.publishers["profiles"].publish(array)

@@ -55,6 +55,7 @@ from adascale_ros.tools.scoring import (
     check_targets,
     frame_outcomes,
     markdown_report,
+    mean_node_cpu,
     oracle_outcomes,
     phase_metrics,
     plot_report,
@@ -207,7 +208,14 @@ class Recorder:
 
         self.diagnostics.update(statuses_by_node(msg))
 
-    def run_records(self, policy: str, t0: float, duration_s: float, phases: list[tuple[float, int]]) -> PolicyRun:
+    def run_records(
+        self,
+        policy: str,
+        t0: float,
+        duration_s: float,
+        phases: list[tuple[float, int]],
+        node_cpu: dict[str, float],
+    ) -> PolicyRun:
         def stamp(header: Any) -> int:
             return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
@@ -225,7 +233,7 @@ class Recorder:
             for t, m in self.states
             if t0 <= t <= t0 + duration_s
         ]
-        return PolicyRun(policy, duration_s, frames, results, states, phases)
+        return PolicyRun(policy, duration_s, frames, results, states, phases, node_cpu)
 
 
 class RunFailed(RuntimeError):
@@ -303,6 +311,7 @@ def run_policy(
             if stop.is_set():
                 return None
             t0 = recorder.frames[0][0]
+            cpu_at_t0 = graph.cpu_seconds()
             trace_thread = threading.Thread(
                 target=play_trace,
                 kwargs={
@@ -331,7 +340,9 @@ def run_policy(
                     say(f"[{label} {time.monotonic() - t0:5.1f} s, phase {phase}] {line}")
             if stop.is_set():
                 return None
-            return recorder.run_records(policy, t0, config.run_s, phases)
+            elapsed_s, cpu_now = time.monotonic() - t0, graph.cpu_seconds()
+            node_cpu = {n: (cpu_now[n] - cpu_at_t0[n]) / elapsed_s for n in cpu_now if n in cpu_at_t0}
+            return recorder.run_records(policy, t0, config.run_s, phases, node_cpu)
         finally:
             trace_stop.set()
             if replay is not None and replay.poll() is None:
@@ -405,6 +416,7 @@ def score(config: EvaluationConfig, runs: dict[str, list[PolicyRun]], variants: 
         "targets": targets,
         "repeats": per_repeat,
         "phases": {p: phase_metrics(list(zip(outcomes[p], phases[p], strict=True)), config.budget_ms) for p in pooled},
+        "node_cpu": {p: mean_node_cpu(runs[p]) for p in config.policies if p in runs},
     }
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / "evaluation.json").write_text(json.dumps(report, indent=1, allow_nan=True) + "\n")

@@ -56,6 +56,19 @@ class GraphProcesses:
         """Nodes that have ended, with their exit codes."""
         return {n: p.returncode for n, p in self.processes.items() if p.poll() is not None}
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """User + system CPU time each running node has used so far [s] (psutil; children not included)."""
+        import psutil
+
+        seconds = {}
+        for name, proc in self.processes.items():
+            try:
+                times = psutil.Process(proc.pid).cpu_times()
+            except psutil.Error:  # ended: its time is lost with it
+                continue
+            seconds[name] = times.user + times.system
+        return seconds
+
     def stop(self) -> dict[str, int]:
         """SIGINT every node, escalate to SIGKILL after the timeout; return exit codes."""
         for proc in self.processes.values():

@@ -69,6 +69,8 @@ class PolicyRun:
     results: list[ResultRecord] = field(default_factory=list)
     states: list[StateRecord] = field(default_factory=list)
     phases: list[tuple[float, int]] = field(default_factory=list)  # (t_s, index) when each phase began
+    # CPU time each node process used per second of the run (1.0: one core busy); the graph's own load.
+    node_cpu: dict[str, float] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
         data = {"format": RUN_FORMAT, **asdict(self)}
@@ -89,6 +91,7 @@ class PolicyRun:
                 results=[ResultRecord(**r) for r in data["results"]],
                 states=[StateRecord(**r) for r in data["states"]],
                 phases=[(float(t), int(i)) for t, i in data["phases"]],
+                node_cpu={str(n): float(c) for n, c in data.get("node_cpu", {}).items()},  # absent before
             )
         except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}: not a recorded evaluation run ({exc})") from exc
@@ -379,6 +382,22 @@ def phases_table(phases: Mapping[str, Mapping[str, Mapping[str, Any]]], describe
     return "\n".join(rows)
 
 
+def mean_node_cpu(runs: Sequence[PolicyRun]) -> dict[str, float]:
+    """Each node's CPU per second, averaged over the runs that measured it."""
+    names = sorted({name for run in runs for name in run.node_cpu})
+    return {n: float(np.mean([run.node_cpu[n] for run in runs if n in run.node_cpu])) for n in names}
+
+
+def node_cpu_table(node_cpu: Mapping[str, Mapping[str, float]]) -> str:
+    """Percent of one core each policy's nodes used while frames flowed, and their sum."""
+    names = sorted({name for nodes in node_cpu.values() for name in nodes})
+    rows = ["| policy | " + " | ".join(names) + " | all nodes |", "|---|" + "---:|" * (len(names) + 1)]
+    for policy, nodes in node_cpu.items():
+        cells = [_cell(100 * nodes[n], ".1f") if n in nodes else "-" for n in names]
+        rows.append(f"| {policy} | " + " | ".join(cells) + f" | {_cell(100 * sum(nodes.values()), '.1f')} |")
+    return "\n".join(rows)
+
+
 def markdown_report(report: Mapping[str, Any]) -> str:
     config = report["config"]
     repeats = config.get("repeats", 1)
@@ -400,6 +419,9 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         lines += ["## Each run", "", repeats_table(report["repeats"]), ""]
     if report.get("phases"):
         lines += ["## By trace phase", "", phases_table(report["phases"], config["trace_phases"]), ""]
+    if any(report.get("node_cpu", {}).values()):
+        measured = {p: nodes for p, nodes in report["node_cpu"].items() if nodes}
+        lines += ["## CPU of the nodes (% of one core)", "", node_cpu_table(measured), ""]
     lines += [
         "Deadline misses count results slower than the budget and dropped frames. Energy is the profiler's",
         "eq. 3 estimate for the variant that ran, at the resource state of the moment."
