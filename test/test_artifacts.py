@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,24 @@ def test_weights_only_round_trip_and_reevaluation(tiny_model):
     stored = load_variant_table(tiny_model)
     assert [r["accuracy"] for r in recomputed["variants"]] == [r["accuracy"] for r in stored["variants"]]
     assert [r["val_accuracy"] for r in recomputed["variants"]] == [r["val_accuracy"] for r in stored["variants"]]
+
+
+def test_training_can_start_from_a_trained_model(tiny_model, tmp_path):
+    base = TrainRunConfig.from_yaml(REPO_ROOT / "config/train/tiny.yaml")
+    still = replace(base, training=replace(base.training, lr=1e-9))  # the weights all but stay
+    card = train_model(still, tmp_path / "continued", progress=False, log=lambda _: None, init_from=tiny_model)
+    parent = json.loads((tiny_model / "model_card.json").read_text())
+    assert card["init_from"]["name"] == "tiny" and card["init_from"]["config"] == parent["config"]
+    assert card["init_from"]["training"]["epochs"] == parent["training"]["epochs"]
+    before, after = load_model(tiny_model).net.named_parameters(), load_model(tmp_path / "continued").net.parameters()
+    assert all(torch.allclose(p, q, atol=1e-6) for (_, p), q in zip(before, after, strict=True))
+
+    other_network = replace(still, network=replace(still.network, head_channels=32))
+    with pytest.raises(ValueError, match="network differs"):
+        train_model(other_network, tmp_path / "x", progress=False, log=lambda _: None, init_from=tiny_model)
+    other_data = replace(still, dataset=replace(still.dataset, limit_train=1000))
+    with pytest.raises(ValueError, match="other data"):
+        train_model(other_data, tmp_path / "y", progress=False, log=lambda _: None, init_from=tiny_model)
 
 
 def copy_model(src: Path, dst: Path) -> Path:

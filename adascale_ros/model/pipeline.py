@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import yaml
 
-from adascale_ros.model.artifacts import LoadedModel, save_model
+from adascale_ros.model.artifacts import LoadedModel, load_model, save_model
 from adascale_ros.model.datasets import DatasetSpec, DatasetSplits, ImageSet, load_splits
 from adascale_ros.model.elastic import ElasticConfig, ElasticNet
 from adascale_ros.model.evaluation import Normalization, evaluate_variants
@@ -96,10 +96,38 @@ def evaluate_splits(
     return accuracy, seconds
 
 
+def warm_start(net: ElasticNet, splits: DatasetSplits, model_dir: Path) -> dict[str, Any]:
+    """Copy a trained model's weights into ``net``; returns what the new card says of it.
+
+    ``ValueError`` unless that model has the same network and was trained on the same data
+    (same fingerprint, so the same training / validation split): its validation accuracy
+    must stay a held-out figure.
+    """
+    start = load_model(model_dir)
+    if start.net.config.to_dict() != net.config.to_dict():
+        raise ValueError(f"--init-from {model_dir}: its network differs from the configuration's")
+    if start.card["dataset"]["fingerprint"] != splits.fingerprint():
+        raise ValueError(f"--init-from {model_dir}: trained on other data (dataset fingerprint differs)")
+    net.load_state_dict(start.net.state_dict())
+    card = start.card
+    return {
+        "name": card["name"],
+        "created": card.get("created"),
+        "config": card["config"],
+        "training": {k: card["training"][k] for k in ("mode", "epochs", "seconds")},
+        **({"init_from": card["init_from"]} if "init_from" in card else {}),
+    }
+
+
 def train_model(
-    config: TrainRunConfig, out: Path, progress: bool = True, log: Callable[[str], None] = print
+    config: TrainRunConfig,
+    out: Path,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    init_from: Path | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate every variant, and write the model directory. Returns the model card."""
+    """Train (from ``init_from``'s weights when given), evaluate every variant, and write the model
+    directory. Returns the model card."""
     splits = load_splits(config.dataset)
     log(
         f"{splits.name}: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test, "
@@ -107,6 +135,9 @@ def train_model(
     )
     normalize = Normalization.fit(splits.train.images)
     net = build_network(config, splits)
+    parent = warm_start(net, splits, init_from) if init_from is not None else None
+    if parent is not None:
+        log(f"starting from the weights of {init_from} ({parent['training']['epochs']} epochs)")
     result: TrainingResult = Trainer(net, splits, config.training, normalize, progress, log).train()
     log(f"trained ({result.mode}) in {result.seconds:.0f} s, {result.epochs} epochs")
     accuracy, eval_seconds = evaluate_splits(net, {"val": splits.val, "test": splits.test}, normalize, progress)
@@ -136,6 +167,7 @@ def train_model(
             "monitor_exit_accuracy": result.exit_accuracy,
             "log": [asdict(e) for e in result.log],
         },
+        **({"init_from": parent} if parent is not None else {}),
         "evaluation_seconds_prefix_reuse": {k: round(v, 1) for k, v in eval_seconds.items()},
         "torch": torch.__version__,
         "machine": platform.machine(),

@@ -41,7 +41,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         config = replace(config, training=replace(config.training, mode=args.mode))
-    train_model(config, args.out, progress=not args.no_progress)
+    train_model(config, args.out, progress=not args.no_progress, init_from=args.init_from)
     return 0
 
 
@@ -432,6 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, required=True, help="YAML with dataset/network/training sections")
     train.add_argument("--out", type=Path, required=True)
     train.add_argument("--mode", choices=["freeze", "guarded", "joint"], help="override training.mode")
+    train.add_argument(
+        "--init-from",
+        type=Path,
+        help="start from this model directory's weights (same network and data) and train on by the config",
+    )
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=_cmd_train)
 
