@@ -307,6 +307,20 @@ def test_latency_correction_tracks_a_quantile_of_the_measured_ratio():
     assert correction.ratio == pytest.approx(1.0)
     with pytest.raises(ValueError):
         LatencyCorrection(window=0)
+    with pytest.raises(ValueError):
+        LatencyCorrection(window=10, tail_window=0)
+
+
+def test_the_tail_can_be_taken_over_more_results_than_the_offsets():
+    correction = LatencyCorrection(window=10, quantile=0.9, min_samples=3, tail_window=40)
+    for _ in range(40):
+        correction.update(2.0, 1.0)
+    for _ in range(10):
+        correction.update(1.0, 1.0)  # ten fast frames: over the last 10 alone the tail would be 1
+    assert correction.ratio == pytest.approx(2.0)
+    for _ in range(30):
+        correction.update(1.0, 1.0)
+    assert correction.ratio == pytest.approx(1.0)
 
 
 def test_latency_correction_learns_offsets_per_variant_and_shares_them_through_modules():
@@ -538,3 +552,27 @@ def test_interrupted_calibrate_leaves_no_stress_ng(tmp_path, start_process):
     out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 130 and "interrupted" in out, out
     assert not _stress_ng_running()
+
+
+def test_replaying_recorded_results_through_the_correction(fitted, tmp_path):
+    from adascale_ros.tools.correction_replay import load_evaluation_runs, markdown, replay, replay_evaluation
+    from adascale_ros.tools.scoring import PolicyRun, ResultRecord, StateRecord
+
+    _, _, predictor, _ = fitted
+    variant = predictor.variant_ids[40]
+    # One frame in ten three times as slow: a 0.9 quantile over enough results sits between.
+    latencies = [3.0 if i % 10 == 9 else 1.0 for i in range(400)]
+    results = [ResultRecord(0.1 * i, i, variant, 0, 0, ms) for i, ms in enumerate(latencies)]
+    states = [StateRecord(0.05 + 0.1 * i, 0.1, 0.1, 20000.0, math.nan) for i in range(400)]
+    run = PolicyRun("adascale", 40.0, [], results, states, [(0.0, 0)])
+    replayed, over, tails = replay(run, predictor, window=30, tail_window=100, quantile=0.9)
+    # Over: slow frames the tail does not cover, and the first few before the offset is learnt.
+    assert replayed == 400 and 0.05 <= over / replayed <= 0.125
+    assert tails[-1] > 1.0
+    (tmp_path / "runs").mkdir()
+    run.save(tmp_path / "runs" / "adascale.json.gz")
+    rows = replay_evaluation(load_evaluation_runs(tmp_path), predictor, [10, 100])
+    assert [(r.policy, r.tail_window, r.results) for r in rows] == [("adascale", 10, 400), ("adascale", 100, 400)]
+    assert "| adascale | 100 | 400 |" in markdown(rows, 0.9)
+    with pytest.raises(FileNotFoundError, match="no recorded runs"):
+        load_evaluation_runs(tmp_path / "nothing")

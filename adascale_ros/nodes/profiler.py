@@ -55,9 +55,11 @@ PARAMETERS: dict[str, Param] = {
     "publish_forecast": Param(True, "Also publish the profile at the forecast load when it is known."),
     "correction_window": Param(
         30,
-        "Results the predictions are corrected by: each variant's offset, and the tail over all variants "
-        "(>= 0; 0: no correction).",
+        "Results each variant's offset is the median of (>= 0; 0: no correction).",
         read_only=True,
+    ),
+    "correction_tail_window": Param(
+        100, "Results the tail (the quantile of measured / corrected prediction) is taken over (>= 1).", read_only=True
     ),
     "correction_quantile": Param(
         0.9, "Quantile of those ratios applied, in [0, 1]: predictions then describe that latency quantile."
@@ -79,6 +81,8 @@ def _validate(values: dict[str, Any]) -> None:
         raise ValueError(f"max_rate_hz must be in (0, 100], got {values['max_rate_hz']}")
     if int(values["correction_window"]) < 0:
         raise ValueError(f"correction_window must be >= 0 (0: off), got {values['correction_window']}")
+    if int(values["correction_tail_window"]) < 1:
+        raise ValueError(f"correction_tail_window must be >= 1, got {values['correction_tail_window']}")
     if not 0.0 <= float(values["correction_quantile"]) <= 1.0:
         raise ValueError(f"correction_quantile must be in [0, 1], got {values['correction_quantile']}")
     if not float(values["state_timeout_s"]) > 0.0:
@@ -117,7 +121,10 @@ class Profiler(Node):
             self.get_logger().warning(warning)
         window = int(values["correction_window"])
         self.correction = LatencyCorrection(
-            max(window, 1), float(values["correction_quantile"]), incidence=self.predictor.incidence
+            max(window, 1),
+            float(values["correction_quantile"]),
+            incidence=self.predictor.incidence,
+            tail_window=int(values["correction_tail_window"]),
         )
         self.correct = window > 0
         self.publish_forecast = bool(values["publish_forecast"])

@@ -293,8 +293,10 @@ class LatencyCorrection:
       one. Without the transfer, every variant not yet run looks as fast as
       the raw model says, and the most accurate of them is tried, breaks the
       budget, and gives way to the next untried one.
-    - tail: a high quantile of the last ``window`` ratios measured / corrected
-      prediction of any variant. With ``quantile`` 0.9 the predictions describe
+    - tail: a high quantile of the last ``tail_window`` (default: ``window``)
+      ratios measured / corrected prediction of any variant. A quantile needs
+      more samples than a median: the 0.9 quantile of 30 is the third largest,
+      so three slow frames moved every prediction. With ``quantile`` 0.9 the predictions describe
       the latency nine frames in ten stay under, so a variant chosen against a
       deadline meets it that often; one slow frame does not move it on its
       own, a load that slows every variant does. It stays 1 until
@@ -313,18 +315,20 @@ class LatencyCorrection:
         incidence: np.ndarray | None = None,
         variant_min_samples: int = 5,
         ridge: float = 0.1,
+        tail_window: int | None = None,
     ) -> None:
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
+        tail_window = window if tail_window is None else tail_window
+        if window < 1 or tail_window < 1:
+            raise ValueError(f"window and tail_window must be >= 1, got {window} and {tail_window}")
         if not 0.0 <= quantile <= 1.0:
             raise ValueError(f"quantile must be in [0, 1], got {quantile}")
         self.quantile, self.low, self.high = quantile, low, high
         self.window = window
-        self.min_samples = min(min_samples, window)
+        self.min_samples = min(min_samples, tail_window)
         self.variant_min_samples = min(variant_min_samples, window)
         self.incidence = None if incidence is None else np.asarray(incidence, np.float64)
         self.ridge = ridge
-        self.samples: deque[float] = deque(maxlen=window)  # measured / corrected prediction, any variant
+        self.samples: deque[float] = deque(maxlen=tail_window)  # measured / corrected prediction, any variant
         self._own: dict[int, deque[float]] = {}  # variant index -> its last measured - predicted [ms]
         self.measured_offsets: dict[int, float] = {}  # variant index -> median of those
         self._offsets: np.ndarray | None = None  # every variant's offset, as last fitted

@@ -230,6 +230,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replay_correction(args: argparse.Namespace) -> int:
+    from adascale_ros.bringup import default_model_dir
+    from adascale_ros.profiling.predictor import LatencyPredictor
+    from adascale_ros.tools.correction_replay import load_evaluation_runs, markdown, replay_evaluation
+
+    runs = load_evaluation_runs(args.evaluation)
+    predictor = LatencyPredictor.load(args.model_dir or default_model_dir())
+    results = replay_evaluation(runs, predictor, args.tail_windows, args.window, args.quantile)
+    print(markdown(results, args.quantile))
+    return 0
+
+
 def _cmd_soak(args: argparse.Namespace) -> int:
     import json
 
@@ -530,6 +542,17 @@ def build_parser() -> argparse.ArgumentParser:
     evl.add_argument("--rescore", action="store_true", help="score the runs saved in --out again; run nothing")
     evl.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
     evl.set_defaults(func=_cmd_evaluate)
+
+    rc = sub.add_parser(
+        "replay-correction",
+        help="replay an evaluation's recorded results through the profiler's latency correction, other settings",
+    )
+    rc.add_argument("evaluation", type=Path, help="an adascale evaluate --out folder (its runs/)")
+    rc.add_argument("--tail-windows", type=int, nargs="+", default=[30, 100], help="(default: 30 100)")
+    rc.add_argument("--window", type=int, default=30, help="results per variant offset (default: 30)")
+    rc.add_argument("--quantile", type=float, default=0.9, help="tail quantile (default: 0.9)")
+    rc.add_argument("--model-dir", type=Path, help="the model the runs used (default: the embedded default model)")
+    rc.set_defaults(func=_cmd_replay_correction)
 
     soak = sub.add_parser("soak", help="run the full graph for minutes under a repeating load trace; memory, drift")
     soak.add_argument("--minutes", type=float, default=15.0, help="how long (default: 15)")

@@ -1,0 +1,113 @@
+"""``adascale replay-correction``: the profiler's latency correction, replayed over recorded runs.
+
+An evaluation saves every result (variant, measured latency) and every
+resource state of each run (``runs/*.json.gz``). Feeding those results, in
+order, through ``LatencyCorrection`` with other settings shows what those
+settings would have predicted, without running the robot again: for each
+result, the corrected prediction of its variant just before it arrived, and
+whether the measured latency stayed under it. With ``correction_quantile``
+0.9 about one frame in ten should not.
+
+It is a replay, not a rerun: the selector's choices, and so the variants
+that ran, stay those of the recording. Predictions are made at the newest
+state recorded before each result (the profiler uses the newest it has
+received), and at the calibration's idle state for the ``reactive`` policy,
+as its profiler does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adascale_ros.profiling.predictor import LatencyCorrection, LatencyPredictor
+from adascale_ros.tools.scoring import PolicyRun
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    policy: str
+    tail_window: int
+    results: int
+    over_prediction: float  # fraction of results slower than their variant's corrected prediction
+    tail_median: float
+    tail_p90: float
+
+
+def replay(
+    run: PolicyRun,
+    predictor: LatencyPredictor,
+    window: int,
+    tail_window: int,
+    quantile: float,
+    resource_aware: bool = True,
+) -> tuple[int, int, list[float]]:
+    """(results replayed, results over their corrected prediction, the tail after each)."""
+    correction = LatencyCorrection(window, quantile, incidence=predictor.incidence, tail_window=tail_window)
+    times = np.array([s.t_s for s in run.states])
+    idle = predictor.at_load(predictor.impute(predictor.state_mean), 0.0)
+    raw_at: dict[int, np.ndarray] = {}
+    replayed, over, tails = 0, 0, []
+    for result in run.results:
+        if result.early_exited or not result.latency_ms > 0.0:
+            continue  # as the profiler: not a sample of the variant's latency
+        at = int(np.searchsorted(times, result.t_s, side="right")) - 1 if resource_aware else -1
+        if at not in raw_at:
+            state = run.states[at].vector() if at >= 0 else idle
+            raw_at[at] = predictor.latency_ms(state[None, :])[0]
+        raw, index = raw_at[at], predictor.variant_index(result.variant_id)
+        over += result.latency_ms > correction.corrected(raw)[index]
+        correction.update(result.latency_ms, float(raw[index]), index)
+        replayed += 1
+        tails.append(correction.ratio)
+    return replayed, over, tails
+
+
+def replay_evaluation(
+    runs: dict[str, list[PolicyRun]],
+    predictor: LatencyPredictor,
+    tail_windows: Sequence[int],
+    window: int = 30,
+    quantile: float = 0.9,
+) -> list[ReplayResult]:
+    """Every policy's runs replayed once per tail window; the runs of a policy pooled."""
+    out = []
+    for policy, policy_runs in runs.items():
+        for tail_window in tail_windows:
+            replayed, over, tails = 0, 0, []
+            for run in policy_runs:
+                n, o, t = replay(run, predictor, window, tail_window, quantile, resource_aware=policy != "reactive")
+                replayed, over, tails = replayed + n, over + o, tails + t
+            if replayed:
+                median, p90 = np.percentile(tails, [50, 90])
+                out.append(ReplayResult(policy, tail_window, replayed, over / replayed, float(median), float(p90)))
+    return out
+
+
+def load_evaluation_runs(directory: Path) -> dict[str, list[PolicyRun]]:
+    """Every run an evaluation saved in ``directory/runs``, by policy, in name order."""
+    paths = sorted((Path(directory) / "runs").glob("*.json.gz"))
+    if not paths:
+        raise FileNotFoundError(f"{directory}/runs: no recorded runs (run adascale evaluate --out {directory})")
+    runs: dict[str, list[PolicyRun]] = {}
+    for path in paths:
+        run = PolicyRun.load(path)
+        runs.setdefault(run.policy, []).append(run)
+    return runs
+
+
+def markdown(results: Sequence[ReplayResult], quantile: float) -> str:
+    rows = [
+        f"| policy | tail window | results | over their corrected prediction (target {1 - quantile:.0%}) "
+        "| tail median | tail p90 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        rows.append(
+            f"| {r.policy} | {r.tail_window} | {r.results} | {r.over_prediction:.1%} "
+            f"| {r.tail_median:.2f} | {r.tail_p90:.2f} |"
+        )
+    return "\n".join(rows)
