@@ -294,13 +294,13 @@ class LatencyCorrection:
       the raw model says, and the most accurate of them is tried, breaks the
       budget, and gives way to the next untried one.
     - tail: a high quantile of the last ``tail_window`` (default: ``window``)
-      ratios measured / corrected prediction of any variant. A quantile needs
-      more samples than a median: the 0.9 quantile of 30 is the third largest,
-      so three slow frames moved every prediction. With ``quantile`` 0.9 the predictions describe
-      the latency nine frames in ten stay under, so a variant chosen against a
-      deadline meets it that often; one slow frame does not move it on its
-      own, a load that slows every variant does. It stays 1 until
-      ``min_samples`` ratios are in.
+      ratios measured / corrected prediction of any variant. With ``quantile``
+      0.9 the predictions describe the latency nine frames in ten stay under,
+      so a variant chosen against a deadline meets it that often; one slow
+      frame does not move it on its own, a load that slows every variant
+      does. A quantile needs more samples than a median: the 0.9 quantile of
+      30 is the third largest, so three slow frames move every prediction.
+      It stays 1 until ``min_samples`` ratios are in.
 
     Without ``incidence`` only measured variants are corrected (their own offsets).
     """
