@@ -131,7 +131,7 @@ class Profiler(Node):
         self.state_timeout_s = float(values["state_timeout_s"])
         self.resource_aware = bool(values["resource_aware"])
         # Reactive mode predicts every variant at this one state: the calibration's, moved to load 0.
-        self.idle_state = self.predictor.at_load(self.predictor.impute(self.predictor.state_mean), 0.0)
+        self.idle_state = self.predictor.idle_state()
 
         rows = {row["variant_id"]: row for row in table["variants"]}
         self._messages = {False: self._profile_array(rows), True: self._profile_array(rows)}

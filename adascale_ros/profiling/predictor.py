@@ -117,6 +117,10 @@ class LatencyPredictor:
         moved[1] = load_index
         return moved
 
+    def idle_state(self) -> np.ndarray:
+        """The calibration's mean state moved to load 0: where AdaptiveNet's reactive mode predicts."""
+        return self.at_load(self.impute(self.state_mean), 0.0)
+
     def variant_index(self, variant_id: str) -> int:
         try:
             return self._index[variant_id]

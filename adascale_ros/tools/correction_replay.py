@@ -48,7 +48,7 @@ def replay(
     """(results replayed, results over their corrected prediction, the tail after each)."""
     correction = LatencyCorrection(window, quantile, incidence=predictor.incidence, tail_window=tail_window)
     times = np.array([s.t_s for s in run.states])
-    idle = predictor.at_load(predictor.impute(predictor.state_mean), 0.0)
+    idle = predictor.idle_state()
     raw_at: dict[int, np.ndarray] = {}
     replayed, over, tails = 0, 0, []
     for result in run.results:
