@@ -8,10 +8,12 @@ import time
 import cv2
 import numpy as np
 import pytest
+import yaml
 from conftest import REPO_ROOT, subscribe_diagnostics
 
-from adascale_ros.bringup import CLASSIFICATION_TOPIC
+from adascale_ros.bringup import CLASSIFICATION_TOPIC, default_params_file
 from adascale_ros.model.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_idx_split
+from adascale_ros.model.elastic import Variant
 from adascale_ros.model.files import cheapest_variant, load_variant_table
 
 pytestmark = pytest.mark.ros
@@ -58,6 +60,8 @@ class InferenceHarness:
         args += ["-r", f"~/selection:={SELECTION}", "-p", f"input:={'compressed' if compressed else 'raw'}"]
         # This test publishes each selection once, as a person would: it stays in force.
         params.setdefault("selection_timeout_s", 0.0)
+        # The variant table's accuracy is each variant's own exit's: early exit off, unless a test turns it on.
+        params.setdefault("early_exit_threshold", 0.0)
         if reliable:  # every frame reaches the node's callback: what is dropped, the node dropped
             params |= {"qos_reliability": "reliable", "qos_depth": 400}
         for name, value in params.items():
@@ -115,26 +119,30 @@ class InferenceHarness:
         return {kv.key: kv.value for kv in self.diagnostics[-1].values} if self.diagnostics else {}
 
 
-def run_stream(harness, images, labels, variant_id, count, fmt=None):
+def run_stream(harness, images, labels, variant_id, count, fmt=None, early_exit=False):
+    """Accuracy over ``count`` frames, and the exit that answered each."""
     harness.select(variant_id)
     # The selection is in force once a frame is answered by it (discovery takes a moment).
     probe = harness.frame(-1, camera_frame(images[0]), fmt)
     assert harness.spin_until(lambda: harness.classify(probe).variant_id == variant_id, 10.0)
-    correct = 0
+    correct, exits = 0, []
     for i in range(count):
         result = harness.classify(harness.frame(i, camera_frame(images[i]), fmt))
-        assert result.variant_id == variant_id and not result.early_exited
+        assert result.variant_id == variant_id
+        assert result.early_exited == (result.exit_index < Variant.parse(variant_id).exit_index)
+        assert early_exit or not result.early_exited
         correct += result.class_ids[0] == labels[i]
+        exits.append(result.exit_index)
     accuracy = correct / count
     print(f"{variant_id} over {count} {fmt or 'raw'} frames: {accuracy:.4f} (table {TEST_ACCURACY[variant_id]:.4f})")
-    return accuracy
+    return accuracy, exits
 
 
 def test_raw_stream_reaches_the_table_accuracy(ros_node, start_process, test_images):
     images, labels = test_images
     harness = InferenceHarness(ros_node, start_process)
     variant = "e3:res-mbc-fac-fac"
-    accuracy = run_stream(harness, images, labels, variant, 1000)
+    accuracy, _ = run_stream(harness, images, labels, variant, 1000)
     assert abs(accuracy - TEST_ACCURACY[variant]) <= 0.02
     last = harness.results[-1]
     assert last.header.frame_id == "999" and last.exit_index == 3
@@ -148,8 +156,21 @@ def test_compressed_stream_reaches_the_table_accuracy(ros_node, start_process, t
     images, labels = test_images
     harness = InferenceHarness(ros_node, start_process, compressed=True, backend="torch")
     variant = "e1:res-fac"
-    accuracy = run_stream(harness, images[1000:], labels[1000:], variant, 400, fmt="jpeg")
+    accuracy, _ = run_stream(harness, images[1000:], labels[1000:], variant, 400, fmt="jpeg")
     assert abs(accuracy - TEST_ACCURACY[variant]) <= 0.02
+
+
+def test_confidence_early_exit_answers_early_and_keeps_the_accuracy(ros_node, start_process, test_images):
+    """The shipped threshold: most frames answer before the variant's exit, at its accuracy (2 points)."""
+    images, labels = test_images
+    threshold = yaml.safe_load(default_params_file().read_text())["elastic_inference"]["ros__parameters"][
+        "early_exit_threshold"
+    ]
+    harness = InferenceHarness(ros_node, start_process, early_exit_threshold=threshold)
+    variant = "e3:dense-res-res-res"
+    accuracy, exits = run_stream(harness, images[1400:], labels[1400:], variant, 300, early_exit=True)
+    assert abs(accuracy - TEST_ACCURACY[variant]) <= 0.02
+    assert sum(e < 3 for e in exits) > len(exits) / 2 and 3 in exits
 
 
 def test_follows_selections_and_publishes_an_overlay(ros_node, start_process, test_images):

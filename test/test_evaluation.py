@@ -51,3 +51,35 @@ def test_subset_of_variants_and_training_mode_restored():
     acc = evaluate_variants(net, data, Normalization.fit(data.images), variants)
     assert set(acc) == {v.id for v in variants}
     assert net.training
+
+
+def test_early_exit_accuracy_decides_per_input_as_the_engine_does():
+    import numpy as np
+
+    from adascale_ros.model.elastic import Variant
+    from adascale_ros.model.evaluation import early_exit_accuracy, lowest_threshold
+    from adascale_ros.runtime.engine import ElasticEngine
+
+    torch.manual_seed(0)
+    net = ElasticNet(TINY).eval()
+    data = random_data(48)
+    norm = Normalization.fit(data.images)
+    variant = Variant.parse("e2:res-dws-mbc")
+    result = early_exit_accuracy(net, data, norm, variant, [0.0, 0.15, 1.01], batch_size=20)
+    by_threshold = {row["threshold"]: row for row in result["rows"]}
+    accuracy = evaluate_variants(net, data, norm, [variant, Variant.parse("e0:res")])
+    assert result["accuracy"] == by_threshold[1.01]["accuracy"] == accuracy[variant.id]
+    assert by_threshold[1.01]["exit_share"] == [0.0, 0.0, 1.0]
+    assert by_threshold[0.0]["accuracy"] == accuracy["e0:res"] and by_threshold[0.0]["exit_share"][0] == 1.0
+    # Between the two, each input answers where the engine's early exit answers it.
+    engine = ElasticEngine.from_net(net, (1, 16, 16), "torch", threads=1)
+    x = norm(data.images).numpy()
+    answers = [engine.run(x[i : i + 1], variant, 0.15) for i in range(len(data))]
+    shares = np.bincount([a.exit_index for a in answers], minlength=3) / len(data)
+    np.testing.assert_allclose(by_threshold[0.15]["exit_share"], shares.round(4))
+    assert 0 < shares[0] < 1  # the threshold splits this data
+    correct = np.mean([int(np.argmax(a.probabilities)) == int(y) for a, y in zip(answers, data.labels, strict=True)])
+    assert by_threshold[0.15]["accuracy"] == correct
+    # The lowest threshold within the loss allowed; None when all lose more.
+    assert lowest_threshold(result, max_loss=1.0) == 0.0
+    assert lowest_threshold({"accuracy": 0.9, "rows": [{"threshold": 0.5, "accuracy": 0.5}]}, 0.1) is None

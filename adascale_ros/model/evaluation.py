@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -105,3 +106,58 @@ def evaluate_variants(
     finally:
         net.train(was_training)
     return {vid: hits / len(data) for vid, hits in correct.items()}
+
+
+def early_exit_accuracy(
+    net: ElasticNet,
+    data: ImageSet,
+    normalize: Normalization,
+    variant: Variant,
+    thresholds: Sequence[float],
+    batch_size: int = 500,
+) -> dict[str, Any]:
+    """Accuracy of ``variant`` with confidence early exit at each threshold, and where its inputs answer.
+
+    As ``ElasticEngine.run`` decides per input: the first exit on the path whose
+    top soft-max score is >= t answers; the variant's own exit answers the rest.
+    Returns ``accuracy`` (without early exit) and ``rows``, per threshold its
+    ``accuracy`` and ``exit_share`` (the fraction answered by each exit on the path).
+    """
+    net.check_variant(variant)
+    was_training = net.training
+    net.eval()
+    scores, predictions, labels = [], [], []  # per batch: (exits, n) top score and class
+    try:
+        with torch.inference_mode():
+            for images, batch_labels in batches(data, batch_size):
+                probabilities = [torch.softmax(logits, 1) for _, logits in net.iter_exits(normalize(images), variant)]
+                top = torch.stack([p.max(1).values for p in probabilities])
+                scores.append(top)
+                predictions.append(torch.stack([p.argmax(1) for p in probabilities]))
+                labels.append(batch_labels)
+    finally:
+        net.train(was_training)
+    score, prediction, label = torch.cat(scores, 1), torch.cat(predictions, 1), torch.cat(labels)
+    last = score.shape[0] - 1
+    rows = []
+    for t in thresholds:
+        confident = score >= t
+        confident[last] = True  # the variant's own exit answers whatever is left
+        answered_at = confident.int().argmax(0)  # the first confident exit
+        answer = prediction.gather(0, answered_at[None])[0]
+        share = torch.bincount(answered_at, minlength=last + 1).double() / len(label)
+        rows.append(
+            {
+                "threshold": float(t),
+                "accuracy": float((answer == label).double().mean()),
+                "exit_share": [round(float(s), 4) for s in share],
+            }
+        )
+    return {"variant_id": variant.id, "accuracy": float((prediction[last] == label).double().mean()), "rows": rows}
+
+
+def lowest_threshold(result: dict[str, Any], max_loss: float) -> float | None:
+    """The lowest threshold of ``early_exit_accuracy``'s result losing at most ``max_loss`` (a fraction) of
+    accuracy against no early exit; None when every one loses more."""
+    within = [r["threshold"] for r in result["rows"] if r["accuracy"] >= result["accuracy"] - max_loss]
+    return min(within, default=None)

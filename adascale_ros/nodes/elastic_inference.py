@@ -59,7 +59,9 @@ PARAMETERS: dict[str, Param] = {
     ),
     "qos_depth": Param(1, "Image subscription history depth (>= 1).", read_only=True),
     "qos_reliability": Param("best_effort", "Image subscription reliability: best_effort or reliable.", read_only=True),
-    "early_exit_threshold": Param(0.0, "Answer at an earlier exit whose top score >= this, in [0, 1]; 0: off."),
+    "early_exit_threshold": Param(
+        0.9, "Answer at an earlier exit whose top score >= this, in [0, 1]; 0: off (`adascale early-exit`)."
+    ),
     "top_k": Param(3, "Classes reported per frame (>= 1)."),
     "max_image_pixels": Param(16_777_216, "Frames with more pixels are rejected (>= 1)."),
     "max_compressed_bytes": Param(20_000_000, "Compressed frames larger than this are rejected [B] (>= 1)."),

@@ -37,7 +37,7 @@ from adascale_ros.profiling.energy import EnergyProfile
 from adascale_ros.profiling.fitting import fit_and_report, report_markdown
 from adascale_ros.profiling.predictor import PREDICTOR_DIR, STATE_FEATURES, LatencyPredictor, device_fingerprint
 from adascale_ros.profiling.timing import summarize, time_samples
-from adascale_ros.runtime.engine import ElasticEngine, softmax
+from adascale_ros.runtime.engine import ElasticEngine
 from adascale_ros.runtime.preprocess import Preprocessor
 
 DATA_FILE = "calibration_data.json.gz"
@@ -65,13 +65,13 @@ def engine_calls(
 
     The whole-variant call is what the inference node times per frame:
     pre-processing of one rgb8 camera frame, then the variant. The fixed
-    module is the part of that outside the network: pre-processing and soft-max.
+    module is the part of that outside the network, the pre-processing (the
+    soft-max is in the exit's segment graph, ``ElasticEngine``).
     """
     preprocess = Preprocessor.from_card(model.card)
     backend = engine.backend
     x = preprocess(frame, "rgb8")
-    logits = np.zeros(len(model.classes), np.float32)
-    calls: ModuleCalls = {FIXED: lambda: (preprocess(frame, "rgb8"), softmax(logits))}
+    calls: ModuleCalls = {FIXED: lambda: preprocess(frame, "rgb8")}
     features = backend.stem(x)
     calls["stem"] = lambda: backend.stem(x)
     for stage, blocks in enumerate(model.net.stages):

@@ -9,8 +9,15 @@ for the default network, a second with the TorchScript-based exporter, see
 ``onnx_modules``: a restart reads them from a cache) and gets its own
 ``InferenceSession``. Exporting per module rather than per variant keeps one
 copy of each weight and makes the 780 variants of the default model free to
-switch between; the price is one session call per module (tens of
-microseconds each), small beside the blocks themselves.
+switch between. What a frame runs is one *segment* per stage on its path:
+the stage's block, fused (``onnx_modules.fuse``) with the stem at stage 0 and
+with the stage's exit head where that exit is evaluated. A session call costs
+tens of microseconds on a warm CPU but 0.1-0.25 ms on the cold one a camera
+frame meets every 100 ms, so a variant of exit k makes k + 1 calls, not
+k + 3 (plus one per earlier exit with early exit on). The segments are built
+from the cached module graphs at start-up (about 25 more sessions, a second
+copy of the weights); the unfused modules stay, for calibration's per-module
+timing.
 
 Confidence early exit (AdaScale's per-input early termination): with a
 threshold t, every exit on the selected path before the selected one is
@@ -29,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from adascale_ros.model.variant import Variant
-from adascale_ros.runtime.onnx_modules import OnnxModules, export_modules, load_cached, store
+from adascale_ros.runtime.onnx_modules import OnnxModules, export_modules, fuse, load_cached, store
 
 if TYPE_CHECKING:
     from adascale_ros.model.elastic import ElasticNet
@@ -48,12 +55,23 @@ class Inference:
         return [int(i) for i in order], [float(self.probabilities[i]) for i in order]
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max())
+    return shifted / shifted.sum()
+
+
 class Backend(Protocol):
     name: str
 
+    # One module each (calibration times them one by one).
     def stem(self, x: np.ndarray) -> object: ...
     def stage(self, index: int, op: str, x: object) -> object: ...
     def head(self, index: int, x: object) -> np.ndarray: ...
+
+    def segment(self, index: int, op: str, x: object, head: bool) -> tuple[object, np.ndarray | None]:
+        """Stage ``index``'s block (after the stem, at stage 0, whose ``x`` is the image) and, with
+        ``head``, the stage's exit: (features, softmax probabilities or None). What ``ElasticEngine.run`` calls."""
+        ...
 
 
 class TorchBackend:
@@ -80,6 +98,10 @@ class TorchBackend:
         with self._torch.inference_mode():
             return self.net.exits[index](x)[0].numpy()
 
+    def segment(self, index: int, op: str, x: Any, head: bool) -> tuple[Any, np.ndarray | None]:
+        features = self.stage(index, op, self.stem(x) if index == 0 else x)
+        return features, softmax(self.head(index, features)) if head else None
+
 
 class OnnxBackend:
     """ONNX Runtime on the CPU, one session per module; features stay numpy arrays."""
@@ -97,9 +119,24 @@ class OnnxBackend:
         def session(graph: bytes) -> ort.InferenceSession:
             return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
+        def named(graph: bytes) -> tuple[ort.InferenceSession, str]:  # the fused graphs' input names are prefixed
+            fused = session(graph)
+            return fused, fused.get_inputs()[0].name
+
         self._stem = session(modules.stem)
         self._stages = [{op: session(g) for op, g in blocks.items()} for blocks in modules.stages]
         self._heads = [session(g) for g in modules.heads]
+        # The segments (module docstring): per stage and operator, without and with the exit head.
+        self._segments: list[dict[str, tuple[ort.InferenceSession, str]]] = []
+        self._segments_with_head: list[dict[str, tuple[ort.InferenceSession, str]]] = []
+        for index, (blocks, head) in enumerate(zip(modules.stages, modules.heads, strict=True)):
+            first = [modules.stem] if index == 0 else []
+            self._segments.append(
+                {op: named(fuse([*first, g])) if first else (self._stages[index][op], "x") for op, g in blocks.items()}
+            )
+            self._segments_with_head.append(
+                {op: named(fuse([*first, g, head], keep_features=True, softmax=True)) for op, g in blocks.items()}
+            )
 
     def stem(self, x: np.ndarray) -> np.ndarray:
         return self._stem.run(None, {"x": x})[0]
@@ -110,17 +147,20 @@ class OnnxBackend:
     def head(self, index: int, x: np.ndarray) -> np.ndarray:
         return self._heads[index].run(None, {"x": x})[0][0]
 
+    def segment(self, index: int, op: str, x: np.ndarray, head: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        if not head:
+            graph, name = self._segments[index][op]
+            return graph.run(None, {name: x})[0], None
+        graph, name = self._segments_with_head[index][op]
+        features, probabilities = graph.run(None, {name: x})
+        return features, probabilities[0]
+
 
 def _check(backend: str, threads: int) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max())
-    return shifted / shifted.sum()
 
 
 class ElasticEngine:
@@ -181,12 +221,15 @@ class ElasticEngine:
         return cls(OnnxBackend(modules, threads), modules.stage_ops, input_shape, source)
 
     def _warm_up(self, input_shape: tuple[int, int, int], runs: int = 2) -> None:
-        """Run every module a few times, so the first frame after a switch is not also a module's first run."""
-        features = self.backend.stem(np.zeros((1, *input_shape), np.float32))
+        """Run every module and segment a few times, so the first frame after a switch is not also its first run."""
+        image = np.zeros((1, *input_shape), np.float32)
+        features = self.backend.stem(image)
         for stage, ops in enumerate(self.stage_ops):
             for op in ops:
                 for _ in range(runs):
                     out = self.backend.stage(stage, op, features)
+                    for head in (False, True):
+                        self.backend.segment(stage, op, image if stage == 0 else features, head)
             for _ in range(runs):
                 self.backend.head(stage, out)
             features = out
@@ -203,13 +246,12 @@ class ElasticEngine:
 
     def run(self, x: np.ndarray, variant: Variant, early_exit_threshold: float = math.inf) -> Inference:
         """Classify a (1, C, H, W) float32 array; ``early_exit_threshold`` > 1 (or inf) disables early exit."""
-        features = self.backend.stem(x)
-        last = variant.exit_index
+        features: object = x
+        last, early_exit = variant.exit_index, early_exit_threshold <= 1.0
         for stage, op in enumerate(variant.operators):
-            features = self.backend.stage(stage, op, features)
-            if stage < last and early_exit_threshold > 1.0:
+            features, probabilities = self.backend.segment(stage, op, features, head=early_exit or stage == last)
+            if probabilities is None:
                 continue
-            probabilities = softmax(self.backend.head(stage, features))
             if stage == last or probabilities.max() >= early_exit_threshold:
                 return Inference(stage, stage < last, probabilities)
         raise AssertionError("unreachable: the loop returns at the variant's exit")

@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,33 @@ def export_modules(net: Any, input_shape: tuple[int, int, int]) -> OnnxModules:
             x = next(iter(blocks.values()))(x)  # every block of a stage has the same output shape
             heads.append(export(net.exits[index], x))
     return OnnxModules(stem, tuple(stages), tuple(heads))
+
+
+def fuse(graphs: Sequence[bytes], keep_features: bool = False, softmax: bool = False) -> bytes:
+    """One graph that runs ``graphs`` in order, each one's output the next one's input (``onnx.compose``).
+
+    Its output is the last graph's, through a Softmax with ``softmax``; with
+    ``keep_features`` the output of the graph before the last comes first, as
+    another output (a block fused with its exit head still passes its features on). A fused
+    graph costs one session call where the modules cost one each, and the
+    softmax in the graph saves four numpy calls: on the cold CPU a camera frame
+    meets every 100 ms, each call is 0.1-0.25 ms (a numpy soft-max of 10
+    numbers about 0.14 ms, 5 us warm).
+    """
+    import onnx
+    from onnx import compose, helper
+
+    models = [compose.add_prefix(onnx.load_from_string(graph), f"m{i}_") for i, graph in enumerate(graphs)]
+    fused = models[0]
+    for i, model in enumerate(models[1:], start=1):
+        features = fused.graph.output[0].name
+        outputs = [features, model.graph.output[0].name] if keep_features and i == len(models) - 1 else None
+        fused = compose.merge_models(fused, model, io_map=[(features, model.graph.input[0].name)], outputs=outputs)
+    if softmax:
+        last = fused.graph.output[-1]
+        fused.graph.node.append(helper.make_node("Softmax", [last.name], ["probabilities"], axis=-1))
+        last.name = "probabilities"
+    return fused.SerializeToString()
 
 
 def cache_root() -> Path:

@@ -68,6 +68,45 @@ def _cmd_variants(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_early_exit(args: argparse.Namespace) -> int:
+    import json
+
+    from adascale_ros.model.artifacts import load_model
+    from adascale_ros.model.datasets import load_splits
+    from adascale_ros.model.elastic import Variant
+    from adascale_ros.model.evaluation import early_exit_accuracy, lowest_threshold
+    from adascale_ros.model.files import load_variant_table
+    from adascale_ros.model.pipeline import TrainRunConfig, best_per_exit
+
+    model = load_model(args.model_dir)
+    if args.variant:
+        variant = Variant.parse(args.variant)
+    else:  # the most accurate (validation) variant of the deepest exit: static-largest
+        best = best_per_exit(load_variant_table(args.model_dir)["variants"], "val_accuracy")
+        variant = Variant.parse(best[max(best)]["variant_id"])
+    splits = load_splits(TrainRunConfig.from_dict(model.card["config"]).dataset)
+    report = {
+        name: early_exit_accuracy(model.net, data, model.normalize, variant, args.thresholds)
+        for name, data in (("val", splits.val), ("test", splits.test))
+    }
+    report["lowest_threshold"] = lowest_threshold(report["val"], args.max_loss / 100)
+    report["max_loss_points"] = args.max_loss
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    print(
+        f"{variant.id}: accuracy without early exit: val {report['val']['accuracy']:.2%}, "
+        f"test {report['test']['accuracy']:.2%}"
+    )
+    print("| threshold | val accuracy | test accuracy | test share answered per exit |")
+    print("|---:|---:|---:|---|")
+    for val, test in zip(report["val"]["rows"], report["test"]["rows"], strict=True):
+        shares = " / ".join(f"{s:.0%}" for s in test["exit_share"])
+        print(f"| {val['threshold']:g} | {val['accuracy']:.2%} | {test['accuracy']:.2%} | {shares} |")
+    print(f"lowest threshold within {args.max_loss:g} points on val: {report['lowest_threshold']}")
+    return 0
+
+
 def _cmd_baselines(args: argparse.Namespace) -> int:
     from adascale_ros.model.artifacts import load_model
     from adascale_ros.model.baselines import BASELINES, markdown_table, run_baselines
@@ -464,6 +503,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     var.add_argument("--limit", type=int, help="print only the first N rows")
     var.set_defaults(func=_cmd_variants)
+
+    ee = sub.add_parser("early-exit", help="accuracy and exit shares of confidence early exit per threshold")
+    ee.add_argument("model_dir", type=Path)
+    ee.add_argument("--variant", help="variant id (default: the most accurate of the deepest exit)")
+    ee.add_argument("--thresholds", type=float, nargs="+", default=[0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999])
+    ee.add_argument("--max-loss", type=float, default=0.1, help="accuracy points on val a threshold may lose")
+    ee.add_argument("--json", action="store_true")
+    ee.set_defaults(func=_cmd_early_exit)
 
     base = sub.add_parser("baselines", help="train static baselines and tabulate them beside the elastic exits")
     base.add_argument("model_dir", type=Path, help="a trained elastic model (data and recipe come from its card)")

@@ -16,9 +16,12 @@ Policies
   static-largest   the most accurate variant of the deepest exit, always
   static-mid       the most accurate variant of the middle exit, always
   static-smallest  the variant with the fewest FLOPs, always
+                   (static: no confidence early exit either; the two
+                   adaptive policies run the inference node's configured one)
   oracle           per frame in hindsight: the most accurate variant whose measured
                    latency on that frame met the budget, among the variants the
-                   other runs measured (needs at least one other policy; no run)
+                   other runs measured, early exits included (needs at least one
+                   other policy; no run)
 """
 
 from __future__ import annotations
@@ -140,8 +143,8 @@ def policy_graph(policy: str, config: EvaluationConfig, variants: dict[str, str]
     monitor, profiler, selector, inference = (
         nodes[name] for name in ("resource_monitor", "profiler", "selector", "elastic_inference")
     )
-    if policy in STATIC:  # the resource monitor only records the load for the timeline
-        return [monitor, with_parameters(inference, safe_default_variant=variants[policy])]
+    if policy in STATIC:  # the resource monitor only records the load for the timeline; one fixed path
+        return [monitor, with_parameters(inference, safe_default_variant=variants[policy], early_exit_threshold=0.0)]
     selector = with_parameters(selector, latency_budget_ms=float(config.budget_ms))
     if policy == "adascale":
         return [monitor, profiler, selector, inference]
