@@ -15,6 +15,7 @@ from conftest import REPO_ROOT
 from adascale_ros.bringup import default_params_file
 from adascale_ros.model.files import cheapest_variant, load_variant_table
 from adascale_ros.tools.evaluate import (
+    DEFAULT_BUDGET_MS,
     EvaluationConfig,
     image_stamp_ns,
     load_runs,
@@ -201,13 +202,24 @@ def test_static_variants_and_policy_graphs(tmp_path):
     static = policy_graph("static-largest", cfg, variants)
     assert [s.name for s in static] == ["resource_monitor", "elastic_inference"]
     assert static[1].parameters["safe_default_variant"] == variants["static-largest"]
+    assert static[1].parameters["early_exit_threshold"] == 0.0  # a static policy runs one fixed path
     ada = {s.name: s for s in policy_graph("adascale", cfg, variants)}
     assert ada["selector"].parameters["latency_budget_ms"] == 1.5
+    assert "early_exit_threshold" not in ada["elastic_inference"].parameters  # the configured one
     assert all(ada[n].parameters["model_dir"] == str(DEFAULT_MODEL) for n in ("profiler", "selector"))
     reactive = {s.name: s for s in policy_graph("reactive", cfg, variants)}
     assert reactive["profiler"].parameters["resource_aware"] is False
     assert reactive["selector"].parameters["use_forecast"] is False
     assert "resource_aware:=false" in reactive["profiler"].command()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "soak"])
+def test_command_line_states_the_default_budget(command, capsys):
+    from adascale_ros.tools.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    assert f"(default: {DEFAULT_BUDGET_MS})" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize(

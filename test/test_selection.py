@@ -143,6 +143,28 @@ def test_dwell_is_on_the_upgrade_not_on_one_candidate():
     assert selector.update(4.3, tables, budgets, Objective()).variant_id == "a"
 
 
+def test_headroom_on_new_choices_not_on_the_running_variant():
+    tables = tables_with(PRED, ACC)
+    budgets = Budgets(latency_ms=10.0)
+    selector = StableSelector(dwell_s=0.0, margin=0.01, headroom=0.05)
+    # slow at 9.6 ms fits the budget but not 95 % of it: mid is chosen.
+    tables.update_predictions({"slow": (9.6, 8.0)})
+    assert selector.update(0.0, tables, budgets, Objective()).variant_id == "mid"
+    tables.update_predictions({"slow": (9.4, 8.0)})
+    assert selector.update(0.1, tables, budgets, Objective()).variant_id == "slow"
+    # Running, it is kept up to the budget itself ...
+    tables.update_predictions({"slow": (9.9, 8.0)})
+    assert selector.update(0.2, tables, budgets, Objective()).variant_id == "slow"
+    # ... and past it replaced by one with headroom; with no such variant, by the best within the budget.
+    tables.update_predictions({"slow": (10.5, 8.0), "mid": (9.8, 3.0)})
+    assert selector.update(0.3, tables, budgets, Objective()).variant_id == "fast"
+    tables.update_predictions({"fast": (9.7, 1.0), "slow": (10.5, 8.0), "mid": (9.8, 3.0)})
+    chosen = StableSelector(headroom=0.05).update(0.0, tables, budgets, Objective())
+    assert chosen.variant_id == "mid" and chosen.feasible
+    with pytest.raises(ValueError, match="headroom"):
+        StableSelector(headroom=1.0)
+
+
 def test_small_gains_do_not_cause_switching():
     tables = tables_with(PRED, {"fast": 0.80, "mid": 0.896, "slow": 0.90})
     selector = StableSelector(dwell_s=0.0, margin=0.01)

@@ -32,6 +32,7 @@ PARAMS = {
     "beta": 0.0,
     "dwell_s": 0.0,
     "margin": 0.005,
+    "latency_headroom": 0.0,
     "use_forecast": True,
     "profile_timeout_s": 2.0,
 }
@@ -59,6 +60,7 @@ def test_config_from_parameters_validates_with_a_reason():
         ({"objective": "fastest"}, "objective"),
         ({"profile_timeout_s": 0.0}, "profile_timeout_s"),
         ({"dwell_s": -0.5}, "dwell_s"),
+        ({"latency_headroom": 1.0}, "latency_headroom"),
     ]:
         with pytest.raises(ValueError, match=word):
             SelectorConfig.from_values(PARAMS | bad)
@@ -211,7 +213,7 @@ class SelectorHarness:
 
 @pytest.mark.ros
 def test_node_follows_load_and_budgets(tmp_path, ros_node, start_process):
-    harness = SelectorHarness(tmp_path, ros_node, start_process, latency_budget_ms=10.0)
+    harness = SelectorHarness(tmp_path, ros_node, start_process, latency_budget_ms=10.0, latency_headroom=0.0)
     # Subscribing after the node published: transient local hands over the safe default.
     selections = harness.subscribe()
     assert spin_until(ros_node, lambda: selections, timeout_s=10.0), "late joiner got no selection"

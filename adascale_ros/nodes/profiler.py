@@ -43,8 +43,11 @@ from adascale_ros.nodes.common import (
 from adascale_ros.profiling.predictor import LatencyCorrection, LatencyPredictor, device_fingerprint
 
 # A variant's measured latency is the median of its last results (one slow frame is not a trend),
-# and only of recent ones: what a variant measured before the load changed says nothing now.
+# of at least 3 (the first frame after a switch meets the variant's weights cold: a median of that
+# one result broke the budget of a variant the selector had just upgraded to), and only of recent
+# ones: what a variant measured before the load changed says nothing now.
 MEASURED_WINDOW = 5
+MEASURED_MIN_RESULTS = 3
 MEASURED_MAX_AGE_S = 2.0
 
 PARAMETERS: dict[str, Param] = {
@@ -253,7 +256,7 @@ class Profiler(Node):
         oldest = self._now_s() - MEASURED_MAX_AGE_S
         for index, recent in list(self._recent.items()):
             fresh = [ms for t, ms in recent if t >= oldest]
-            self.measured_ms[index] = median(fresh) if fresh else math.nan
+            self.measured_ms[index] = median(fresh) if len(fresh) >= MEASURED_MIN_RESULTS else math.nan
             if not fresh:
                 del self._recent[index]
 

@@ -49,6 +49,9 @@ PARAMETERS: dict[str, Param] = {
     "beta": Param(0.0, "Weight of energy in J [1/mJ] (>= 0)."),
     "dwell_s": Param(2.0, "An upgrade must stay available this long before it is taken [s] (>= 0)."),
     "margin": Param(0.005, "An upgrade must beat the running variant's score by this much (>= 0)."),
+    "latency_headroom": Param(
+        0.05, "A new choice must be predicted within (1 - this) x the latency budget, in [0, 1); kept up to it."
+    ),
     "use_forecast": Param(True, "Act on the forecast-load profile when it predicts a higher load than the current."),
     "profile_timeout_s": Param(2.0, "Profiles older than this are stale (kept, flagged in diagnostics) [s] (> 0)."),
     "safe_default_variant": Param("", "Variant published before any profile; empty: the one with the fewest FLOPs."),

@@ -16,7 +16,10 @@ without a break, and then by the best variant at that moment. The dwell
 is on the upgrade, not on one candidate: near a budget, noisy predictions
 make the best variant alternate between close rivals, and a timer that
 restarted with every change would keep the running variant for as long as
-the noise lasts.
+the noise lasts. A new choice must also leave ``headroom`` (a fraction of
+the latency budget) free, while a running variant is kept up to the budget
+itself: without that gap, a variant chosen a hair under the budget broke it
+at the next profile, and a downgrade chain ran through near-equal rivals.
 """
 
 from __future__ import annotations
@@ -205,15 +208,25 @@ def breaks_budgets(
 
 
 class StableSelector:
-    """Downgrade at once, upgrade only after a dwell time and by a margin."""
+    """Downgrade at once, upgrade only after a dwell time and by a margin; choose with headroom."""
 
-    def __init__(self, dwell_s: float = 2.0, margin: float = 0.005) -> None:
+    def __init__(self, dwell_s: float = 2.0, margin: float = 0.005, headroom: float = 0.0) -> None:
         if dwell_s < 0 or margin < 0:
             raise ValueError("dwell_s and margin must be >= 0")
+        if not 0.0 <= headroom < 1.0:
+            raise ValueError(f"headroom must be in [0, 1), got {headroom}")
         self.dwell_s = dwell_s
         self.margin = margin
+        self.headroom = headroom
         self.current: Choice | None = None
         self._upgrade_since: float | None = None  # since when an upgrade has been available
+
+    def _choose(self, tables: VariantTables, budgets: Budgets, objective: Objective) -> Choice | None:
+        """The best variant within the budgets less the headroom; within the budgets when none is."""
+        if self.headroom == 0.0 or math.isinf(budgets.latency_ms):
+            return choose(tables, budgets, objective)
+        best = choose(tables, replace(budgets, latency_ms=budgets.latency_ms * (1.0 - self.headroom)), objective)
+        return best if best is None or best.feasible else choose(tables, budgets, objective)
 
     def update(
         self,
@@ -224,7 +237,7 @@ class StableSelector:
         measured_latency_ms: float | None = None,
     ) -> Choice | None:
         """Decide at time ``now_s``; returns the choice in force (the same object when unchanged)."""
-        best = choose(tables, budgets, objective)
+        best = self._choose(tables, budgets, objective)
         if best is None:
             return self.current
         current = self.current
@@ -238,7 +251,7 @@ class StableSelector:
                 # choose within T / r.
                 ratio = measured_latency_ms / predicted
                 scaled = replace(budgets, latency_ms=budgets.latency_ms / ratio)
-                best = choose(tables, scaled, objective) or best
+                best = self._choose(tables, scaled, objective) or best
             if best.variant_id == current.variant_id:
                 self.current = best  # nothing better exists: keep it, report why
                 return self.current

@@ -28,6 +28,7 @@ class SelectorConfig:
     objective: Objective = field(default_factory=Objective)
     dwell_s: float = 2.0
     margin: float = 0.005
+    latency_headroom: float = 0.0
     use_forecast: bool = True
     profile_timeout_s: float = 2.0
 
@@ -46,11 +47,14 @@ class SelectorConfig:
         for name in ("dwell_s", "margin"):
             if not (math.isfinite(float(values[name])) and float(values[name]) >= 0.0):
                 raise ValueError(f"{name} must be >= 0, got {values[name]}")
+        if not 0.0 <= float(values["latency_headroom"]) < 1.0:
+            raise ValueError(f"latency_headroom must be in [0, 1), got {values['latency_headroom']}")
         return cls(
             budgets=Budgets(limits["latency_budget_ms"], limits["energy_budget_mj"], float(values["min_accuracy"])),
             objective=Objective(str(values["objective"]), float(values["alpha"]), float(values["beta"])),
             dwell_s=float(values["dwell_s"]),
             margin=float(values["margin"]),
+            latency_headroom=float(values["latency_headroom"]),
             use_forecast=bool(values["use_forecast"]),
             profile_timeout_s=timeout,
         )
@@ -82,7 +86,7 @@ class VariantSelector:
             raise ValueError(f"safe default variant {safe_default!r} is not in the variant table")
         self.tables = tables
         self.config = config
-        self.stable = StableSelector(config.dwell_s, config.margin)
+        self.stable = StableSelector(config.dwell_s, config.margin, config.latency_headroom)
         self.current: Profile | None = None
         self.forecast: Profile | None = None
         self.in_force = Selection(
@@ -105,6 +109,7 @@ class VariantSelector:
         budgets_changed = config.budgets != self.config.budgets
         self.config = config
         self.stable.dwell_s, self.stable.margin = config.dwell_s, config.margin
+        self.stable.headroom = config.latency_headroom
         return self._decide(now_s, force_publish=budgets_changed)
 
     def on_profile(self, profile: Profile, is_forecast: bool) -> Selection | None:

@@ -577,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="adascale static-largest static-smallest static-mid reactive oracle (default: all)",
     )
     evl.add_argument("--out", type=Path, required=True, help="report folder")
-    evl.add_argument("--budget-ms", type=float, help="latency budget per frame [ms] (default: 1.5)")
+    evl.add_argument("--budget-ms", type=float, help="latency budget per frame [ms] (default: 1.4)")
     evl.add_argument("--duration", type=float, help="seconds per policy (default: the trace's duration)")
     evl.add_argument(
         "--repeats", type=int, default=1,
@@ -606,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--bag", type=Path, default=Path("build/bags/fashion-mnist-test"), help="a labelled camera bag")
     soak.add_argument("--trace", default="bursty", help="a trace YAML, or a shipped one (default: bursty)")
     soak.add_argument("--out", type=Path, default=Path("build/soak"), help="report folder (default: build/soak)")
-    soak.add_argument("--budget-ms", type=float, help="latency budget per frame [ms] (default: 1.5)")
+    soak.add_argument("--budget-ms", type=float, help="latency budget per frame [ms] (default: 1.4)")
     soak.add_argument("--model-dir", type=Path, help="default: the embedded default model")
     soak.add_argument("--params-file", type=Path, help="ROS parameters file (default: config/adascale.yaml)")
     soak.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
