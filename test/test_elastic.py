@@ -21,6 +21,10 @@ def test_variant_ids_are_readable_and_round_trip():
     for bad in ["", "e1:dws", "x2:dws-mbc-res", "e1:dws_mbc", "e1:DWS-mbc"]:
         with pytest.raises(ValueError):
             Variant.parse(bad)
+    # What an early exit ran: the path up to that exit.
+    assert v.prefix(0).id == "e0:dws" and v.prefix(2) == v
+    with pytest.raises(ValueError, match="not on the path"):
+        v.prefix(3)
 
 
 def test_unknown_variants_are_rejected_by_the_network():

@@ -19,6 +19,7 @@ from adascale_ros.tools.evaluate import (
     EvaluationConfig,
     image_stamp_ns,
     load_runs,
+    measured_budget,
     policy_graph,
     run_name,
     score,
@@ -54,7 +55,7 @@ def hand_made_run() -> tuple[PolicyRun, dict[int, int]]:
         ResultRecord(0.01, 0, "e0:dws", 0, 0, 1.0),
         ResultRecord(0.11, 100 * MS, "e0:dws", 0, 1, 1.5),
         ResultRecord(0.21, 200 * MS, "e1:res-res", 1, 2, 3.0),  # late
-        ResultRecord(0.31, 300 * MS, "e1:res-res", 1, 2, 1.2),  # wrong: the label is 0
+        ResultRecord(0.31, 300 * MS, "e1:res-res", 0, 2, 1.2, True),  # wrong (the label is 0), at an early exit
         # frame 4 dropped
         ResultRecord(0.51, 500 * MS, "e0:dws", 0, 2, 0.8),
         ResultRecord(0.52, 500 * MS, "e0:dws", 0, 2, 0.8),  # a duplicate counts once
@@ -77,7 +78,8 @@ def test_metrics_of_a_hand_made_run():
     assert unmatched == 1
     assert [o.dropped for o in outcomes] == [False, False, False, False, True, False]
     assert [o.correct for o in outcomes if not o.dropped] == [True, True, True, False, True]
-    assert ("e1:res-res", 0.1) in energy_calls and ("e1:res-res", 0.7) in energy_calls  # state at the result's time
+    assert ("e1:res-res", 0.1) in energy_calls  # the state at the result's time
+    assert ("e0:res", 0.7) in energy_calls  # the early exit's energy: the path it ran
     m = policy_metrics(outcomes, budget_ms=2.0, duration_s=0.6)
     assert (m["frames"], m["classified"], m["dropped"], m["late"]) == (6, 5, 1, 1)
     assert m["accuracy"] == pytest.approx(4 / 5)
@@ -86,7 +88,7 @@ def test_metrics_of_a_hand_made_run():
     assert m["latency_p50_ms"] == pytest.approx(1.2)
     assert m["switches"] == 2 and m["switches_per_min"] == pytest.approx(2 / 0.01)
     assert m["energy_mj_per_frame"] == pytest.approx((1 + 1 + 1 + 2 + 2) / 5)
-    assert m["frames_per_exit"] == {"0": 3, "1": 2}
+    assert m["frames_per_exit"] == {"0": 4, "1": 1} and m["early_exits"] == 1
 
 
 def test_looping_replay_results_go_to_the_nearest_frame_with_their_stamp():
@@ -213,13 +215,33 @@ def test_static_variants_and_policy_graphs(tmp_path):
     assert "resource_aware:=false" in reactive["profiler"].command()
 
 
-@pytest.mark.parametrize("command", ["evaluate", "soak"])
-def test_command_line_states_the_default_budget(command, capsys):
+def test_command_line_budgets(capsys):
     from adascale_ros.tools.cli import build_parser
 
+    parser = build_parser()
     with pytest.raises(SystemExit):
-        build_parser().parse_args([command, "--help"])
+        parser.parse_args(["soak", "--help"])
     assert f"(default: {DEFAULT_BUDGET_MS})" in " ".join(capsys.readouterr().out.split())
+    evaluate = ["evaluate", "--bag", "b", "--out", "o"]
+    assert parser.parse_args(evaluate).budget_ms == "auto"
+    assert parser.parse_args([*evaluate, "--budget-ms", "1.2"]).budget_ms == 1.2
+    with pytest.raises(SystemExit):
+        parser.parse_args([*evaluate, "--budget-ms", "soon"])
+    assert "expected milliseconds or auto" in capsys.readouterr().err
+
+
+def test_measured_budget_is_static_largest_median_rounded_down(tmp_path):
+    run, _ = hand_made_run()  # latencies 1.0, 1.5, 3.0, 1.2, 0.8, 0.8, 0.8: median 1.0
+    assert measured_budget(run) == 1.0
+    slower = replace(run, results=[replace(r, latency_ms=r.latency_ms + 0.19) for r in run.results])
+    assert measured_budget(slower) == 1.1
+    assert measured_budget(replace(run, results=[replace(r, latency_ms=0.04) for r in run.results])) == 0.1
+    with pytest.raises(RuntimeError, match="no results"):
+        measured_budget(replace(run, results=[]))
+    auto = config(tmp_path, budget_ms=None, policies=("adascale", "reactive", "static-largest", "oracle"))
+    assert auto.runnable == ("static-largest", "adascale", "reactive")  # it runs first: it sets the budget
+    with pytest.raises(ValueError, match="needs static-largest"):
+        config(tmp_path, budget_ms=None, policies=("adascale", "static-mid"))
 
 
 @pytest.mark.parametrize(
@@ -314,26 +336,30 @@ def short_trace(tmp_path):
 def test_adascale_evaluate_scores_every_policy_end_to_end(tmp_path, small_bag, start_process):
     out = tmp_path / "report"
     args = ["-m", "adascale_ros.tools.cli", "evaluate", "--bag", str(small_bag), "--trace", str(short_trace(tmp_path))]
-    args += ["--policies", "adascale", "static-smallest", "oracle", "--out", str(out), "--budget-ms", "5", "--json"]
+    args += ["--policies", "adascale", "static-largest", "oracle", "--out", str(out), "--json"]  # budget: auto
     proc = start_process(args)
     stdout, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, stdout
     report = json.loads(stdout[stdout.index("{\n") :])
-    assert list(report["policies"]) == ["adascale", "static-smallest", "oracle"]
+    assert list(report["policies"]) == ["adascale", "static-largest", "oracle"]
+    # static-largest ran first and set the budget: its median latency, rounded down.
+    largest_run = PolicyRun.load(out / "runs" / "static-largest.json.gz")
+    assert report["config"]["budget_ms"] == measured_budget(largest_run) > 0
+    assert json.loads((out / "runs" / "config.json").read_text())["budget_ms"] == report["config"]["budget_ms"]
     for name, m in report["policies"].items():
         assert 50 <= m["frames"] <= 62, (name, m)  # 6 s at 10 Hz
         assert m["classified"] >= 0.9 * m["frames"], (name, m)
         assert 0.5 <= m["accuracy"] <= 1.0 and m["latency_p50_ms"] > 0
-    assert report["policies"]["static-smallest"]["switches"] == 0
-    smallest = report["variants"]["static-smallest"]
-    assert smallest == cheapest_variant(load_variant_table(DEFAULT_MODEL))
-    assert set(report["policies"]["static-smallest"]["frames_per_exit"]) == {smallest[1]}  # "e<exit>:..."
+    assert report["policies"]["static-largest"]["switches"] == 0
+    assert report["policies"]["static-largest"]["early_exits"] == 0  # a static policy runs one fixed path
+    largest = report["variants"]["static-largest"]
+    assert set(report["policies"]["static-largest"]["frames_per_exit"]) == {largest[1]}  # "e<exit>:..."
     for name in ("evaluation.json", "evaluation.md", "timeline.png", "accuracy_latency.png"):
         assert (out / name).stat().st_size > 0
     assert (out / "runs" / "adascale.json.gz").exists() and (out / "logs" / "adascale.log").exists()
     nodes = {"resource_monitor", "profiler", "selector", "elastic_inference"}
     assert set(report["node_cpu"]["adascale"]) == nodes and "oracle" not in report["node_cpu"]
-    assert set(report["node_cpu"]["static-smallest"]) == {"resource_monitor", "elastic_inference"}
+    assert set(report["node_cpu"]["static-largest"]) == {"resource_monitor", "elastic_inference"}
     assert all(0.0 < c < 2.0 for c in report["node_cpu"]["adascale"].values())  # CPU-seconds per second
     assert subprocess.run(["pgrep", "-x", "stress-ng"], capture_output=True).returncode == 1
 
@@ -347,7 +373,8 @@ def test_adascale_evaluate_scores_every_policy_end_to_end(tmp_path, small_bag, s
 @pytest.mark.ros
 def test_interrupted_evaluate_stops_everything(tmp_path, small_bag, start_process):
     args = ["-m", "adascale_ros.tools.cli", "evaluate", "--bag", str(small_bag), "--trace", str(short_trace(tmp_path))]
-    proc = start_process([*args, "--policies", "static-smallest", "--out", str(tmp_path / "r")], start_new_session=True)
+    policy = ["--policies", "static-smallest", "--budget-ms", "1.4"]  # no static-largest to measure a budget
+    proc = start_process([*args, *policy, "--out", str(tmp_path / "r")], start_new_session=True)
     for line in proc.stdout:
         if "phase 1]" in line:  # the trace's stress-ng is running
             break

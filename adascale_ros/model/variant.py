@@ -34,5 +34,11 @@ class Variant:
             raise ValueError(f"malformed variant id {variant_id!r}; expected e<exit>:<op>-<op>...")
         return cls(int(match.group(1)), tuple(match.group(2).split("-")))
 
+    def prefix(self, exit_index: int) -> Variant:
+        """The variant that stops at an earlier exit of this one's path (what a confidence early exit ran)."""
+        if not 0 <= exit_index <= self.exit_index:
+            raise ValueError(f"exit {exit_index} is not on the path of {self.id}")
+        return Variant(exit_index, self.operators[: exit_index + 1])
+
     def __str__(self) -> str:
         return self.id

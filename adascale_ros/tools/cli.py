@@ -229,7 +229,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from adascale_ros.bringup import default_model_dir, default_params_file
-    from adascale_ros.tools.evaluate import DEFAULT_BUDGET_MS, EvaluationConfig, evaluate, load_runs, score
+    from adascale_ros.tools.evaluate import EvaluationConfig, evaluate, load_runs, score
     from adascale_ros.tools.scoring import markdown_table, target_line
     from adascale_ros.tools.signals import stop_flag
     from adascale_ros.tools.traces import LoadTrace, resolve_trace
@@ -243,7 +243,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         out=args.out,
         model_dir=args.model_dir or default_model_dir(),
         params_file=args.params_file or default_params_file(),
-        budget_ms=DEFAULT_BUDGET_MS if args.budget_ms is None else args.budget_ms,
+        budget_ms=None if args.budget_ms == "auto" else args.budget_ms,
         duration_s=args.duration,
         camera_topic=args.camera_topic,
         repeats=args.repeats,
@@ -453,6 +453,16 @@ def _cmd_bench_inference(args: argparse.Namespace) -> int:
     return 0
 
 
+def _budget(value: str) -> float | str:
+    """--budget-ms: milliseconds, or auto."""
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds or auto, got {value!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adascale", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -577,7 +587,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="adascale static-largest static-smallest static-mid reactive oracle (default: all)",
     )
     evl.add_argument("--out", type=Path, required=True, help="report folder")
-    evl.add_argument("--budget-ms", type=float, help="latency budget per frame [ms] (default: 1.4)")
+    evl.add_argument(
+        "--budget-ms",
+        type=_budget,
+        default="auto",
+        help="latency budget per frame [ms], or auto: static-largest runs first and its median latency, rounded "
+        "down to 0.1 ms, is the budget (default: auto)",
+    )
     evl.add_argument("--duration", type=float, help="seconds per policy (default: the trace's duration)")
     evl.add_argument(
         "--repeats", type=int, default=1,

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from adascale_ros.model.variant import Variant
+
 RUN_FORMAT = 1
 
 
@@ -107,6 +109,7 @@ class FrameOutcome:
     latency_ms: float = math.nan
     correct: bool = False
     energy_mj: float = math.nan
+    early_exited: bool = False
 
     @property
     def dropped(self) -> bool:
@@ -143,7 +146,7 @@ def frame_outcomes(
             continue
         energy = math.nan
         if energy_of is not None and len(state_times):
-            energy = float(energy_of(result.variant_id, run.states[_latest_at(state_times, result.t_s)]))
+            energy = float(energy_of(ran_path(result), run.states[_latest_at(state_times, result.t_s)]))
         outcomes.append(
             FrameOutcome(
                 frame.t_s,
@@ -152,9 +155,17 @@ def frame_outcomes(
                 result.latency_ms,
                 result.class_id == truth[frame.stamp_ns],
                 energy,
+                result.early_exited,
             )
         )
     return outcomes, unmatched
+
+
+def ran_path(result: ResultRecord) -> str:
+    """The variant a result's frame actually ran: the selected one, or its prefix to an early exit."""
+    if not result.early_exited:
+        return result.variant_id
+    return Variant.parse(result.variant_id).prefix(result.exit_index).id
 
 
 def oracle_outcomes(
@@ -227,6 +238,7 @@ def policy_metrics(outcomes: Sequence[FrameOutcome], budget_ms: float, duration_
         "switches_per_min": switches / (duration_s / 60.0) if duration_s > 0 else math.nan,
         "energy_mj_per_frame": float(energy.mean()) if len(energy) else math.nan,
         "frames_per_exit": dict(sorted(exits.items())),
+        "early_exits": sum(o.early_exited for o in answered),
     }
 
 
@@ -424,7 +436,8 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         lines += ["## CPU of the nodes (% of one core)", "", node_cpu_table(measured), ""]
     lines += [
         "Deadline misses count results slower than the budget and dropped frames. Energy is the profiler's",
-        "eq. 3 estimate for the variant that ran, at the resource state of the moment."
+        "eq. 3 estimate for the path that ran (to its early exit, if it took one), at the resource state of"
+        " the moment; early exits are in the JSON report."
         + (" The timeline shows the first run of each policy." if repeats > 1 else ""),
         "",
         "![timeline](timeline.png)",
