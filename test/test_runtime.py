@@ -305,6 +305,28 @@ def test_fused_segment_is_its_modules_in_one_graph(default_model):
     assert fused.run(None, {fused.get_inputs()[0].name: x})[1].sum() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_camera_rate_benchmark_compares_segments_with_modules(default_model):
+    from adascale_ros.model.files import load_variant_table
+    from adascale_ros.runtime.benchmark import bench_camera_rate, format_camera_rate, run_module_by_module
+
+    table = load_variant_table(REPO_ROOT / "models" / "default")
+    rows = bench_camera_rate(default_model, table, frames=3, gap_s=0.001)
+    assert [row["exit"] for row in rows] == [0, 3]
+    for row in rows:
+        for path in ("segments", "modules"):
+            assert 0 < row[path]["min_ms"] <= row[path]["median_ms"] <= row[path]["p90_ms"]
+        assert row["segments_over_modules"] == pytest.approx(
+            row["segments"]["mean_ms"] / row["modules"]["mean_ms"], abs=1e-3
+        )
+    assert "every 1 ms" in format_camera_rate(rows, 0.001)
+    # The module-by-module path computes what the segments compute.
+    engine = ElasticEngine.from_net(default_model.net, default_model.input_shape, "onnxruntime", threads=1)
+    x = np.random.default_rng(5).standard_normal((1, *default_model.input_shape)).astype(np.float32)
+    variant = Variant.parse("e2:mbc-dense-res")
+    by_modules = run_module_by_module(engine, x, variant)
+    np.testing.assert_allclose(by_modules, engine.run(x, variant).probabilities, atol=1e-6)
+
+
 def test_inference_benchmark_times_both_backends_per_exit(default_model):
     from adascale_ros.model.files import load_variant_table
     from adascale_ros.runtime.benchmark import bench_inference, format_report

@@ -6,10 +6,17 @@ The pre-processing of one 640 x 480 rgb8 camera frame is timed too: it is
 part of every frame's latency whatever the backend. So is its shrinking step
 alone, ``shrink_by_area`` against OpenCV's INTER_AREA, at three camera sizes,
 interleaved like the backends.
+
+``bench_camera_rate`` times what a camera frame meets instead: one frame,
+pre-processing included, every ``gap_s`` (100 ms at 10 Hz), so that each
+finds the CPU cold; through the engine's fused segments and, interleaved,
+module by module (one session call per module and a numpy soft-max, the
+engine's path before the segments).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import cv2
@@ -19,7 +26,7 @@ from adascale_ros.model.artifacts import LoadedModel
 from adascale_ros.model.elastic import Variant
 from adascale_ros.model.pipeline import best_per_exit
 from adascale_ros.profiling.timing import summarize, time_samples
-from adascale_ros.runtime.engine import BACKENDS, ElasticEngine
+from adascale_ros.runtime.engine import BACKENDS, ElasticEngine, softmax
 from adascale_ros.runtime.preprocess import Preprocessor, shrink_by_area
 
 
@@ -97,6 +104,56 @@ def bench_inference(
     }
 
 
+def run_module_by_module(engine: ElasticEngine, x: np.ndarray, variant: Variant) -> np.ndarray:
+    """The variant's probabilities through one backend call per module (no early exit)."""
+    features = engine.backend.stem(x)
+    for stage, op in enumerate(variant.operators):
+        features = engine.backend.stage(stage, op, features)
+    return softmax(engine.backend.head(variant.exit_index, features))
+
+
+def bench_camera_rate(
+    model: LoadedModel, variants_table: dict[str, Any], frames: int = 60, gap_s: float = 0.1
+) -> list[dict[str, Any]]:
+    """Per exit (first and last; the most accurate variant of each): latency of a 250 x 250 rgb8 frame
+    every ``gap_s``, through the fused segments and module by module, interleaved."""
+    engine = ElasticEngine.from_net(model.net, model.input_shape, "onnxruntime", threads=1)
+    best = best_per_exit(variants_table["variants"], "val_accuracy")
+    preprocess = Preprocessor.from_card(model.card)
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (250, 250, 3), dtype=np.uint8) for _ in range(8)]
+    paths = {
+        "segments": lambda image, v: engine.run(preprocess(image, "rgb8"), v),
+        "modules": lambda image, v: run_module_by_module(engine, preprocess(image, "rgb8"), v),
+    }
+    rows = []
+    for exit_index in sorted({min(best), max(best)}):
+        variant = Variant.parse(best[exit_index]["variant_id"])
+        samples: dict[str, list[float]] = {name: [] for name in paths}
+        for i in range(frames):
+            for name, path in paths.items():
+                time.sleep(gap_s)
+                start = time.perf_counter()
+                path(images[i % len(images)], variant)
+                samples[name].append((time.perf_counter() - start) * 1e3)
+        figures = {name: {**_summary(v), "mean_ms": round(float(np.mean(v)), 4)} for name, v in samples.items()}
+        ratio = figures["segments"]["mean_ms"] / figures["modules"]["mean_ms"]
+        rows.append({"exit": exit_index, "variant": variant.id, **figures, "segments_over_modules": round(ratio, 3)})
+    return rows
+
+
+def format_camera_rate(rows: list[dict[str, Any]], gap_s: float) -> str:
+    lines = [f"a 250 x 250 rgb8 frame every {gap_s * 1e3:g} ms (pre-processing included), onnxruntime, 1 thread:"]
+    lines.append("exit  variant                      segments mean ms (p90)   modules mean ms (p90)  ratio")
+    for row in rows:
+        seg, mod = row["segments"], row["modules"]
+        lines.append(
+            f"{row['exit']:>4}  {row['variant']:<28} {seg['mean_ms']:>9.3f} ({seg['p90_ms']:.3f})"
+            f"        {mod['mean_ms']:>9.3f} ({mod['p90_ms']:.3f})     {row['segments_over_modules']:.2f}"
+        )
+    return "\n".join(lines)
+
+
 def format_report(report: dict[str, Any]) -> str:
     lines = ["exit  variant                      torch ms (p90)      onnxruntime ms (p90)  speedup"]
     for row in report["exits"]:
@@ -114,4 +171,6 @@ def format_report(report: dict[str, Any]) -> str:
             f"       {row['shrink_by_area']['median_ms']:>9.3f}"
             f"        {row['speedup']:>5.2f}x  {row['max_grey_difference']}"
         )
+    if "camera_rate" in report:
+        lines.append(format_camera_rate(report["camera_rate"], report["camera_rate_gap_s"]))
     return "\n".join(lines)

@@ -445,10 +445,14 @@ def _cmd_bench_inference(args: argparse.Namespace) -> int:
     from adascale_ros.bringup import default_model_dir
     from adascale_ros.model.artifacts import load_model
     from adascale_ros.model.files import load_variant_table
-    from adascale_ros.runtime.benchmark import bench_inference, format_report
+    from adascale_ros.runtime.benchmark import bench_camera_rate, bench_inference, format_report
 
     model_dir = args.model_dir or default_model_dir()
-    report = bench_inference(load_model(model_dir), load_variant_table(model_dir), args.repeats, threads=args.threads)
+    model, table = load_model(model_dir), load_variant_table(model_dir)
+    report = bench_inference(model, table, args.repeats, threads=args.threads)
+    if args.camera_rate_frames > 0:
+        report["camera_rate_gap_s"] = 0.1
+        report["camera_rate"] = bench_camera_rate(model, table, args.camera_rate_frames, gap_s=0.1)
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     return 0
 
@@ -673,6 +677,12 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--model-dir", type=Path, help="default: the embedded default model")
     inf.add_argument("--repeats", type=int, default=200, help="timed runs per exit and backend")
     inf.add_argument("--threads", type=int, default=2, help="intra-op threads of both backends")
+    inf.add_argument(
+        "--camera-rate-frames",
+        type=int,
+        default=60,
+        help="frames 100 ms apart per exit and path (fused segments, module by module); 0: skip",
+    )
     inf.add_argument("--json", action="store_true")
     inf.set_defaults(func=_cmd_bench_inference)
     return parser
