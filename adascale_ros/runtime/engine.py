@@ -104,7 +104,7 @@ class TorchBackend:
 
 
 class OnnxBackend:
-    """ONNX Runtime on the CPU, one session per module; features stay numpy arrays."""
+    """ONNX Runtime on the CPU, one session per module and per segment; features stay numpy arrays."""
 
     name = "onnxruntime"
 
