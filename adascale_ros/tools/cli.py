@@ -76,14 +76,12 @@ def _cmd_early_exit(args: argparse.Namespace) -> int:
     from adascale_ros.model.elastic import Variant
     from adascale_ros.model.evaluation import early_exit_accuracy, lowest_threshold
     from adascale_ros.model.files import load_variant_table
-    from adascale_ros.model.pipeline import TrainRunConfig, best_per_exit
+    from adascale_ros.model.pipeline import TrainRunConfig
+    from adascale_ros.tools.evaluate import static_variants
 
     model = load_model(args.model_dir)
-    if args.variant:
-        variant = Variant.parse(args.variant)
-    else:  # the most accurate (validation) variant of the deepest exit: static-largest
-        best = best_per_exit(load_variant_table(args.model_dir)["variants"], "val_accuracy")
-        variant = Variant.parse(best[max(best)]["variant_id"])
+    largest = static_variants(load_variant_table(args.model_dir))["static-largest"]
+    variant = Variant.parse(args.variant or largest)
     splits = load_splits(TrainRunConfig.from_dict(model.card["config"]).dataset)
     report = {
         name: early_exit_accuracy(model.net, data, model.normalize, variant, args.thresholds)
@@ -451,8 +449,8 @@ def _cmd_bench_inference(args: argparse.Namespace) -> int:
     model, table = load_model(model_dir), load_variant_table(model_dir)
     report = bench_inference(model, table, args.repeats, threads=args.threads)
     if args.camera_rate_frames > 0:
-        report["camera_rate_gap_s"] = 0.1
-        report["camera_rate"] = bench_camera_rate(model, table, args.camera_rate_frames, gap_s=0.1)
+        report["camera_rate_gap_s"] = gap_s = 0.1  # 10 Hz
+        report["camera_rate"] = bench_camera_rate(model, table, args.camera_rate_frames, gap_s)
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     return 0
 
@@ -520,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ee = sub.add_parser("early-exit", help="accuracy and exit shares of confidence early exit per threshold")
     ee.add_argument("model_dir", type=Path)
-    ee.add_argument("--variant", help="variant id (default: the most accurate of the deepest exit)")
+    ee.add_argument("--variant", help="variant id (default: static-largest, the most accurate of the deepest exit)")
     ee.add_argument("--thresholds", type=float, nargs="+", default=[0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999])
     ee.add_argument("--max-loss", type=float, default=0.1, help="accuracy points on val a threshold may lose")
     ee.add_argument("--json", action="store_true")
