@@ -88,10 +88,12 @@ class InferenceHarness:
             self.executor.spin_once(timeout_sec=0.01)
         return condition()
 
-    def select(self, variant_id: str) -> None:
+    def select(self, variant_id: str, latency_budget_ms: float = math.nan) -> None:
         from adascale_msgs.msg import VariantSelection
 
-        self.selection.publish(VariantSelection(variant_id=variant_id, reason="test", load_index=0.25))
+        self.selection.publish(
+            VariantSelection(variant_id=variant_id, reason="test", load_index=0.25, latency_budget_ms=latency_budget_ms)
+        )
 
     def frame(self, index: int, pixels: np.ndarray, fmt: str | None = None):
         from sensor_msgs.msg import CompressedImage, Image
@@ -171,6 +173,28 @@ def test_confidence_early_exit_answers_early_and_keeps_the_accuracy(ros_node, st
     accuracy, exits = run_stream(harness, images[1400:], labels[1400:], variant, 300, early_exit=True)
     assert abs(accuracy - TEST_ACCURACY[variant]) <= 0.02
     assert sum(e < 3 for e in exits) > len(exits) / 2 and 3 in exits
+
+
+def test_deadline_guard_keeps_to_the_selections_budget(ros_node, start_process, test_images):
+    """A budget no stage after the first fits: exit 0 answers, flagged; without a budget the path runs out."""
+    images, _ = test_images
+    harness = InferenceHarness(ros_node, start_process)
+    variant = "e3:dense-res-res-res"
+    frames = iter(range(10_000))
+
+    def answer():
+        i = next(frames)
+        return harness.classify(harness.frame(i, camera_frame(images[i])))
+
+    harness.select(variant, latency_budget_ms=1e-3)
+    # The first guarded frame times the stages; from then on only stage 0 fits (it always runs).
+    assert harness.spin_until(lambda: answer().deadline_exited, 10.0)
+    cut = [answer() for _ in range(5)]
+    assert all(r.variant_id == variant and r.exit_index == 0 and r.early_exited and r.deadline_exited for r in cut)
+    assert harness.spin_until(lambda: int(harness.diagnostic_values().get("deadline_exits", "0")) >= 5, 5.0)
+    harness.select(variant)  # NaN: no budget, no guard
+    assert harness.spin_until(lambda: answer().exit_index == 3, 5.0)
+    assert not any(r.deadline_exited or r.exit_index != 3 for r in [answer() for _ in range(5)])
 
 
 def test_follows_selections_and_publishes_an_overlay(ros_node, start_process, test_images):

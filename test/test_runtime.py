@@ -17,7 +17,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from adascale_ros.model.artifacts import load_model
 from adascale_ros.model.elastic import Variant
 from adascale_ros.model.evaluation import Normalization
-from adascale_ros.runtime.engine import ElasticEngine, softmax
+from adascale_ros.runtime.engine import ElasticEngine, SegmentTimes, softmax
 from adascale_ros.runtime.frames import LatestSlot
 from adascale_ros.runtime.images import FrameError, compressed_to_array, image_to_array
 from adascale_ros.runtime.overlay import draw_overlay
@@ -284,6 +284,47 @@ def test_confidence_early_exit(default_model, backend):
     # Just above exit 0's confidence, exit 0 may not answer.
     later = engine.run(x, variant, early_exit_threshold=float(exit0.max()) + 1e-6)
     assert later.exit_index > 0
+
+
+def test_segment_times_follow_recent_durations():
+    times = SegmentTimes(smoothing=0.5)
+    assert times.expected_ms(1, "res") is None
+    times.record(1, "res", 2.0)
+    times.record(1, "res", 4.0)
+    assert times.expected_ms(1, "res") == pytest.approx(3.0)
+    assert times.expected_ms(1, "dws") is None
+    with pytest.raises(ValueError, match="smoothing"):
+        SegmentTimes(smoothing=0.0)
+
+
+def test_deadline_guard_answers_with_the_last_exit_reached(default_model):
+    import time
+
+    model = default_model
+    engine = ElasticEngine.from_net(model.net, model.input_shape, "onnxruntime", threads=1)
+    variant = Variant.parse("e3:res-mbc-fac-fac")
+    x = np.random.default_rng(5).standard_normal((1, *model.input_shape)).astype(np.float32)
+    # No stage timed yet: nothing to judge by, the whole path runs (and is timed).
+    first = engine.run(x, variant, deadline_s=time.perf_counter() - 1.0)
+    assert first.exit_index == 3 and not first.deadline_exited
+    assert all(engine.segment_times.expected_ms(s, op) > 0 for s, op in enumerate(variant.operators))
+    # Time to spare: the same answer as without the guard.
+    relaxed = engine.run(x, variant, deadline_s=time.perf_counter() + 10.0)
+    assert relaxed.exit_index == 3 and not relaxed.early_exited and not relaxed.deadline_exited
+    np.testing.assert_allclose(relaxed.probabilities, engine.run(x, variant).probabilities, atol=1e-6)
+    # Past the deadline: stage 0 always runs, and its exit answers.
+    late = engine.run(x, variant, deadline_s=time.perf_counter() - 1.0)
+    assert late.exit_index == 0 and late.early_exited and late.deadline_exited
+    np.testing.assert_allclose(late.probabilities, engine.run(x, variant.prefix(0)).probabilities, atol=1e-6)
+    # Room for two stages by their recorded durations: exit 1 answers.
+    spent = engine.segment_times.expected_ms(0, "res") + engine.segment_times.expected_ms(1, "mbc")
+    engine.segment_times.record(2, "fac", 1e6)  # stage 2 "takes" 1000 s from now on
+    middle = engine.run(x, variant, deadline_s=time.perf_counter() + 10 * spent / 1e3)
+    assert middle.exit_index == 1 and middle.deadline_exited
+    # Warming a path (no deadline) leaves the learnt durations alone.
+    before = engine.segment_times.expected_ms(0, "res")
+    engine.warm(variant)
+    assert engine.segment_times.expected_ms(0, "res") == before
 
 
 def test_fused_segment_is_its_modules_in_one_graph(default_model):

@@ -62,6 +62,11 @@ PARAMETERS: dict[str, Param] = {
     "early_exit_threshold": Param(
         0.9, "Answer at an earlier exit whose top score >= this, in [0, 1]; 0: off (`adascale early-exit`)."
     ),
+    "deadline_guard": Param(
+        True,
+        "Answer at the last exit reached when the next stage would overrun the selection's latency budget"
+        " (timed from the frame's decoding); false: always run to the selected exit.",
+    ),
     "top_k": Param(3, "Classes reported per frame (>= 1)."),
     "max_image_pixels": Param(16_777_216, "Frames with more pixels are rejected (>= 1)."),
     "max_compressed_bytes": Param(20_000_000, "Compressed frames larger than this are rejected [B] (>= 1)."),
@@ -117,6 +122,7 @@ class ElasticInference(Node):
         self.safe_default = self.engine.check_variant(safe_default)  # ValueError -> refuse to start
         self.variant = self.safe_default
         self.selection_load = math.nan
+        self.latency_budget_ms = math.nan  # of the selection in force; NaN: none (no deadline)
         self._selection_at: float | None = None  # monotonic time of the last valid selection; None: none in force
         self.settings = values
 
@@ -126,6 +132,7 @@ class ElasticInference(Node):
             "received": 0,
             "processed": 0,
             "early_exits": 0,
+            "deadline_exits": 0,
             "selections_received": 0,
             "rejected_selections": 0,
             "selection_timeouts": 0,
@@ -183,7 +190,9 @@ class ElasticInference(Node):
         if variant != self.variant:
             self.get_logger().info(f"switching {self.variant} -> {variant}: {msg.reason}")
             self.engine.warm(variant)  # before it takes the next frame (sessions are thread-safe)
+        budget = float(msg.latency_budget_ms)
         self.variant, self.selection_load = variant, float(msg.load_index)
+        self.latency_budget_ms = budget if math.isfinite(budget) and budget > 0.0 else math.nan
         self._selection_at = time.monotonic()
 
     def _check_selection_timeout(self) -> None:
@@ -196,6 +205,7 @@ class ElasticInference(Node):
             f"{self.safe_default}"
         )
         self.variant, self.selection_load, self._selection_at = self.safe_default, math.nan, None
+        self.latency_budget_ms = math.nan
         with self._lock:
             self.counts["selection_timeouts"] += 1
 
@@ -226,17 +236,19 @@ class ElasticInference(Node):
         return image_to_array(msg, limit)
 
     def _process(self, msg: Any) -> None:
-        settings, variant = self.settings, self.variant
+        settings, variant, budget_ms = self.settings, self.variant, self.latency_budget_ms
         start = time.perf_counter()
         image, encoding = self._decode(msg, settings)
         x = self.preprocess(image, encoding)
         threshold = float(settings["early_exit_threshold"]) or math.inf
-        result = self.engine.run(x, variant, threshold)
+        deadline = start + budget_ms / 1e3 if settings["deadline_guard"] and math.isfinite(budget_ms) else None
+        result = self.engine.run(x, variant, threshold, deadline)
         latency_ms = (time.perf_counter() - start) * 1e3
         self._publish(msg.header, variant.id, result, latency_ms, int(settings["top_k"]))
         with self._lock:
             self.counts["processed"] += 1
             self.counts["early_exits"] += result.early_exited
+            self.counts["deadline_exits"] += result.deadline_exited
             self.latencies_ms.append(latency_ms)
         if self._overlay_pub.get_subscription_count() > 0:
             self._publish_overlay(msg.header, image, encoding, variant.id, result, latency_ms)
@@ -247,6 +259,7 @@ class ElasticInference(Node):
         out.variant_id = variant_id
         out.exit_index = result.exit_index
         out.early_exited = result.early_exited
+        out.deadline_exited = result.deadline_exited
         out.class_ids, out.scores = result.top_k(top_k)
         out.labels = [self.labels[i] for i in out.class_ids]
         out.latency_ms = latency_ms
@@ -259,7 +272,7 @@ class ElasticInference(Node):
         self, header: Any, image: np.ndarray, encoding: str, variant_id: str, result: Inference, latency_ms: float
     ) -> None:
         ids, scores = result.top_k(1)
-        early = " (early)" if result.early_exited else ""
+        early = " (deadline)" if result.deadline_exited else " (early)" if result.early_exited else ""
         lines = [
             f"{self.labels[ids[0]]} {scores[0]:.2f}",
             f"exit {result.exit_index}{early} {variant_id}",

@@ -23,11 +23,20 @@ Confidence early exit (AdaScale's per-input early termination): with a
 threshold t, every exit on the selected path before the selected one is
 evaluated, and the first whose top softmax score is >= t answers; the later
 stages are never computed.
+
+Deadline guard (anytime inference): given the instant a frame's answer is
+due, the engine evaluates every exit on the path and, before each further
+stage, compares the time left with that stage's recent duration (an
+exponential average of what it took on the frames before, so it follows the
+load); when the stage would overrun, the last exit evaluated answers. A
+multi-exit network always has an answer in hand, and a late one is worth
+less to a robot than an earlier, shallower one.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +56,9 @@ BACKENDS = ("torch", "onnxruntime")
 @dataclass(frozen=True)
 class Inference:
     exit_index: int
-    early_exited: bool
+    early_exited: bool  # answered before the variant's own exit (confidence or deadline)
     probabilities: np.ndarray  # softmax over classes, shape (num_classes,)
+    deadline_exited: bool = False  # the deadline guard stopped the path
 
     def top_k(self, k: int) -> tuple[list[int], list[float]]:
         order = np.argsort(-self.probabilities, kind="stable")[:k]
@@ -156,6 +166,23 @@ class OnnxBackend:
         return features, probabilities[0]
 
 
+class SegmentTimes:
+    """Recent duration of each segment, (stage, op) -> exponential average [ms]: the deadline guard's estimate."""
+
+    def __init__(self, smoothing: float = 0.2) -> None:
+        if not 0.0 < smoothing <= 1.0:
+            raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
+        self.smoothing = smoothing
+        self._ms: dict[tuple[int, str], float] = {}
+
+    def expected_ms(self, stage: int, op: str) -> float | None:
+        return self._ms.get((stage, op))
+
+    def record(self, stage: int, op: str, ms: float) -> None:
+        previous = self._ms.get((stage, op))
+        self._ms[(stage, op)] = ms if previous is None else previous + self.smoothing * (ms - previous)
+
+
 def _check(backend: str, threads: int) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -181,6 +208,7 @@ class ElasticEngine:
         self.stage_ops = tuple(tuple(ops) for ops in stage_ops)
         self.source = source  # where the modules came from, for the log
         self._blank = np.zeros((1, *input_shape), np.float32)
+        self.segment_times = SegmentTimes()  # learnt from guarded frames only
         self._warm_up(input_shape)
 
     @classmethod
@@ -251,14 +279,35 @@ class ElasticEngine:
             raise ValueError(f"variant {variant}: unknown operators {unknown}")
         return variant
 
-    def run(self, x: np.ndarray, variant: Variant, early_exit_threshold: float = math.inf) -> Inference:
-        """Classify a (1, C, H, W) float32 array; ``early_exit_threshold`` > 1 (or inf) disables early exit."""
+    def run(
+        self,
+        x: np.ndarray,
+        variant: Variant,
+        early_exit_threshold: float = math.inf,
+        deadline_s: float | None = None,
+    ) -> Inference:
+        """Classify a (1, C, H, W) float32 array; ``early_exit_threshold`` > 1 (or inf) disables early exit.
+
+        ``deadline_s``, a ``time.perf_counter()`` instant, turns on the deadline guard: the first stage
+        always runs; a later one runs only if its recent duration fits before the deadline.
+        """
         features: object = x
-        last, early_exit = variant.exit_index, early_exit_threshold <= 1.0
+        last, early_exit, guarded = variant.exit_index, early_exit_threshold <= 1.0, deadline_s is not None
+        answer: np.ndarray | None = None  # the last exit evaluated, for the guard
         for stage, op in enumerate(variant.operators):
-            features, probabilities = self.backend.segment(stage, op, features, head=early_exit or stage == last)
+            if guarded and answer is not None:
+                expected_ms = self.segment_times.expected_ms(stage, op)
+                if expected_ms is not None and time.perf_counter() + expected_ms / 1e3 > deadline_s:
+                    return Inference(stage - 1, True, answer, deadline_exited=True)
+            started = time.perf_counter()
+            features, probabilities = self.backend.segment(
+                stage, op, features, head=early_exit or guarded or stage == last
+            )
+            if guarded:
+                self.segment_times.record(stage, op, (time.perf_counter() - started) * 1e3)
             if probabilities is None:
                 continue
             if stage == last or probabilities.max() >= early_exit_threshold:
                 return Inference(stage, stage < last, probabilities)
+            answer = probabilities
         raise AssertionError("unreachable: the loop returns at the variant's exit")

@@ -246,6 +246,7 @@ class Recorder:
             ResultRecord(
                 t - t0, stamp(m.header), m.variant_id, int(m.exit_index),
                 int(m.class_ids[0]) if len(m.class_ids) else -1, float(m.latency_ms), bool(m.early_exited),
+                bool(m.deadline_exited),
             )
             for t, m in self.results
             if t >= t0

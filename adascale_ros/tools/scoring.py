@@ -46,6 +46,7 @@ class ResultRecord:
     class_id: int
     latency_ms: float
     early_exited: bool = False
+    deadline_exited: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class FrameOutcome:
     correct: bool = False
     energy_mj: float = math.nan
     early_exited: bool = False
+    deadline_exited: bool = False
 
     @property
     def dropped(self) -> bool:
@@ -156,6 +158,7 @@ def frame_outcomes(
                 result.class_id == truth[frame.stamp_ns],
                 energy,
                 result.early_exited,
+                result.deadline_exited,
             )
         )
     return outcomes, unmatched
@@ -239,6 +242,7 @@ def policy_metrics(outcomes: Sequence[FrameOutcome], budget_ms: float, duration_
         "energy_mj_per_frame": float(energy.mean()) if len(energy) else math.nan,
         "frames_per_exit": dict(sorted(exits.items())),
         "early_exits": sum(o.early_exited for o in answered),
+        "deadline_exits": sum(o.deadline_exited for o in answered),
     }
 
 
