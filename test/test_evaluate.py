@@ -127,17 +127,19 @@ def test_pooled_metrics_count_switches_within_each_repeat_only():
         return [FrameOutcome(0.1 * i, v, 0, 1.0 + i, True) for i, v in enumerate(variants)]
 
     first, second = run("a", "a", "b"), run("a", "b", "b")  # one switch each; b -> a between them is none
-    m = pooled_metrics([first, second], budget_ms=2.5, duration_s=30.0)
+    m = pooled_metrics([first, second], budgets_ms=[2.5, 2.5], duration_s=30.0)
     assert (m["frames"], m["switches"]) == (6, 2)
     assert m["switches_per_min"] == pytest.approx(2.0)  # 2 switches in 60 s
     assert m["deadline_miss_rate"] == pytest.approx(2 / 6)  # the 3.0 ms frame of each run
     assert m["latency_mean_ms"] == pytest.approx(2.0)
+    # Each repeat against its own budget: the second's 2.0 ms frame misses its 1.5 ms too.
+    assert pooled_metrics([first, second], budgets_ms=[2.5, 1.5], duration_s=30.0)["late"] == 3
 
 
 def test_phase_metrics_put_each_frame_in_the_phase_that_had_begun():
     early = [FrameOutcome(t, "a", 0, lat, True) for t, lat in ((0.0, 1.0), (0.5, 1.0), (1.2, 3.0), (2.5, 1.0))]
     late_start = [FrameOutcome(t, "a", 0, 3.0, True) for t in (0.05, 1.6)]
-    by_phase = phase_metrics([(early, [(0.01, 0), (1.0, 1), (2.0, 2)]), (late_start, [(0.1, 0), (1.5, 1)])], 2.0)
+    by_phase = phase_metrics([(early, [(0.01, 0), (1.0, 1), (2.0, 2)], 2.0), (late_start, [(0.1, 0), (1.5, 1)], 2.0)])
     assert {k: v["frames"] for k, v in by_phase.items()} == {"0": 3, "1": 2, "2": 1}  # 0.05 s: before the first change
     assert by_phase["0"]["deadline_miss_rate"] == pytest.approx(1 / 3)
     assert by_phase["1"]["deadline_miss_rate"] == pytest.approx(1.0)
@@ -323,6 +325,11 @@ def test_repeats_are_scored_one_by_one_and_pooled(tmp_path, small_bag):
         for r, recorded in enumerate(policy_runs):
             recorded.save(cfg.out / "runs" / f"{run_name(policy, r, 2)}.json.gz")
     assert score(cfg, load_runs(cfg), variants)["policies"] == report["policies"]
+    # A budget per round (measured budgets): the second round's 3.0 ms frames meet a 3.5 ms budget.
+    per_round = score(cfg, runs, variants, budgets_ms=[2.0, 3.5])
+    assert [r["policies"]["adascale"]["deadline_miss_rate"] for r in per_round["repeats"]] == [0.0, 0.0]
+    assert per_round["config"]["budgets_ms"] == [2.0, 3.5]
+    assert "latency budget 2 / 3.5 ms (one per round)" in (cfg.out / "evaluation.md").read_text()
     assert run_name("adascale", 0, 1) == "adascale" and run_name("adascale", 1, 2) == "adascale-2"
 
 
@@ -345,7 +352,7 @@ def test_adascale_evaluate_scores_every_policy_end_to_end(tmp_path, small_bag, s
     # static-largest ran first and set the budget: its median latency, rounded down.
     largest_run = PolicyRun.load(out / "runs" / "static-largest.json.gz")
     assert report["config"]["budget_ms"] == measured_budget(largest_run) > 0
-    assert json.loads((out / "runs" / "config.json").read_text())["budget_ms"] == report["config"]["budget_ms"]
+    assert json.loads((out / "runs" / "config.json").read_text())["budgets_ms"] == [report["config"]["budget_ms"]]
     for name, m in report["policies"].items():
         assert 50 <= m["frames"] <= 62, (name, m)  # 6 s at 10 Hz
         assert m["classified"] >= 0.9 * m["frames"], (name, m)

@@ -249,9 +249,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     if args.rescore:
         saved = json.loads((args.out / "runs" / "config.json").read_text())
-        # The budget and the number of repeats the runs were made with.
-        config = replace(config, budget_ms=float(saved["budget_ms"]), repeats=int(saved.get("repeats", 1)))
-        report = score(config, load_runs(config), saved["variants"])
+        # The budgets (one per round) and the number of repeats the runs were made with; records
+        # from before per-round budgets hold one budget for every round.
+        repeats = int(saved.get("repeats", 1))
+        budgets = (
+            [float(b) for b in saved["budgets_ms"]] if "budgets_ms" in saved else [float(saved["budget_ms"])] * repeats
+        )
+        config = replace(config, budget_ms=budgets[0], repeats=repeats)
+        report = score(config, load_runs(config), saved["variants"], budgets)
     else:
         with stop_flag() as stop:
             report = evaluate(config, stop, say)
@@ -593,8 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget-ms",
         type=_budget,
         default="auto",
-        help="latency budget per frame [ms], or auto: static-largest runs first and its median latency, rounded "
-        "down to 0.1 ms, is the budget (default: auto)",
+        help="latency budget per frame [ms], or auto: static-largest runs first in each round and its median "
+        "latency, rounded down to 0.1 ms, is that round's budget (default: auto)",
     )
     evl.add_argument("--duration", type=float, help="seconds per policy (default: the trace's duration)")
     evl.add_argument(

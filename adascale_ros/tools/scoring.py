@@ -218,7 +218,7 @@ def policy_metrics(outcomes: Sequence[FrameOutcome], budget_ms: float, duration_
     """Accuracy, latency percentiles, deadline misses, drops, switches and energy of one policy."""
     answered = [o for o in outcomes if not o.dropped]
     latency = np.array([o.latency_ms for o in answered])
-    late = int(np.sum(latency > budget_ms)) if len(latency) else 0
+    late = _late(outcomes, budget_ms)
     dropped = len(outcomes) - len(answered)
     switches = _switches(outcomes)
     energy = np.array([o.energy_mj for o in answered if math.isfinite(o.energy_mj)])
@@ -246,16 +246,32 @@ def policy_metrics(outcomes: Sequence[FrameOutcome], budget_ms: float, duration_
     }
 
 
+def _late(outcomes: Sequence[FrameOutcome], budget_ms: float) -> int:
+    """Answered frames slower than the budget."""
+    return sum(1 for o in outcomes if not o.dropped and o.latency_ms > budget_ms)
+
+
+def _with_misses(metrics: dict[str, Any], late: int) -> dict[str, Any]:
+    metrics["late"] = late
+    frames = metrics["frames"]
+    metrics["deadline_miss_rate"] = (late + metrics["dropped"]) / frames if frames else math.nan
+    return metrics
+
+
 def pooled_metrics(
-    outcomes_per_repeat: Sequence[Sequence[FrameOutcome]], budget_ms: float, duration_s: float
+    outcomes_per_repeat: Sequence[Sequence[FrameOutcome]], budgets_ms: Sequence[float], duration_s: float
 ) -> dict[str, Any]:
-    """``policy_metrics`` over the frames of every repeat of one policy (each ``duration_s`` long).
+    """``policy_metrics`` over the frames of every repeat of one policy (each ``duration_s`` long),
+    each repeat's frames against that repeat's budget.
 
     Switches are counted within each repeat: the first frame of a repeat is not a switch from
     the last frame of the one before.
     """
     total_s = duration_s * len(outcomes_per_repeat)
-    pooled = policy_metrics([o for run in outcomes_per_repeat for o in run], budget_ms, total_s)
+    pooled = policy_metrics([o for run in outcomes_per_repeat for o in run], math.inf, total_s)
+    pooled = _with_misses(
+        pooled, sum(_late(run, budget) for run, budget in zip(outcomes_per_repeat, budgets_ms, strict=True))
+    )
     switches = sum(_switches(run) for run in outcomes_per_repeat)
     pooled["switches"] = switches
     pooled["switches_per_min"] = switches / (total_s / 60.0) if total_s > 0 else math.nan
@@ -263,23 +279,26 @@ def pooled_metrics(
 
 
 def phase_metrics(
-    runs: Sequence[tuple[Sequence[FrameOutcome], Sequence[tuple[float, int]]]], budget_ms: float
+    runs: Sequence[tuple[Sequence[FrameOutcome], Sequence[tuple[float, int]], float]],
 ) -> dict[str, dict[str, Any]]:
     """Frames, mean and p95 latency and deadline-miss rate per trace phase, over runs of one policy.
 
-    ``runs`` holds each run's outcomes with its phase changes ``(t_s, index)``.
+    ``runs`` holds each run's outcomes with its phase changes ``(t_s, index)`` and its budget [ms].
     A frame belongs to the phase that had begun when it was published; frames
     before the first change count to the first phase. Shows what each phase of
     the load did to a policy's latency.
     """
     by_phase: dict[int, list[FrameOutcome]] = {}
-    for outcomes, phases in runs:
+    late: dict[int, int] = {}
+    for outcomes, phases, budget_ms in runs:
         starts = np.array([t for t, _ in phases])
         for o in outcomes:
-            by_phase.setdefault(phases[_latest_at(starts, o.t_s)][1] if phases else 0, []).append(o)
+            index = phases[_latest_at(starts, o.t_s)][1] if phases else 0
+            by_phase.setdefault(index, []).append(o)
+            late[index] = late.get(index, 0) + _late([o], budget_ms)
     result = {}
     for index in sorted(by_phase):
-        m = policy_metrics(by_phase[index], budget_ms, 0.0)
+        m = _with_misses(policy_metrics(by_phase[index], math.inf, 0.0), late[index])
         result[str(index)] = {k: m[k] for k in ("frames", "latency_mean_ms", "latency_p95_ms", "deadline_miss_rate")}
     return result
 
@@ -414,6 +433,14 @@ def node_cpu_table(node_cpu: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join(rows)
 
 
+def budget_text(config: Mapping[str, Any]) -> str:
+    """ "1.2 ms", or one budget per round: "1.6 / 1.4 / 1.5 ms (one per round)"."""
+    budgets = config.get("budgets_ms") or [config["budget_ms"]]
+    if len(set(budgets)) == 1:
+        return f"{budgets[0]:g} ms"
+    return " / ".join(f"{b:g}" for b in budgets) + " ms (one per round)"
+
+
 def markdown_report(report: Mapping[str, Any]) -> str:
     config = report["config"]
     repeats = config.get("repeats", 1)
@@ -422,7 +449,7 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         "# Evaluation",
         "",
         f"Bag `{config['bag']}`, trace `{config['trace']}` ({config['duration_s']:g} s per policy{pooled}), "
-        f"latency budget {config['budget_ms']:g} ms, model `{config['model_dir']}`.",
+        f"latency budget {budget_text(config)}, model `{config['model_dir']}`.",
         "",
         markdown_table(report["policies"], report["variants"]),
         "",
