@@ -440,7 +440,7 @@ def score(
             "trace_phases": [phase.describe() for phase in config.trace.phases],
             "duration_s": run_s,
             "repeats": repeats,
-            "budget_ms": budgets[0] if budgets else config.budget_ms,  # the first round's (the timeline's)
+            "budget_ms": budgets[0] if budgets else config.budget_ms,  # the first round's: the timeline's
             "budgets_ms": budgets,
             "model_dir": str(config.model_dir),
             "policies": list(config.policies),
