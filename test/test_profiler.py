@@ -27,7 +27,12 @@ from adascale_ros.profiling.calibration import (
 )
 from adascale_ros.profiling.energy import EnergyProfile, cache_hit_rate, energy_mj, fit_power_coefficients
 from adascale_ros.profiling.fitting import fit_and_report, report_markdown
-from adascale_ros.profiling.predictor import LatencyCorrection, LatencyPredictor, device_fingerprint
+from adascale_ros.profiling.predictor import (
+    LatencyCorrection,
+    LatencyPredictor,
+    device_fingerprint,
+    latency_sample,
+)
 from adascale_ros.profiling.regressors import (
     MLP,
     REGRESSORS,
@@ -51,6 +56,16 @@ def synthetic_relation(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1.5, 1.5, (n, 3))
     return x, np.exp(0.4 * x[:, 0] - 0.3 * x[:, 1] + 0.2 * x[:, 2]) * rng.normal(1.0, 0.01, n)
+
+
+def test_latency_samples_price_the_stages_a_deadline_exit_skipped():
+    raw = np.array([0.5, 0.8, math.nan])  # prefix, variant, never predicted
+    assert latency_sample(1.2, False, False, raw, 1, None) == 1.2  # ran the whole path
+    assert latency_sample(0.6, True, False, raw, 1, 0) is None  # confidence exit: the input chose a shorter path
+    assert latency_sample(0.6, True, True, raw, 1, 0) == pytest.approx(0.9)  # censored: + 0.3 ms skipped
+    assert latency_sample(0.6, True, True, raw, 0, 1) == pytest.approx(0.6)  # never less than what it took
+    assert latency_sample(0.6, True, True, raw, 2, 0) is None  # the skipped stages not priced yet
+    assert latency_sample(0.6, True, True, raw, 1, None) is None
 
 
 @pytest.mark.parametrize("family", sorted(REGRESSORS))

@@ -30,6 +30,7 @@ from rclpy.node import Node
 from adascale_msgs.msg import ElasticClassification, ResourceState, VariantProfileArray
 from adascale_ros.bringup import default_model_dir
 from adascale_ros.model.files import load_variant_table
+from adascale_ros.model.variant import Variant
 from adascale_ros.nodes.common import (
     OK,
     WARN,
@@ -40,7 +41,7 @@ from adascale_ros.nodes.common import (
     spin_node,
     validating_callback,
 )
-from adascale_ros.profiling.predictor import LatencyCorrection, LatencyPredictor, device_fingerprint
+from adascale_ros.profiling.predictor import LatencyCorrection, LatencyPredictor, device_fingerprint, latency_sample
 
 # A variant's measured latency is the median of its last results (one slow frame is not a trend),
 # of at least 3 (the first frame after a switch meets the variant's weights cold: a median of that
@@ -215,10 +216,20 @@ class Profiler(Node):
             self.counts["results_rejected"] += 1
             self.last_error = f"result with latency_ms {latency}"
             return
-        if msg.early_exited:  # a shorter path than the variant's: not a sample of its latency
+        prefix = self._prefix_index(msg.variant_id, int(msg.exit_index)) if msg.deadline_exited else None
+        sample = latency_sample(latency, msg.early_exited, msg.deadline_exited, self._raw_latency, index, prefix)
+        if sample is None:
             return
+        latency = sample
         self._recent.setdefault(index, deque(maxlen=MEASURED_WINDOW)).append((self._now_s(), latency))
         self.correction.update(latency, float(self._raw_latency[index]), index)  # no-op before the first prediction
+
+    def _prefix_index(self, variant_id: str, exit_index: int) -> int | None:
+        """Index of ``variant_id``'s prefix to ``exit_index`` (the path a deadline exit ran); None if unknown."""
+        try:
+            return self.predictor.variant_index(Variant.parse(variant_id).prefix(exit_index).id)
+        except (KeyError, ValueError):
+            return None
 
     def _publish_profiles(self) -> None:
         # When states stop (the monitor died), predictions go on at the last one, so measured

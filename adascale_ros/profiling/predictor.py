@@ -280,6 +280,31 @@ class LatencyPredictor:
         return warnings
 
 
+def latency_sample(
+    latency_ms: float,
+    early_exited: bool,
+    deadline_exited: bool,
+    raw_latency_ms: np.ndarray,
+    variant_index: int,
+    prefix_index: int | None,
+) -> float | None:
+    """What one result says about its variant's full-path latency [ms], or None when nothing.
+
+    A confidence early exit ran a shorter path the input chose: no sample. A deadline exit is
+    censored: the guard stopped the path because the rest would overrun, so the frame counts
+    at its latency plus the stages it skipped, as ``raw_latency_ms`` (the last uncorrected
+    prediction) prices them (variant minus its prefix to the exit that answered,
+    ``prefix_index``). Leaving those frames out would drop exactly the slow ones and make
+    the measured latency run low. None when the skipped stages cannot be priced yet.
+    """
+    if not deadline_exited:
+        return None if early_exited else latency_ms
+    if prefix_index is None:
+        return None
+    skipped = float(raw_latency_ms[variant_index]) - float(raw_latency_ms[prefix_index])
+    return latency_ms + max(0.0, skipped) if math.isfinite(skipped) else None
+
+
 class LatencyCorrection:
     """AdaptiveNet's latency monitor: corrections learnt from measured latencies, per module and tail-aware.
 
