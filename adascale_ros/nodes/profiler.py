@@ -30,7 +30,6 @@ from rclpy.node import Node
 from adascale_msgs.msg import ElasticClassification, ResourceState, VariantProfileArray
 from adascale_ros.bringup import default_model_dir
 from adascale_ros.model.files import load_variant_table
-from adascale_ros.model.variant import Variant
 from adascale_ros.nodes.common import (
     OK,
     WARN,
@@ -216,20 +215,21 @@ class Profiler(Node):
             self.counts["results_rejected"] += 1
             self.last_error = f"result with latency_ms {latency}"
             return
-        prefix = self._prefix_index(msg.variant_id, int(msg.exit_index)) if msg.deadline_exited else None
+        prefix = None
+        if msg.deadline_exited:
+            try:
+                prefix = self.predictor.prefix_index(msg.variant_id, int(msg.exit_index))
+            except (ValueError, KeyError) as exc:  # an exit off the variant's path
+                self.counts["results_rejected"] += 1
+                self.last_error = f"deadline exit: {exc}"
+                self.get_logger().warning(self.last_error, throttle_duration_sec=5.0)
+                return
         sample = latency_sample(latency, msg.early_exited, msg.deadline_exited, self._raw_latency, index, prefix)
         if sample is None:
             return
         latency = sample
         self._recent.setdefault(index, deque(maxlen=MEASURED_WINDOW)).append((self._now_s(), latency))
         self.correction.update(latency, float(self._raw_latency[index]), index)  # no-op before the first prediction
-
-    def _prefix_index(self, variant_id: str, exit_index: int) -> int | None:
-        """Index of ``variant_id``'s prefix to ``exit_index`` (the path a deadline exit ran); None if unknown."""
-        try:
-            return self.predictor.variant_index(Variant.parse(variant_id).prefix(exit_index).id)
-        except (KeyError, ValueError):
-            return None
 
     def _publish_profiles(self) -> None:
         # When states stop (the monitor died), predictions go on at the last one, so measured

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from adascale_ros.model.files import ModelLoadError, read_json, write_json
+from adascale_ros.model.variant import Variant
 from adascale_ros.profiling.energy import EnergyProfile, energy_mj
 from adascale_ros.profiling.regressors import REGRESSORS, FittedRegressor
 
@@ -126,6 +127,11 @@ class LatencyPredictor:
             return self._index[variant_id]
         except KeyError:
             raise KeyError(f"unknown variant {variant_id!r}") from None
+
+    def prefix_index(self, variant_id: str, exit_index: int) -> int:
+        """Index of ``variant_id``'s prefix to ``exit_index``: the path a frame that exited there ran.
+        ``ValueError`` for an exit not on the path, ``KeyError`` for an unknown variant."""
+        return self.variant_index(Variant.parse(variant_id).prefix(exit_index).id)
 
     # -- predictions ----------------------------------------------------------------------------
 

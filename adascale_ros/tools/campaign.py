@@ -195,6 +195,7 @@ def strategies(variant_ids: list[str], sample_jpeg: bytes, sample_png: bytes) ->
             variant_id=ids,
             exit_index=u8,
             early_exited=st.booleans(),
+            deadline_exited=st.booleans(),
             class_ids=st.lists(st.integers(-(2**31), 2**31 - 1), max_size=12),
             labels=st.lists(text, max_size=12),
             scores=st.lists(f32, max_size=12),

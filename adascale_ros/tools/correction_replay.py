@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from adascale_ros.profiling.predictor import LatencyCorrection, LatencyPredictor, latency_sample
-from adascale_ros.tools.scoring import PolicyRun, ran_path
+from adascale_ros.tools.scoring import PolicyRun
 
 
 @dataclass(frozen=True)
@@ -52,17 +52,17 @@ def replay(
     raw_at: dict[int, np.ndarray] = {}
     replayed, over, tails = 0, 0, []
     for result in run.results:
-        if (result.early_exited and not result.deadline_exited) or not result.latency_ms > 0.0:
-            continue  # as the profiler: not a sample of the variant's latency
+        if not result.latency_ms > 0.0:
+            continue  # as the profiler: a rejected result
         at = int(np.searchsorted(times, result.t_s, side="right")) - 1 if resource_aware else -1
         if at not in raw_at:
             state = run.states[at].vector() if at >= 0 else idle
             raw_at[at] = predictor.latency_ms(state[None, :])[0]
         raw, index = raw_at[at], predictor.variant_index(result.variant_id)
-        prefix = predictor.variant_index(ran_path(result)) if result.deadline_exited else None
+        prefix = predictor.prefix_index(result.variant_id, result.exit_index) if result.deadline_exited else None
         latency = latency_sample(result.latency_ms, result.early_exited, result.deadline_exited, raw, index, prefix)
         if latency is None:
-            continue
+            continue  # as the profiler: not a sample of the variant's latency
         over += latency > correction.corrected(raw)[index]
         correction.update(latency, float(raw[index]), index)
         replayed += 1
