@@ -375,6 +375,42 @@ def test_latency_correction_learns_offsets_per_variant_and_shares_them_through_m
     assert correction.corrected(raw)[2] >= 0.25 * raw[2] * correction.ratio
 
 
+def test_the_tail_is_the_spread_about_known_offsets_not_the_error_of_transferred_ones():
+    incidence = np.array([[1, 0], [1, 1]], float)  # variant 1 = variant 0's module and one more
+    correction = LatencyCorrection(window=10, min_samples=3, incidence=incidence, variant_min_samples=3)
+    for _ in range(10):
+        correction.update(1.0, 1.0, variant=0)
+    assert correction.ratio == pytest.approx(1.0)
+    # A switch to variant 1, whose transferred offset is 1 ms too low: its first results measure
+    # that bias, which its own offset takes up after three; the tail stays 1 throughout.
+    for _ in range(3):
+        correction.update(3.0, 1.5, variant=1)
+    assert correction.ratio == pytest.approx(1.0)
+    assert correction.corrected(np.array([1.0, 1.5]))[1] == pytest.approx(3.0)
+    # Once it has its own offset, its spread about it is the tail.
+    for _ in range(10):
+        correction.update(6.0, 1.5, variant=1)  # twice as slow as its offset says
+    assert correction.ratio == pytest.approx(2.0)
+
+
+def test_an_offset_not_refreshed_for_offset_max_age_results_gives_way_to_the_transferred_one():
+    incidence = np.array([[1, 0], [1, 1]], float)
+    correction = LatencyCorrection(
+        window=10, min_samples=3, incidence=incidence, variant_min_samples=3, offset_max_age=20
+    )
+    for _ in range(5):
+        correction.update(4.0, 1.5, variant=1)  # variant 1 in a bad moment: 2.5 ms over
+    assert correction.offsets(2)[1] == pytest.approx(2.5)
+    for _ in range(20):
+        correction.update(1.2, 1.0, variant=0)
+    assert 1 in correction.measured_offsets  # 20 results of another variant: still its own
+    correction.update(1.2, 1.0, variant=0)
+    assert 1 not in correction.measured_offsets  # 21: gone, transferred from variant 0's modules
+    assert correction.offsets(2)[1] == pytest.approx(0.2, abs=0.05)
+    with pytest.raises(ValueError, match="offset_max_age"):
+        LatencyCorrection(offset_max_age=0)
+
+
 # ---------------------------------------------------------------- calibration under real load
 
 

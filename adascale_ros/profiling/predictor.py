@@ -335,7 +335,21 @@ class LatencyCorrection:
       frame does not move it on its own, a load that slows every variant
       does. A quantile needs more samples than a median: the 0.9 quantile of
       30 is the third largest, so three slow frames move every prediction.
-      It stays 1 until ``min_samples`` ratios are in.
+      It stays 1 until ``min_samples`` ratios are in. Only results of a variant
+      with its own offset count towards it (all results when no variant is
+      given): the tail is the spread of latency about a variant's known centre.
+      The first results of a variant just switched to measure how wrong its
+      transferred offset was, a bias its own offset removes within
+      ``variant_min_samples`` results; in the tail they raised every
+      prediction for the next ``tail_window`` results, made the variants
+      around the budget look over it, and each switch that followed added
+      more of them.
+    - expiry: a variant's own offset is dropped once more than
+      ``offset_max_age`` results of other variants have arrived since its last
+      one, and it goes back to the transferred offset, fitted to the variants measured
+      recently. Without it, an offset learnt in a bad second (the first frames
+      after start-up, or a burst of load) priced that variant for the rest of
+      the run, and it was never chosen again.
 
     Without ``incidence`` only measured variants are corrected (their own offsets).
     """
@@ -351,10 +365,14 @@ class LatencyCorrection:
         variant_min_samples: int = 5,
         ridge: float = 0.1,
         tail_window: int | None = None,
+        offset_max_age: int = 600,
     ) -> None:
         tail_window = window if tail_window is None else tail_window
         if window < 1 or tail_window < 1:
             raise ValueError(f"window and tail_window must be >= 1, got {window} and {tail_window}")
+        if offset_max_age < 1:
+            raise ValueError(f"offset_max_age must be >= 1, got {offset_max_age}")
+        self.offset_max_age = offset_max_age
         if not 0.0 <= quantile <= 1.0:
             raise ValueError(f"quantile must be in [0, 1], got {quantile}")
         self.quantile, self.low, self.high = quantile, low, high
@@ -366,6 +384,7 @@ class LatencyCorrection:
         self.samples: deque[float] = deque(maxlen=tail_window)  # measured / corrected prediction, any variant
         self._own: dict[int, deque[float]] = {}  # variant index -> its last measured - predicted [ms]
         self.measured_offsets: dict[int, float] = {}  # variant index -> median of those
+        self._last_update: dict[int, int] = {}  # variant index -> self.updates at its last result
         self._offsets: np.ndarray | None = None  # every variant's offset, as last fitted
         self._refit = True  # a measured offset changed since
         self.ratio = 1.0  # the tail
@@ -378,19 +397,30 @@ class LatencyCorrection:
         """
         if not (math.isfinite(measured_ms) and math.isfinite(predicted_ms) and measured_ms > 0 and predicted_ms > 0):
             return False
-        # The ratio is against the prediction the selector acted on: with the offset known then.
-        expected = float(self._with_offset(predicted_ms, self._offset_of(variant)))
-        self.samples.append(min(self.high, max(self.low, measured_ms / expected)))
-        if len(self.samples) >= self.min_samples:
-            self.ratio = float(np.quantile(self.samples, self.quantile))
+        if variant is None or variant in self.measured_offsets:
+            # The ratio is against the prediction the selector acted on: with the offset known then.
+            expected = float(self._with_offset(predicted_ms, self._offset_of(variant)))
+            self.samples.append(min(self.high, max(self.low, measured_ms / expected)))
+            if len(self.samples) >= self.min_samples:
+                self.ratio = float(np.quantile(self.samples, self.quantile))
+        self.updates += 1
         if variant is not None:
+            self._expire()
+            self._last_update[variant] = self.updates
             own = self._own.setdefault(variant, deque(maxlen=self.window))
             own.append(measured_ms - predicted_ms)
             if len(own) >= self.variant_min_samples:
                 self.measured_offsets[variant] = float(np.median(own))
                 self._refit = True
-        self.updates += 1
         return True
+
+    def _expire(self) -> None:
+        """Forget the offsets of variants without a result in the last ``offset_max_age`` updates."""
+        oldest = self.updates - self.offset_max_age
+        for variant in [v for v, at in self._last_update.items() if at < oldest]:
+            del self._last_update[variant], self._own[variant]
+            if self.measured_offsets.pop(variant, None) is not None:
+                self._refit = True
 
     def offsets(self, count: int) -> np.ndarray:
         """(count,) offset of each variant [ms]: its own when measured, else its modules' fitted ones."""
