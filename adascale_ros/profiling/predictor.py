@@ -381,7 +381,7 @@ class LatencyCorrection:
         self.variant_min_samples = min(variant_min_samples, window)
         self.incidence = None if incidence is None else np.asarray(incidence, np.float64)
         self.ridge = ridge
-        self.samples: deque[float] = deque(maxlen=tail_window)  # measured / corrected prediction, any variant
+        self.samples: deque[float] = deque(maxlen=tail_window)  # measured / corrected, variants with own offsets
         self._own: dict[int, deque[float]] = {}  # variant index -> its last measured - predicted [ms]
         self.measured_offsets: dict[int, float] = {}  # variant index -> median of those
         self._last_update: dict[int, int] = {}  # variant index -> self.updates at its last result
