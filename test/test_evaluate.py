@@ -392,6 +392,8 @@ def test_interrupted_evaluate_stops_everything(tmp_path, small_bag, start_proces
     print(f"evaluate after SIGINT: exit {proc.returncode} in {took:.2f} s")
     assert proc.returncode == 0, out
     assert "interrupted" in out
-    assert took <= 2.0
+    # A clean stop takes about 1 s here; on a loaded shared machine one took 5.8 s. The bound is
+    # the escalation path's (replay 5 s, then stress-ng 3 s): past it something ignored its signal.
+    assert took <= 8.0, out
     for pattern in ("stress-ng", "adascale_ros.nodes", "adascale_ros.tools.cli replay"):
         assert subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 1, pattern
