@@ -218,16 +218,14 @@ def policy_metrics(outcomes: Sequence[FrameOutcome], budget_ms: float, duration_
     """Accuracy, latency percentiles, deadline misses, drops, switches and energy of one policy."""
     answered = [o for o in outcomes if not o.dropped]
     latency = np.array([o.latency_ms for o in answered])
-    late = _late(outcomes, budget_ms)
     dropped = len(outcomes) - len(answered)
     switches = _switches(outcomes)
     energy = np.array([o.energy_mj for o in answered if math.isfinite(o.energy_mj)])
     exits: dict[str, int] = {}
     for o in answered:
         exits[str(o.exit_index)] = exits.get(str(o.exit_index), 0) + 1
-    frames = len(outcomes)
-    return {
-        "frames": frames,
+    metrics = {
+        "frames": len(outcomes),
         "classified": len(answered),
         "dropped": dropped,
         "accuracy": sum(o.correct for o in answered) / len(answered) if answered else math.nan,
@@ -235,8 +233,6 @@ def policy_metrics(outcomes: Sequence[FrameOutcome], budget_ms: float, duration_
         "latency_p50_ms": _percentile(latency, 50),
         "latency_p95_ms": _percentile(latency, 95),
         "latency_p99_ms": _percentile(latency, 99),
-        "late": late,
-        "deadline_miss_rate": (late + dropped) / frames if frames else math.nan,
         "switches": switches,
         "switches_per_min": switches / (duration_s / 60.0) if duration_s > 0 else math.nan,
         "energy_mj_per_frame": float(energy.mean()) if len(energy) else math.nan,
@@ -244,6 +240,7 @@ def policy_metrics(outcomes: Sequence[FrameOutcome], budget_ms: float, duration_
         "early_exits": sum(o.early_exited for o in answered),
         "deadline_exits": sum(o.deadline_exited for o in answered),
     }
+    return _with_misses(metrics, _late(outcomes, budget_ms))
 
 
 def _late(outcomes: Sequence[FrameOutcome], budget_ms: float) -> int:
@@ -252,6 +249,7 @@ def _late(outcomes: Sequence[FrameOutcome], budget_ms: float) -> int:
 
 
 def _with_misses(metrics: dict[str, Any], late: int) -> dict[str, Any]:
+    """``late`` and the deadline-miss rate (late and dropped frames over all frames) set in ``metrics``."""
     metrics["late"] = late
     frames = metrics["frames"]
     metrics["deadline_miss_rate"] = (late + metrics["dropped"]) / frames if frames else math.nan
