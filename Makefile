@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMPS := $(VENV)/.stamps
 
-.PHONY: setup test test-slow demo evaluate soak campaign lint lock debs clean model baselines
+.PHONY: setup test test-slow demo evaluate soak campaign lint lock debs clean model model-lite0 baselines
 
 setup: debs $(STAMPS)/package
 
@@ -72,6 +72,13 @@ model: setup
 	$(VENV)/bin/adascale train --config config/train/default.yaml --out build/default-40/default
 	$(VENV)/bin/adascale train --config config/train/continue.yaml --init-from build/default-40/default \
 		--out models/default
+
+# The robot-scale model: EfficientNet-Lite0 (ImageNet) made elastic and fine-tuned to Fashion-MNIST
+# as RGB camera images (config/train/lite0-fashion-mnist.yaml; docs/robot-scale-model.md). Resumes
+# from build/lite0-fashion-mnist.work when interrupted.
+model-lite0: setup
+	$(VENV)/bin/adascale train --config config/train/lite0-fashion-mnist.yaml --out models/lite0-fashion-mnist \
+		--workdir build/lite0-fashion-mnist.work
 
 # AdaScale's Table III at a budget a 2-core CPU affords (config/train/baselines-subset.yaml)
 baselines: setup

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from adascale_ros.model.elastic import ElasticConfig, ElasticNet
+from adascale_ros.model.elastic import ElasticConfig, ElasticNet, MultiExitNet
 from adascale_ros.model.evaluation import Normalization
 from adascale_ros.model.files import (
     FORMAT_VERSION,
@@ -38,7 +38,7 @@ from adascale_ros.model.files import (
 
 @dataclass
 class LoadedModel:
-    net: ElasticNet
+    net: MultiExitNet
     card: dict[str, Any]
     normalize: Normalization
     directory: Path
@@ -52,7 +52,7 @@ class LoadedModel:
         return card_input_shape(self.card)
 
 
-def save_model(directory: Path, net: ElasticNet, card: dict[str, Any], variants: dict[str, Any]) -> None:
+def save_model(directory: Path, net: MultiExitNet, card: dict[str, Any], variants: dict[str, Any]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), directory / WEIGHTS)
     write_json(directory / MODEL_CARD, {"format_version": FORMAT_VERSION, **card})
@@ -88,15 +88,24 @@ def fit_state_dict(net: torch.nn.Module, state: dict[str, torch.Tensor], source:
     net.load_state_dict(state)
 
 
+def build_from_card(network: dict[str, Any]) -> MultiExitNet:
+    """The untrained network a model card's ``network`` describes (a backbone without its ImageNet
+    weights: the model's own follow)."""
+    if network.get("kind") == "backbone":
+        from adascale_ros.model.elastic_backbone import BackboneConfig, ElasticBackbone
+
+        return ElasticBackbone(BackboneConfig.from_dict(network), pretrained=False)
+    return ElasticNet(ElasticConfig.from_dict(network))
+
+
 def load_model(directory: Path | str) -> LoadedModel:
     directory = Path(directory)
     card = read_model_card(directory)
     try:
-        config = ElasticConfig.from_dict(card["network"])
+        net = build_from_card(card["network"])
         normalize = Normalization(tuple(card["normalization"]["mean"]), tuple(card["normalization"]["std"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"{directory / MODEL_CARD}: incomplete or invalid model card ({exc})") from exc
-    net = ElasticNet(config)
     fit_state_dict(net, load_state_dict(directory / WEIGHTS), directory / WEIGHTS)
     net.eval()
     return LoadedModel(net, card, normalize, directory)

@@ -24,7 +24,7 @@ from torch import nn
 from adascale_ros.model.operators import NORMS, OPERATORS, build_operator, conv_norm
 from adascale_ros.model.variant import Variant
 
-__all__ = ["ElasticConfig", "ElasticNet", "ExitHead", "Variant"]
+__all__ = ["ElasticConfig", "ElasticNet", "ExitHead", "MultiExitNet", "Variant"]
 
 
 @dataclass(frozen=True)
@@ -95,42 +95,33 @@ class ExitHead(nn.Sequential):
         )
 
 
-class ElasticNet(nn.Module):
-    """Multi-exit network whose stages each hold one block per operator family."""
+class MultiExitNet(nn.Module):
+    """What every elastic network shares: ``stem``, ``stages`` (per stage, branch name -> block) and
+    ``exits`` (one head per stage), and running one variant's path through them.
 
-    def __init__(self, config: ElasticConfig = ElasticConfig()) -> None:
-        super().__init__()
-        self.config = config
-        norm_layer = NORMS[config.norm]
-        self.stem = conv_norm(config.in_channels, config.stem_channels, 3, config.stem_stride, norm_layer=norm_layer)
-        self.stages = nn.ModuleList()
-        self.exits = nn.ModuleList()
-        in_channels = config.stem_channels
-        for out_channels, stride in zip(config.stage_channels, config.stage_strides, strict=True):
-            self.stages.append(
-                nn.ModuleDict(
-                    {op: build_operator(op, in_channels, out_channels, stride, norm_layer) for op in config.operators}
-                )
-            )
-            self.exits.append(ExitHead(out_channels, config.head_channels, config.num_classes, config.dropout))
-            in_channels = out_channels
+    Subclasses build those three and list their ``variants()``.
+    """
+
+    stem: nn.Module
+    stages: nn.ModuleList
+    exits: nn.ModuleList
 
     @property
     def num_exits(self) -> int:
         return len(self.exits)
 
+    @property
+    def stage_operators(self) -> tuple[tuple[str, ...], ...]:
+        """Per stage, the names of its branches."""
+        return tuple(tuple(blocks) for blocks in self.stages)
+
     def variants(self) -> list[Variant]:
-        """Every variant, ordered by exit then operators."""
-        return [
-            Variant(exit_index, ops)
-            for exit_index in range(self.num_exits)
-            for ops in itertools.product(self.config.operators, repeat=exit_index + 1)
-        ]
+        raise NotImplementedError
 
     def check_variant(self, variant: Variant) -> None:
         if not 0 <= variant.exit_index < self.num_exits:
             raise ValueError(f"variant {variant}: no exit {variant.exit_index} (exits 0..{self.num_exits - 1})")
-        unknown = [op for op in variant.operators if op not in self.config.operators]
+        unknown = [op for stage, op in enumerate(variant.operators) if op not in self.stages[stage]]
         if unknown:
             raise ValueError(f"variant {variant}: unknown operators {unknown}")
 
@@ -162,3 +153,32 @@ class ElasticNet(nn.Module):
         self.check_variant(variant)
         blocks = [self.stages[s][op] for s, op in enumerate(variant.operators)]
         return [self.stem, *blocks, self.exits[variant.exit_index]]
+
+
+class ElasticNet(MultiExitNet):
+    """Multi-exit network whose stages each hold one block per operator family."""
+
+    def __init__(self, config: ElasticConfig = ElasticConfig()) -> None:
+        super().__init__()
+        self.config = config
+        norm_layer = NORMS[config.norm]
+        self.stem = conv_norm(config.in_channels, config.stem_channels, 3, config.stem_stride, norm_layer=norm_layer)
+        self.stages = nn.ModuleList()
+        self.exits = nn.ModuleList()
+        in_channels = config.stem_channels
+        for out_channels, stride in zip(config.stage_channels, config.stage_strides, strict=True):
+            self.stages.append(
+                nn.ModuleDict(
+                    {op: build_operator(op, in_channels, out_channels, stride, norm_layer) for op in config.operators}
+                )
+            )
+            self.exits.append(ExitHead(out_channels, config.head_channels, config.num_classes, config.dropout))
+            in_channels = out_channels
+
+    def variants(self) -> list[Variant]:
+        """Every variant, ordered by exit then operators."""
+        return [
+            Variant(exit_index, ops)
+            for exit_index in range(self.num_exits)
+            for ops in itertools.product(self.config.operators, repeat=exit_index + 1)
+        ]

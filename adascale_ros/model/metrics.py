@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from adascale_ros.model.elastic import ElasticNet, Variant
+from adascale_ros.model.elastic import MultiExitNet, Variant
 
 
 @dataclass(frozen=True)
@@ -89,18 +89,22 @@ def measure_module(key: str, kind: str, module: nn.Module, x: torch.Tensor) -> t
 
 
 @torch.inference_mode()
-def module_table(net: ElasticNet, input_shape: tuple[int, int, int]) -> dict[str, ModuleMetrics]:
-    """Metrics of every module of ``net`` at batch 1, keyed by module key."""
+def module_table(net: MultiExitNet, input_shape: tuple[int, int, int], suffix: str = "") -> dict[str, ModuleMetrics]:
+    """Metrics of every module of ``net`` at batch 1, keyed by module key (``suffix`` appended: a
+    network with elastic resolution has one table per resolution, ``@<side>``)."""
     was_training = net.training
     net.eval()
     try:
         table: dict[str, ModuleMetrics] = {}
-        table["stem"], x = measure_module("stem", "stem", net.stem, torch.zeros(1, *input_shape))
+        key = "stem" + suffix
+        table[key], x = measure_module(key, "stem", net.stem, torch.zeros(1, *input_shape))
         for stage, candidates in enumerate(net.stages):
             out = None
             for op, block in candidates.items():
-                table[f"s{stage}:{op}"], out = measure_module(f"s{stage}:{op}", op, block, x)
-            table[f"exit{stage}"], _ = measure_module(f"exit{stage}", "exit", net.exits[stage], out)
+                key = f"s{stage}:{op}{suffix}"
+                table[key], out = measure_module(key, op, block, x)
+            key = f"exit{stage}{suffix}"
+            table[key], _ = measure_module(key, "exit", net.exits[stage], out)
             x = out  # every candidate has the same output shape
     finally:
         net.train(was_training)
@@ -109,7 +113,14 @@ def module_table(net: ElasticNet, input_shape: tuple[int, int, int]) -> dict[str
 
 def module_keys(variant: Variant) -> list[str]:
     """Keys of the modules a variant runs, in order."""
-    return ["stem", *(f"s{s}:{op}" for s, op in enumerate(variant.operators)), f"exit{variant.exit_index}"]
+    suffix = resolution_suffix(variant.resolution)
+    stages = (f"s{s}:{op}{suffix}" for s, op in enumerate(variant.operators))
+    return [f"stem{suffix}", *stages, f"exit{variant.exit_index}{suffix}"]
+
+
+def resolution_suffix(resolution: int | None) -> str:
+    """What module keys of a variant at ``resolution`` end with ("" for a one-resolution network)."""
+    return "" if resolution is None else f"@{resolution}"
 
 
 def variant_metrics(variant: Variant, table: dict[str, ModuleMetrics]) -> dict[str, int]:

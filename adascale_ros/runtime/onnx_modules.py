@@ -42,26 +42,35 @@ class OnnxModules:
         return tuple(tuple(blocks) for blocks in self.stages)
 
 
+def export_module(module: Any, example: Any, dynamic_batch: bool = False) -> bytes:
+    """One torch module as an ONNX graph with input ``x`` and output ``y`` (needs torch); with
+    ``dynamic_batch`` the batch dimension is free."""
+    import torch
+
+    buffer = io.BytesIO()
+    axes = {"x": {0: "batch"}, "y": {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter is deprecated in favour of torch.export,
+        # which takes ~30x longer per module and needs onnxscript.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes=axes,
+        )
+    return buffer.getvalue()
+
+
 def export_modules(net: Any, input_shape: tuple[int, int, int]) -> OnnxModules:
     """Export every module of an ``ElasticNet`` (needs torch)."""
     import torch
 
-    def export(module: torch.nn.Module, example: torch.Tensor) -> bytes:
-        buffer = io.BytesIO()
-        with warnings.catch_warnings():
-            # The TorchScript-based exporter is deprecated in favour of torch.export,
-            # which takes ~30x longer per module and needs onnxscript.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module,
-                (example,),
-                buffer,
-                dynamo=False,
-                opset_version=ONNX_OPSET,
-                input_names=["x"],
-                output_names=["y"],
-            )
-        return buffer.getvalue()
+    export = export_module
 
     net = net.eval()
     with torch.inference_mode():

@@ -34,6 +34,10 @@ def _cmd_forecast_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from adascale_ros.model.backbone_pipeline import is_backbone_config, read_run_config
+
+    if is_backbone_config(read_run_config(args.config)):
+        return _train_backbone(args)
     from adascale_ros.model.pipeline import TrainRunConfig, train_model
 
     config = TrainRunConfig.from_yaml(args.config)
@@ -42,6 +46,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         config = replace(config, training=replace(config.training, mode=args.mode))
     train_model(config, args.out, progress=not args.no_progress, init_from=args.init_from)
+    return 0
+
+
+def _train_backbone(args: argparse.Namespace) -> int:
+    from adascale_ros.model.backbone_pipeline import BackboneRunConfig, finetune_model, read_run_config
+
+    if args.mode or args.init_from:
+        raise ValueError("--mode and --init-from are for the tiny network; a backbone starts from its ImageNet weights")
+    try:
+        config = BackboneRunConfig.from_dict(read_run_config(args.config))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{args.config}: {exc}") from None
+    workdir = args.workdir or args.out.parent / f"{args.out.name}.work"
+    finetune_model(config, args.out, workdir, progress=not args.no_progress)
     return 0
 
 
@@ -496,7 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", type=Path, help="also write the report as JSON here")
     ev.set_defaults(func=_cmd_forecast_eval)
 
-    train = sub.add_parser("train", help="train the elastic network and write a model directory")
+    train = sub.add_parser(
+        "train", help="train the elastic network (or fine-tune a pretrained backbone) and write a model directory"
+    )
     train.add_argument("--config", type=Path, required=True, help="YAML with dataset/network/training sections")
     train.add_argument("--out", type=Path, required=True)
     train.add_argument("--mode", choices=["freeze", "guarded", "joint"], help="override training.mode")
@@ -504,6 +524,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--init-from",
         type=Path,
         help="start from this model directory's weights (same network and data) and train on by the config",
+    )
+    train.add_argument(
+        "--workdir",
+        type=Path,
+        help="a backbone's checkpoint and trunk-feature cache (default: <out>.work beside --out); "
+        "a rerun with the same one resumes",
     )
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=_cmd_train)

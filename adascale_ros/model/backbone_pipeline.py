@@ -1,0 +1,184 @@
+"""``adascale train`` for a pretrained backbone: from a YAML configuration to a model directory.
+
+A configuration whose ``network`` names a ``backbone`` comes here (the tiny
+network's goes to ``pipeline``)::
+
+    dataset:  {name: fashion-mnist, val_fraction: 0.1}   # or image-folder / cifar, as for the tiny network
+    network:  {backbone: lite0, resolutions: [128, 160, 224], pool_operators: [dws]}
+    training: {tune_epochs: 3, ...}                       # FineTuneConfig
+
+The model directory has the same files as the tiny network's (weights,
+model card, variant table); the card's ``network.kind`` is ``backbone`` and
+its ``input`` is the largest resolution (each variant's own is in its id).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from adascale_ros.model.artifacts import save_model
+from adascale_ros.model.datasets import DatasetSpec, DatasetSplits, ImageSet, load_splits
+from adascale_ros.model.elastic_backbone import LITE_MEAN, LITE_STD, BackboneConfig, ElasticBackbone
+from adascale_ros.model.evaluation import Normalization
+from adascale_ros.model.finetune import (
+    FineTuneConfig,
+    FineTuner,
+    evaluate_backbone_variants,
+    exit_accuracy,
+    iter_limit,
+    trunk_features,
+)
+from adascale_ros.model.metrics import module_table, resolution_suffix, variant_metrics
+
+
+@dataclass(frozen=True)
+class BackboneRunConfig:
+    dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    network: BackboneConfig = field(default_factory=BackboneConfig)
+    training: FineTuneConfig = field(default_factory=FineTuneConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BackboneRunConfig:
+        unknown = set(data) - {"dataset", "network", "training"}
+        if unknown:
+            raise ValueError(f"unknown sections {sorted(unknown)}")
+        network = dict(data.get("network") or {})
+        unknown_network = set(network) - set(BackboneConfig.__dataclass_fields__)
+        if unknown_network:
+            raise ValueError(f"unknown network settings {sorted(unknown_network)}")
+        return cls(
+            dataset=DatasetSpec(**(data.get("dataset") or {})),
+            network=BackboneConfig.from_dict(network),
+            training=FineTuneConfig.from_dict(data.get("training") or {}),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": asdict(self.dataset), "network": self.network.to_dict(), "training": self.training.to_dict()}
+
+
+def is_backbone_config(data: dict[str, Any]) -> bool:
+    """Whether a training configuration describes a pretrained backbone (its network names one)."""
+    return isinstance(data.get("network"), dict) and "backbone" in data["network"]
+
+
+def variant_table(net: ElasticBackbone, accuracy: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """variants.json: every variant with its accuracies and intrinsic metrics at its resolution."""
+    modules = {}
+    for r in net.config.resolutions:
+        modules |= module_table(net, (3, r, r), resolution_suffix(r))
+    rows = []
+    for v in net.variants():
+        row: dict[str, Any] = {
+            "variant_id": v.id,
+            "exit_index": v.exit_index,
+            "operators": list(v.operators),
+            "resolution": v.resolution,
+        }
+        row.update({name: acc[v.id] for name, acc in accuracy.items()})
+        row.update(variant_metrics(v, modules))
+        rows.append(row)
+    return {"variants": rows, "modules": [m.to_dict() for m in modules.values()]}
+
+
+def finetune_model(
+    config: BackboneRunConfig,
+    out: Path,
+    workdir: Path,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the recipe (``finetune``), score every variant and write the model directory; resumes from
+    ``workdir``'s checkpoint and feature cache. Returns the model card."""
+    began = time.perf_counter()
+    splits: DatasetSplits = load_splits(config.dataset)
+    log(
+        f"{splits.name}: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test, "
+        f"{len(splits.classes)} classes, images {splits.train.shape}"
+    )
+    network = BackboneConfig.from_dict({**config.network.to_dict(), "num_classes": len(splits.classes)})
+    torch.manual_seed(config.training.seed)
+    net = ElasticBackbone(network, pretrained=True)
+    normalize = Normalization(LITE_MEAN, LITE_STD)
+    cache = workdir / "features"
+
+    def features(data: ImageSet, name: str) -> dict[int, Any]:
+        return {
+            r: trunk_features(
+                net, data, r, normalize, cache, config.training.feature_batch, progress, f"trunk {name} @{r}"
+            )
+            for r in network.resolutions
+        }
+
+    feature_began = time.perf_counter()
+    train_features = features(splits.train, "train")
+    feature_seconds = time.perf_counter() - feature_began
+    labels = splits.train.labels if config.training.labels else None
+    result = FineTuner(net, config.training, train_features, labels, workdir, progress, log).run()
+
+    scored = {"val_accuracy": iter_limit(splits.val, config.training.table_images)}
+    scored["accuracy"] = iter_limit(splits.test, config.training.table_images)
+    accuracy, eval_seconds = {}, {}
+    for name, data in scored.items():
+        start = time.perf_counter()
+        accuracy[name] = evaluate_backbone_variants(
+            net, features(data, name), data.labels, progress=progress, desc=name
+        )
+        eval_seconds[name] = round(time.perf_counter() - start, 1)
+    table = variant_table(net, accuracy)
+    size = network.max_resolution
+    card = {
+        "name": out.name,
+        "classes": list(splits.classes),
+        "input": {"channels": 3, "height": size, "width": size, "dtype": "uint8"},
+        "normalization": asdict(normalize),
+        "preprocessing": "RGB (grey repeated), resized to the variant's resolution, x = (pixels / 255 - mean) / std",
+        "network": network.to_dict(),
+        "num_variants": len(table["variants"]),
+        "config": config.to_dict(),
+        "dataset": {
+            "name": splits.name,
+            "fingerprint": splits.fingerprint(),
+            "train": len(splits.train),
+            "val": len(splits.val),
+            "test": len(splits.test),
+            "scored": {name: len(data) for name, data in scored.items()},
+        },
+        "seed": config.training.seed,
+        "training": {
+            "recipe": "trunk features cached; branch distillation; tuning of every exit on drawn paths",
+            "labels": config.training.labels,
+            "seconds": round(time.perf_counter() - began, 1),
+            "feature_seconds": round(feature_seconds, 1),
+            "phase_seconds": result.seconds,
+            "exit_accuracy_val": exit_accuracy(accuracy["val_accuracy"], net),
+            "log": [asdict(e) for e in result.log],
+        },
+        "evaluation_seconds_prefix_reuse": eval_seconds,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    save_model(out, net, card, table)
+    log(f"wrote {out}: {len(table['variants'])} variants")
+    return card
+
+
+def read_run_config(path: Path) -> dict[str, Any]:
+    """A training configuration file as a mapping; ``ValueError`` with the file name otherwise."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: unreadable YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping with dataset/network/training sections")
+    return data
