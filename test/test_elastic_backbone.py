@@ -117,3 +117,51 @@ def test_a_model_directory_round_trips_without_the_imagenet_weights(net, tmp_pat
     variant = Variant(2, ("merge", "dws", "shrink"), 64)
     with torch.inference_mode():
         torch.testing.assert_close(loaded.net(x, variant), net(x, variant))
+
+
+def test_one_set_of_onnx_graphs_runs_every_resolution_as_torch_does(net):
+    from adascale_ros.runtime.engine import ElasticEngine
+
+    engine = ElasticEngine.from_net(net, (3, 128, 128), "onnxruntime", threads=1)
+    assert engine.resolutions == (64, 96, 128)
+    for variant_id in ("e0:shrink@64", "e3:pre-merge-dws-slim@96", "e3:pre-pre-pre-pre@128"):
+        variant = engine.check_variant(variant_id)
+        side = variant.resolution
+        x = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(side))
+        with torch.inference_mode():
+            expected = torch.softmax(net(x, variant), dim=1)[0].numpy()
+        result = engine.run(x.numpy(), variant)
+        assert result.exit_index == variant.exit_index
+        assert abs(result.probabilities - expected).max() < 1e-4
+    for bad in ("e0:pre", "e0:pre@160"):
+        with pytest.raises(ValueError, match="resolution"):
+            engine.check_variant(bad)
+
+
+def test_calibration_times_every_module_at_every_resolution(net, tmp_path):
+    import numpy as np
+
+    from adascale_ros.model.artifacts import LoadedModel
+    from adascale_ros.model.backbone_pipeline import variant_table
+    from adascale_ros.model.evaluation import Normalization
+    from adascale_ros.profiling.calibrate import engine_calls
+    from adascale_ros.profiling.calibration import module_infos, variant_module_keys
+    from adascale_ros.runtime.engine import ElasticEngine
+
+    card = {
+        "input": {"channels": 3, "height": 128, "width": 128},
+        "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3},
+        "network": net.config.to_dict(),
+    }
+    model = LoadedModel(net, card, Normalization((0.5,) * 3, (0.5,) * 3), tmp_path)
+    engine = ElasticEngine.from_net(net, (3, 128, 128), "onnxruntime", threads=1)
+    calls, run_variant = engine_calls(model, engine, np.zeros((48, 64, 3), np.uint8))
+    infos = module_infos(variant_table(net, {"accuracy": {v.id: 0.5 for v in net.variants()}}))
+    assert set(calls) == set(infos)
+    assert {"fixed@64", "fixed@128", "stem@96", "s3:slim@128", "exit0@64"} <= set(calls)
+    assert infos["fixed@128"].out_hw == 4 * infos["fixed@64"].out_hw
+    variant = Variant(1, ("dws", "merge"), 96)
+    assert variant_module_keys(variant) == ["fixed@96", "stem@96", "s0:dws@96", "s1:merge@96", "exit1@96"]
+    assert run_variant(variant).exit_index == 1
+    for call in calls.values():
+        call()

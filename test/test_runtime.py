@@ -351,15 +351,20 @@ def test_camera_rate_benchmark_compares_segments_with_modules(default_model):
     from adascale_ros.runtime.benchmark import bench_camera_rate, format_camera_rate, run_module_by_module
 
     table = load_variant_table(REPO_ROOT / "models" / "default")
-    rows = bench_camera_rate(default_model, table, frames=3, gap_s=0.001)
-    assert [row["exit"] for row in rows] == [0, 3]
+    rows = bench_camera_rate(default_model, table, frames=3, gap_s=0.001, threads=1)
+    assert [row["role"] for row in rows] == ["first exit", "last exit", "top", "fastest"]
+    assert [row["exit"] for row in rows][:2] == [0, 3]
     for row in rows:
-        for path in ("segments", "modules"):
+        for path in ("segments", "modules", "whole_graph"):
             assert 0 < row[path]["min_ms"] <= row[path]["median_ms"] <= row[path]["p90_ms"]
         assert row["segments_over_modules"] == pytest.approx(
             row["segments"]["mean_ms"] / row["modules"]["mean_ms"], abs=1e-3
         )
-    assert "every 1 ms" in format_camera_rate(rows, 0.001)
+        assert row["segments_over_whole_graph"] == pytest.approx(
+            row["segments"]["median_ms"] / row["whole_graph"]["median_ms"], abs=1e-3
+        )
+    assert rows[2]["median_over_top"] == 1.0
+    assert "every 1 ms" in format_camera_rate(rows, 0.001, 1, "640 x 480")
     # The module-by-module path computes what the segments compute.
     engine = ElasticEngine.from_net(default_model.net, default_model.input_shape, "onnxruntime", threads=1)
     x = np.random.default_rng(5).standard_normal((1, *default_model.input_shape)).astype(np.float32)
@@ -382,3 +387,18 @@ def test_inference_benchmark_times_both_backends_per_exit(default_model):
     for row in report["shrink"]:
         assert row["speedup"] > 0 and row["max_grey_difference"] <= 2
     assert "speedup" in format_report(report) and "shrink_by_area" in format_report(report)
+
+
+def test_a_variant_resolution_is_prepared_as_training_prepared_it():
+    from adascale_ros.model.elastic_backbone import LITE_MEAN, LITE_STD
+    from adascale_ros.model.finetune import model_input
+
+    pre = Preprocessor(3, 224, 224, LITE_MEAN, LITE_STD)
+    digit = np.random.default_rng(1).integers(0, 256, (28, 28), dtype=np.uint8)
+    for size in (128, 160):
+        x = pre(digit, "mono8", size)
+        assert x.shape == (1, 3, size, size)
+        expected = model_input(torch.from_numpy(digit)[None, None], size, Normalization(LITE_MEAN, LITE_STD)).numpy()
+        # OpenCV's and torch's bilinear enlargement agree to within a grey level or so.
+        assert np.abs(x - expected).max() < 2.5 / 255 / LITE_STD[0]
+    assert pre(digit, "mono8").shape == (1, 3, 224, 224)

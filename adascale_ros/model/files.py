@@ -56,6 +56,12 @@ def card_input_shape(card: dict[str, Any]) -> tuple[int, int, int]:
     return int(shape["channels"]), int(shape["height"]), int(shape["width"])
 
 
+def card_resolutions(card: dict[str, Any]) -> tuple[int, ...]:
+    """The input resolutions of a network with elastic resolution (every variant id names its own);
+    empty for a network of one input size."""
+    return tuple(int(r) for r in card["network"].get("resolutions", ()))
+
+
 def load_variant_table(directory: Path | str) -> dict[str, Any]:
     table = read_json(Path(directory) / VARIANTS)
     if table.get("format_version") != FORMAT_VERSION or not isinstance(table.get("variants"), list):

@@ -50,6 +50,7 @@ from adascale_ros.model.variant import Variant
 
 PHASES = ("distill", "tune")
 CHECKPOINT = "checkpoint.pt"
+FEATURE_FORMAT = 2  # bumped whenever what the cached trunk features hold changes
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class FineTuneConfig:
 def model_input(images: torch.Tensor, resolution: int, normalize: Normalization) -> torch.Tensor:
     """uint8 (N, C, h, w) images to the network's float input at ``resolution``: grey repeated to RGB,
     resized bilinearly (as the inference node's pre-processing does), normalised."""
-    x = images.float() / 255.0
+    x = images.float()  # 0..255: the normalisation divides by 255
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     if x.shape[-2:] != (resolution, resolution):
@@ -124,7 +125,7 @@ def model_input(images: torch.Tensor, resolution: int, normalize: Normalization)
 
 
 def _trunk_key(net: ElasticBackbone, data: ImageSet, resolution: int, normalize: Normalization) -> str:
-    digest = hashlib.sha256(f"trunk r{resolution} {normalize.mean} {normalize.std}\n".encode())
+    digest = hashlib.sha256(f"trunk {FEATURE_FORMAT} r{resolution} {normalize.mean} {normalize.std}\n".encode())
     for name, tensor in sorted(net.stem.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

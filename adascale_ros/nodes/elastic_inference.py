@@ -239,7 +239,7 @@ class ElasticInference(Node):
         settings, variant, budget_ms = self.settings, self.variant, self.latency_budget_ms
         start = time.perf_counter()
         image, encoding = self._decode(msg, settings)
-        x = self.preprocess(image, encoding)
+        x = self.preprocess(image, encoding, variant.resolution)
         threshold = float(settings["early_exit_threshold"]) or math.inf
         deadline = start + budget_ms / 1e3 if settings["deadline_guard"] and math.isfinite(budget_ms) else None
         result = self.engine.run(x, variant, threshold, deadline)

@@ -24,7 +24,8 @@ import numpy as np
 from adascale_ros.bringup import shipped_path
 from adascale_ros.model.artifacts import LoadedModel, load_model
 from adascale_ros.model.elastic import Variant
-from adascale_ros.model.files import load_variant_table, write_json
+from adascale_ros.model.files import card_resolutions, load_variant_table, write_json
+from adascale_ros.model.metrics import resolution_suffix
 from adascale_ros.profiling.calibration import (
     FIXED,
     CalibrationData,
@@ -70,18 +71,21 @@ def engine_calls(
     """
     preprocess = Preprocessor.from_card(model.card)
     backend = engine.backend
-    x = preprocess(frame, "rgb8")
-    calls: ModuleCalls = {FIXED: lambda: preprocess(frame, "rgb8")}
-    features = backend.stem(x)
-    calls["stem"] = lambda: backend.stem(x)
-    for stage, blocks in enumerate(model.net.stages):
-        for op in blocks:
-            calls[f"s{stage}:{op}"] = lambda s=stage, o=op, f=features: backend.stage(s, o, f)
-        features = backend.stage(stage, next(iter(blocks)), features)
-        calls[f"exit{stage}"] = lambda s=stage, f=features: backend.head(s, f)
+    calls: ModuleCalls = {}
+    for resolution in card_resolutions(model.card) or (None,):
+        suffix = resolution_suffix(resolution)
+        x = preprocess(frame, "rgb8", resolution)
+        calls[FIXED + suffix] = lambda r=resolution: preprocess(frame, "rgb8", r)
+        features = backend.stem(x)
+        calls["stem" + suffix] = lambda x=x: backend.stem(x)
+        for stage, blocks in enumerate(model.net.stages):
+            for op in blocks:
+                calls[f"s{stage}:{op}{suffix}"] = lambda s=stage, o=op, f=features: backend.stage(s, o, f)
+            features = backend.stage(stage, next(iter(blocks)), features)
+            calls[f"exit{stage}{suffix}"] = lambda s=stage, f=features: backend.head(s, f)
 
     def run_variant(variant: Variant) -> object:
-        return engine.run(preprocess(frame, "rgb8"), variant)
+        return engine.run(preprocess(frame, "rgb8", variant.resolution), variant)
 
     return calls, run_variant
 

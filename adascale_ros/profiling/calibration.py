@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from adascale_ros.model.elastic import Variant
-from adascale_ros.model.metrics import module_keys
+from adascale_ros.model.metrics import module_keys, resolution_suffix
 from adascale_ros.profiling.predictor import STATE_FEATURES
 from adascale_ros.profiling.timing import summarize
 from adascale_ros.resources import ARForecaster, LoadIndexWeights, ResourceSampler
@@ -98,8 +98,10 @@ class ModuleInfo:
         )  # fmt: skip
 
     @classmethod
-    def fixed(cls) -> ModuleInfo:
-        return cls(FIXED, FIXED, 0, 0, 0, 0, 0, 0, 0)
+    def fixed(cls, key: str = FIXED, resolution: int | None = None) -> ModuleInfo:
+        """Pre-processing; at an input resolution its output size is what tells one from another."""
+        out_channels, out_hw = (3, resolution * resolution) if resolution else (0, 0)
+        return cls(key, FIXED, 0, 0, out_channels, out_hw, 0, 0, 0)
 
     def features(self) -> list[float]:
         """The regressors' sampling parameters, in ``MODULE_FEATURES`` order."""
@@ -111,13 +113,16 @@ MODULE_FEATURES = ("in_channels", "in_hw", "out_channels", "out_hw", "params", "
 
 def module_infos(variants_table: dict[str, Any]) -> dict[str, ModuleInfo]:
     infos = {row["key"]: ModuleInfo.from_table(row) for row in variants_table["modules"]}
-    infos[FIXED] = ModuleInfo.fixed()
+    # One fixed cost per input resolution (pre-processing resizes to it); module keys end with it.
+    suffixes = {key[key.index("@") :] if "@" in key else "" for key in infos}
+    for suffix in suffixes:
+        infos[FIXED + suffix] = ModuleInfo.fixed(FIXED + suffix, int(suffix[1:]) if suffix else None)
     return infos
 
 
 def variant_module_keys(variant: Variant) -> list[str]:
     """Modules a variant runs, the fixed per-frame cost included (AdaptiveNet's additive model)."""
-    return [FIXED, *module_keys(variant)]
+    return [FIXED + resolution_suffix(variant.resolution), *module_keys(variant)]
 
 
 @dataclass

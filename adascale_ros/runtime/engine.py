@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from adascale_ros.model.files import card_resolutions, read_model_card
 from adascale_ros.model.variant import Variant
 from adascale_ros.runtime.onnx_modules import OnnxModules, export_modules, fuse, load_cached, store
 
@@ -167,20 +168,21 @@ class OnnxBackend:
 
 
 class SegmentTimes:
-    """Recent duration of each segment, (stage, op) -> exponential average [ms]: the deadline guard's estimate."""
+    """Recent duration of each segment, (stage, op, resolution) -> exponential average [ms]: the deadline
+    guard's estimate."""
 
     def __init__(self, smoothing: float = 0.2) -> None:
         if not 0.0 < smoothing <= 1.0:
             raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
         self.smoothing = smoothing
-        self._ms: dict[tuple[int, str], float] = {}
+        self._ms: dict[tuple[int, str, int | None], float] = {}
 
-    def expected_ms(self, stage: int, op: str) -> float | None:
-        return self._ms.get((stage, op))
+    def expected_ms(self, stage: int, op: str, resolution: int | None = None) -> float | None:
+        return self._ms.get((stage, op, resolution))
 
-    def record(self, stage: int, op: str, ms: float) -> None:
-        previous = self._ms.get((stage, op))
-        self._ms[(stage, op)] = ms if previous is None else previous + self.smoothing * (ms - previous)
+    def record(self, stage: int, op: str, ms: float, resolution: int | None = None) -> None:
+        previous = self._ms.get((stage, op, resolution))
+        self._ms[(stage, op, resolution)] = ms if previous is None else previous + self.smoothing * (ms - previous)
 
 
 def _check(backend: str, threads: int) -> None:
@@ -195,6 +197,8 @@ class ElasticEngine:
 
     Build one with ``from_net`` (a network in memory) or ``from_model_dir`` (a
     model directory, through the ONNX module cache: no torch when it hits).
+    A network with elastic resolution lists its ``resolutions``; a frame then
+    comes pre-processed at its variant's (``Variant.resolution``).
     """
 
     def __init__(
@@ -203,13 +207,18 @@ class ElasticEngine:
         stage_ops: Sequence[Sequence[str]],
         input_shape: tuple[int, int, int],
         source: str = "",
+        resolutions: Sequence[int] = (),
     ) -> None:
         self.backend = backend
         self.stage_ops = tuple(tuple(ops) for ops in stage_ops)
         self.source = source  # where the modules came from, for the log
-        self._blank = np.zeros((1, *input_shape), np.float32)
+        self.resolutions = tuple(resolutions)
+        channels = input_shape[0]
+        sizes = {r: (channels, r, r) for r in self.resolutions} if self.resolutions else {None: input_shape}
+        self._blank = {r: np.zeros((1, *shape), np.float32) for r, shape in sizes.items()}
         self.segment_times = SegmentTimes()  # learnt from guarded frames only
-        self._warm_up(input_shape)
+        for shape in sizes.values():
+            self._warm_up(shape)
 
     @classmethod
     def from_net(
@@ -222,9 +231,11 @@ class ElasticEngine:
     ) -> ElasticEngine:
         _check(backend, threads)
         stage_ops = [tuple(blocks) for blocks in net.stages]
+        resolutions = tuple(getattr(net.config, "resolutions", ()))
         if backend == "torch":
-            return cls(TorchBackend(net, threads), stage_ops, input_shape, source)
-        return cls(OnnxBackend(export_modules(net, input_shape), threads), stage_ops, input_shape, source)
+            return cls(TorchBackend(net, threads), stage_ops, input_shape, source, resolutions)
+        modules = export_modules(net, input_shape)
+        return cls(OnnxBackend(modules, threads), stage_ops, input_shape, source, resolutions)
 
     @classmethod
     def from_model_dir(
@@ -234,9 +245,11 @@ class ElasticEngine:
         them on a miss; the torch backend loads the weights. ``ModelLoadError`` for a broken directory."""
         _check(backend, threads)
         model_dir = Path(model_dir)
+        resolutions = card_resolutions(read_model_card(model_dir))
         if backend == "onnxruntime" and (modules := load_cached(model_dir)) is not None:
             try:
-                return cls(OnnxBackend(modules, threads), modules.stage_ops, input_shape, "ONNX modules from the cache")
+                backend_ = OnnxBackend(modules, threads)
+                return cls(backend_, modules.stage_ops, input_shape, "ONNX modules from the cache", resolutions)
             except Exception:  # ONNX Runtime's own error types: a damaged entry, exported again below
                 pass
         from adascale_ros.model.artifacts import load_model
@@ -247,7 +260,7 @@ class ElasticEngine:
         modules = export_modules(model.net, input_shape)
         cached = store(model_dir, modules)
         source = f"ONNX modules exported{f' and cached in {cached}' if cached else ' (cache not writable)'}"
-        return cls(OnnxBackend(modules, threads), modules.stage_ops, input_shape, source)
+        return cls(OnnxBackend(modules, threads), modules.stage_ops, input_shape, source, resolutions)
 
     def _warm_up(self, input_shape: tuple[int, int, int], runs: int = 2) -> None:
         """Run every module and segment a few times, so the first frame after a switch is not also its first run."""
@@ -267,7 +280,7 @@ class ElasticEngine:
         """Run ``variant``'s whole path once on a blank frame, so its first real frame finds the path's
         weights and code in the caches: at camera rate that first frame after a switch missed its
         deadline about 4 times as often as the frames after it."""
-        self.run(self._blank, variant)
+        self.run(self._blank[variant.resolution], variant)
 
     def check_variant(self, variant_id: str) -> Variant:
         """Parse and check a variant id against this network; ``ValueError`` with the reason if it does not fit."""
@@ -277,6 +290,9 @@ class ElasticEngine:
         unknown = [op for stage, op in enumerate(variant.operators) if op not in self.stage_ops[stage]]
         if unknown:
             raise ValueError(f"variant {variant}: unknown operators {unknown}")
+        if variant.resolution not in self._blank:
+            sizes = list(self.resolutions) or "none (one input size)"
+            raise ValueError(f"variant {variant}: resolution {variant.resolution} not among the network's: {sizes}")
         return variant
 
     def run(
@@ -296,7 +312,7 @@ class ElasticEngine:
         answer: np.ndarray | None = None  # the last exit evaluated, for the guard
         for stage, op in enumerate(variant.operators):
             if guarded and answer is not None:
-                expected_ms = self.segment_times.expected_ms(stage, op)
+                expected_ms = self.segment_times.expected_ms(stage, op, variant.resolution)
                 if expected_ms is not None and time.perf_counter() + expected_ms / 1e3 > deadline_s:
                     return Inference(stage - 1, True, answer, deadline_exited=True)
             started = time.perf_counter()
@@ -304,7 +320,7 @@ class ElasticEngine:
                 stage, op, features, head=early_exit or guarded or stage == last
             )
             if guarded:
-                self.segment_times.record(stage, op, (time.perf_counter() - started) * 1e3)
+                self.segment_times.record(stage, op, (time.perf_counter() - started) * 1e3, variant.resolution)
             if probabilities is None:
                 continue
             if stage == last or probabilities.max() >= early_exit_threshold:

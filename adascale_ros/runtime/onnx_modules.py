@@ -42,13 +42,21 @@ class OnnxModules:
         return tuple(tuple(blocks) for blocks in self.stages)
 
 
-def export_module(module: Any, example: Any, dynamic_batch: bool = False) -> bytes:
+def export_module(module: Any, example: Any, dynamic_batch: bool = False, dynamic_size: bool = False) -> bytes:
     """One torch module as an ONNX graph with input ``x`` and output ``y`` (needs torch); with
-    ``dynamic_batch`` the batch dimension is free."""
+    ``dynamic_batch`` the batch dimension is free, with ``dynamic_size`` the input's height and width
+    (and a feature map output's)."""
     import torch
 
+    axes: dict[str, dict[int, str]] = {"x": {}, "y": {}}
+    if dynamic_batch:
+        axes["x"][0] = axes["y"][0] = "batch"
+    if dynamic_size:
+        axes["x"] |= {2: "height", 3: "width"}
+        with torch.inference_mode():
+            if module(example).ndim == 4:
+                axes["y"] |= {2: "out_height", 3: "out_width"}
     buffer = io.BytesIO()
-    axes = {"x": {0: "batch"}, "y": {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings():
         # The TorchScript-based exporter is deprecated in favour of torch.export,
         # which takes ~30x longer per module and needs onnxscript.
@@ -61,16 +69,20 @@ def export_module(module: Any, example: Any, dynamic_batch: bool = False) -> byt
             opset_version=ONNX_OPSET,
             input_names=["x"],
             output_names=["y"],
-            dynamic_axes=axes,
+            dynamic_axes={name: dims for name, dims in axes.items() if dims} or None,
         )
     return buffer.getvalue()
 
 
 def export_modules(net: Any, input_shape: tuple[int, int, int]) -> OnnxModules:
-    """Export every module of an ``ElasticNet`` (needs torch)."""
+    """Export every module of an elastic network (needs torch). A network with elastic resolution
+    (``config.resolutions``) gets graphs of free height and width, one for every resolution."""
     import torch
 
-    export = export_module
+    dynamic_size = bool(getattr(net.config, "resolutions", ()))
+
+    def export(module: torch.nn.Module, example: torch.Tensor) -> bytes:
+        return export_module(module, example, dynamic_size=dynamic_size)
 
     net = net.eval()
     with torch.inference_mode():

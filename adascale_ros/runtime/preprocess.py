@@ -3,7 +3,8 @@
 1. depth: mono16 is scaled to 8 bits (the model was trained on uint8 pixels);
 2. colour: to grey (ITU-R 601 luma, OpenCV's RGB2GRAY) for a 1-channel model,
    to RGB for a 3-channel model; alpha is dropped;
-3. size: resized to the card's height x width by area averaging when
+3. size: resized to the card's height x width (or the variant's resolution, for
+   a network with elastic resolution) by area averaging when
    shrinking (``shrink_by_area``: each output pixel the mean of the source
    pixels it covers), linear interpolation when enlarging;
 4. values: x / 255, then (x - mean) / std per channel, as in training
@@ -86,13 +87,16 @@ class Preprocessor:
             return image if encoding == "mono8" else cv2.cvtColor(image, _TO_GREY[encoding])
         return image if encoding == "rgb8" else cv2.cvtColor(image, _TO_RGB[encoding])
 
-    def __call__(self, image: np.ndarray, encoding: str) -> np.ndarray:
+    def __call__(self, image: np.ndarray, encoding: str, size: int | None = None) -> np.ndarray:
+        """The network input; at ``size`` x ``size`` pixels (a variant's resolution) when given, else
+        at the card's height x width."""
         pixels = self.to_uint8(image, encoding)
         height, width = pixels.shape[:2]
-        if (height, width) != (self.height, self.width):
-            if height >= self.height and width >= self.width:
-                pixels = shrink_by_area(pixels, self.width, self.height)
+        out_height, out_width = (self.height, self.width) if size is None else (size, size)
+        if (height, width) != (out_height, out_width):
+            if height >= out_height and width >= out_width:
+                pixels = shrink_by_area(pixels, out_width, out_height)
             else:
-                pixels = cv2.resize(pixels, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
+                pixels = cv2.resize(pixels, (out_width, out_height), interpolation=cv2.INTER_LINEAR)
         chw = pixels[np.newaxis] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
         return (chw.astype(np.float32) * self._scale + self._shift)[np.newaxis]

@@ -472,8 +472,9 @@ def _cmd_bench_inference(args: argparse.Namespace) -> int:
     model, table = load_model(model_dir), load_variant_table(model_dir)
     report = bench_inference(model, table, args.repeats, threads=args.threads)
     if args.camera_rate_frames > 0:
-        report["camera_rate_gap_s"] = gap_s = 0.1  # 10 Hz
-        report["camera_rate"] = bench_camera_rate(model, table, args.camera_rate_frames, gap_s)
+        report["camera_rate_gap_s"] = gap_s = args.camera_gap_ms / 1e3
+        report["camera_rate_frame"] = "640 x 480"
+        report["camera_rate"] = bench_camera_rate(model, table, args.camera_rate_frames, gap_s, args.threads)
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     return 0
 
@@ -710,8 +711,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--camera-rate-frames",
         type=int,
         default=60,
-        help="frames 100 ms apart per exit and path (fused segments, module by module); 0: skip",
+        help="camera frames per variant and path (fused segments, module by module, one whole graph); 0: skip",
     )
+    inf.add_argument("--camera-gap-ms", type=float, default=66.0, help="time between camera frames (66: 15 Hz)")
     inf.add_argument("--json", action="store_true")
     inf.set_defaults(func=_cmd_bench_inference)
     return parser
