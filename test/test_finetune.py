@@ -53,8 +53,8 @@ def tuner(net, features, data, workdir, **settings):
 
 
 def test_grey_images_become_normalised_rgb_at_the_resolution(data):
-    x = model_input(data.images[:2], 64, NORMALIZE)
-    assert x.shape == (2, 3, 64, 64) and x.dtype == torch.float32
+    x = model_input(data.images, 64, NORMALIZE)
+    assert x.shape == (len(data), 3, 64, 64) and x.dtype == torch.float32
     assert torch.equal(x[:, 0], x[:, 2])
     # The full pixel range (0..249 here) spans about [-1, 1], the ImageNet weights' input range.
     assert -1.0 <= float(x.min()) < -0.95 and 0.9 < float(x.max()) <= 1.0
