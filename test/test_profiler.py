@@ -132,6 +132,23 @@ def test_auto_selection_follows_the_rule():
     assert auto_select([cand("best", 0.9, 0.9, 500.0, 10**6), cand("cheap", 0.5, 0.9, 1.0, 1)]).family == "best"
     with pytest.raises(ValueError):
         auto_select([])
+    # A regressor that predicts a module faster under more load is out while another is monotone.
+    non_monotone = Candidate("bent", Score(0.99, 0.01, 0.99, 100), 1.0, 1, monotone=False)
+    assert auto_select([non_monotone, cand("plain", 0.7, 0.8, 9.0, 900)]).family == "plain"
+    assert auto_select([non_monotone]).family == "bent"
+
+
+@pytest.mark.parametrize("family", ["linear", "random_forest"])
+def test_linear_and_forest_never_predict_less_latency_for_more_load(family):
+    # Noisy samples in which latency falls with load: the constraint holds the fit flat instead.
+    rng = np.random.default_rng(0)
+    load = rng.uniform(0, 1, 400)
+    size = rng.uniform(1, 10, 400)
+    latency = np.exp(0.2 * size - 0.3 * load + rng.normal(0, 0.05, 400))
+    x = np.column_stack([size, load])
+    regressor = FittedRegressor.fit(family, x, latency, increasing=np.array([False, True]))
+    sweep = np.column_stack([np.full(11, 5.0), np.linspace(0, 1, 11)])
+    assert np.all(np.diff(regressor.predict(sweep)) >= -1e-12)
 
 
 # ---------------------------------------------------------------- fitting on a known law
@@ -208,6 +225,32 @@ def test_fitting_recovers_a_known_device_and_reports_it(fitted):
     slowdown = report["slowdown_by_level"]
     assert slowdown["idle"] == 1.0 and max(slowdown.values()) > 1.1
     assert "Measured slowdown per load level" in text
+
+
+def load_sweep_ms(predictor, steps=21):
+    """(steps, V) predicted latency of every variant along a load sweep 0 -> 1 from the typical state,
+    as ``adascale predict --load-index`` moves a state."""
+    base = predictor.impute(predictor.state_mean)
+    return predictor.latency_ms(np.array([predictor.at_load(base, x) for x in np.linspace(0, 1, steps)]))
+
+
+def test_no_variant_is_predicted_faster_at_a_higher_load(fitted):
+    *_, predictor, _ = fitted
+    sweep = load_sweep_ms(predictor)
+    assert np.all(np.diff(sweep, axis=0) >= -1e-9 * sweep[:-1])
+    assert np.all(sweep[-1] > sweep[0])  # the synthetic device does slow down
+
+
+def test_the_shipped_calibration_refits_to_a_predictor_monotone_in_load():
+    # The shipped default model's own measurements: before the constraints its largest variant
+    # was predicted at 0.79 ms at load 0 and 0.68 ms at load 1.
+    table = load_variant_table(DEFAULT_MODEL)
+    data = CalibrationData.load(DEFAULT_MODEL / "profiler" / "calibration_data.json.gz")
+    predictor, report = fit_and_report(data, table, PROFILE, {"backend": "onnxruntime", "threads": 1})
+    sweep = load_sweep_ms(predictor)
+    worst = float((np.diff(sweep, axis=0) / sweep[:-1]).min())
+    assert worst >= -1e-9, f"a variant predicted {-worst:.1%} faster one step up the load sweep"
+    assert report["auto_selected"]["variant_mode"]["scaled_coefficients"]["cpu_x_sum"] >= 0.0
 
 
 def test_slowdown_by_level_is_the_median_over_variants_of_their_ratio_to_idle():

@@ -25,10 +25,11 @@ from typing import Any
 import torch
 import yaml
 
-from adascale_ros.model.artifacts import save_model
+from adascale_ros.model.artifacts import LoadedModel, save_model
 from adascale_ros.model.datasets import DatasetSpec, DatasetSplits, ImageSet, load_splits
 from adascale_ros.model.elastic_backbone import LITE_MEAN, LITE_STD, BackboneConfig, ElasticBackbone
 from adascale_ros.model.evaluation import Normalization
+from adascale_ros.model.files import load_variant_table
 from adascale_ros.model.finetune import (
     FineTuneConfig,
     FineTuner,
@@ -38,6 +39,8 @@ from adascale_ros.model.finetune import (
     trunk_features,
 )
 from adascale_ros.model.metrics import module_table, resolution_suffix, variant_metrics
+from adascale_ros.model.pipeline import best_per_exit
+from adascale_ros.model.variant import Variant
 
 
 @dataclass(frozen=True)
@@ -182,3 +185,70 @@ def read_run_config(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping with dataset/network/training sections")
     return data
+
+
+def best_variants(rows: list[dict[str, Any]], key: str = "val_accuracy") -> dict[tuple[int, int], dict[str, Any]]:
+    """(exit, resolution) -> the row of the variant with the highest ``key`` there."""
+    best: dict[tuple[int, int], dict[str, Any]] = {}
+    for row in rows:
+        cell = (row["exit_index"], row["resolution"])
+        if cell not in best or row[key] > best[cell][key]:
+            best[cell] = row
+    return dict(sorted(best.items()))
+
+
+def score_best_variants(
+    model: LoadedModel, workdir: Path, progress: bool = True, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """The most accurate variant (on validation) of every exit and resolution, scored on the whole test split
+    of the card's dataset; rows give its FLOPs and its table accuracy too."""
+    config = BackboneRunConfig.from_dict(model.card["config"])
+    splits = load_splits(config.dataset)
+    if splits.fingerprint() != model.card["dataset"]["fingerprint"]:
+        raise ValueError(f"{config.dataset.name}: the data differ from what {model.directory} was trained on")
+    net = model.net
+    table = load_variant_table(model.directory)
+    chosen = best_variants(table["variants"])
+    features = {
+        r: trunk_features(
+            net, splits.test, r, model.normalize, workdir / "features", progress=progress, desc=f"test @{r}"
+        )
+        for r in net.config.resolutions
+    }
+    variants = [Variant.parse(row["variant_id"]) for row in chosen.values()]
+    accuracy = evaluate_backbone_variants(
+        net, features, splits.test.labels, progress=progress, desc="test", only=variants
+    )
+    rows = [
+        {
+            "exit": exit_index,
+            "resolution": resolution,
+            "variant_id": row["variant_id"],
+            "val_accuracy": row["val_accuracy"],
+            "test_accuracy": accuracy[row["variant_id"]],
+            "mflops": round(row["flops"] / 1e6, 1),
+        }
+        for (exit_index, resolution), row in chosen.items()
+    ]
+    return {"test_images": len(splits.test), "rows": rows}
+
+
+def format_best_variants(report: dict[str, Any], tiny: dict[str, Any] | None = None) -> str:
+    lines = [f"best variant (validation) per exit and resolution, accuracy on all {report['test_images']} test images:"]
+    lines.append("exit  resolution  variant                          test acc  val acc   MFLOPs")
+    for row in report["rows"]:
+        lines.append(
+            f"{row['exit']:>4}  {row['resolution']:>10}  {row['variant_id']:<32} {row['test_accuracy']:>7.2%}"
+            f"  {row['val_accuracy']:>7.2%}  {row['mflops']:>7.1f}"
+        )
+    top = max(report["rows"], key=lambda row: row["test_accuracy"])
+    first = max((row for row in report["rows"] if row["exit"] == 0), key=lambda row: row["test_accuracy"])
+    lines.append(f"best: {top['variant_id']} {top['test_accuracy']:.2%}")
+    lines.append(f"best first exit: {first['variant_id']} {first['test_accuracy']:.2%}")
+    if tiny is not None:
+        lines.append("the tiny model (models/default), best variant per exit on the test split:")
+        for exit_index, row in best_per_exit(tiny["variants"]).items():
+            lines.append(
+                f"  exit {exit_index}: {row['variant_id']} {row['accuracy']:.2%} ({row['flops'] / 1e6:.1f} MFLOPs)"
+            )
+    return "\n".join(lines)

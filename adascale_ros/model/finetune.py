@@ -432,22 +432,32 @@ def evaluate_backbone_variants(
     batch_size: int = 256,
     progress: bool = True,
     desc: str = "variants",
+    only: Sequence[Variant] | None = None,
 ) -> dict[str, float]:
-    """Accuracy of every variant, from trunk features, computing each path prefix once per batch
-    (prefix reuse): a stage's output feeds every branch of the next stage and its own exit."""
+    """Accuracy of every variant (or of ``only`` those), from trunk features, computing each path prefix
+    once per batch (prefix reuse): a stage's output feeds every branch of the next stage and its own exit."""
     net.eval()
     stage_ops = net.stage_operators
     correct: dict[str, int] = {}
+    wanted = None if only is None else {v.id for v in only}
+    prefixes = (
+        None
+        if only is None
+        else {(v.resolution, v.operators[:k]) for v in only for k in range(1, len(v.operators) + 1)}
+    )
 
     def walk(x: torch.Tensor, prefix: tuple[str, ...], resolution: int, y: torch.Tensor) -> None:
         stage = len(prefix)
         if stage == len(stage_ops):
             return
         for op in stage_ops[stage]:
-            out = net.run_stage(x, stage, op)
             path = (*prefix, op)
+            if prefixes is not None and (resolution, path) not in prefixes:
+                continue
+            out = net.run_stage(x, stage, op)
             vid = Variant(stage, path, resolution).id
-            correct[vid] = correct.get(vid, 0) + int((net.exits[stage](out).argmax(1) == y).sum())
+            if wanted is None or vid in wanted:
+                correct[vid] = correct.get(vid, 0) + int((net.exits[stage](out).argmax(1) == y).sum())
             walk(out, path, resolution, y)
 
     total = len(labels)

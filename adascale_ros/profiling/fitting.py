@@ -23,20 +23,29 @@ from dataclasses import asdict
 from typing import Any, NamedTuple
 
 import numpy as np
+from scipy.optimize import lsq_linear
 
 from adascale_ros.model.elastic import Variant
-from adascale_ros.profiling.calibration import CalibrationData, ModuleInfo, module_infos, variant_module_keys
+from adascale_ros.profiling.calibration import (
+    MODULE_FEATURES,
+    CalibrationData,
+    ModuleInfo,
+    module_infos,
+    variant_module_keys,
+)
 from adascale_ros.profiling.energy import EnergyProfile, cache_hit_rate, fit_power_coefficients
 from adascale_ros.profiling.predictor import (
     ADDITIVE,
     STATE_FEATURES,
     LatencyPredictor,
+    move_to_load,
     scaled_terms,
     table_fingerprint,
 )
 from adascale_ros.profiling.regressors import REGRESSORS, Candidate, FittedRegressor, Score, auto_select
 
 TARGETS = {"idle": 0.90, "load": 0.80}
+LOAD_FEATURES = ("cpu_util", "load_index")  # readings under which latency must not fall as they grow
 
 
 def split_of(rounds: np.ndarray) -> dict[str, np.ndarray]:
@@ -114,6 +123,7 @@ class Fitter:
         idle_levels = {level["name"] for level in data.levels if level["idle"]}
         self.variant_idle = np.isin(self.variant_samples["level"], list(idle_levels))
         self.module_idle = np.isin(self.modules["level"], list(idle_levels))
+        self.cpu_line = self._fit_cpu_per_load()
 
     def _impute(self, states: np.ndarray) -> np.ndarray:
         return np.where(np.isfinite(states), states, np.nan_to_num(self.state_mean, nan=0.0))
@@ -136,7 +146,10 @@ class Fitter:
         split = self.module_split
         y = self.modules["latency_ms"].astype(np.float64)
         train = of_kind & split["train"]
-        regressor = FittedRegressor.fit(family, self.features(train, use_state), y[train], self.seed)
+        increasing = np.array([False] * len(MODULE_FEATURES) + [f in LOAD_FEATURES for f in STATE_FEATURES])
+        regressor = FittedRegressor.fit(
+            family, self.features(train, use_state), y[train], self.seed, increasing if use_state else None
+        )
         scores = {}
         for part in ("select", "test"):  # scored as nn-Meter measures: median per module and load level
             groups = _median_groups(self.modules, "key", of_kind & split[part], self.module_idle)
@@ -147,8 +160,21 @@ class Fitter:
         # One prediction call in the node: every module of this kind at the current and forecast state.
         modules_of_kind = sum(info.kind == kind for info in self.infos.values())
         probe = self.features(of_kind & split["train"], use_state)[: 2 * modules_of_kind]
-        candidate = Candidate(family, scores["select"], regressor.predict_us(probe), regressor.stored_bytes)
+        monotone = not use_state or self.monotone_in_load(regressor, kind)
+        candidate = Candidate(family, scores["select"], regressor.predict_us(probe), regressor.stored_bytes, monotone)
         return regressor, candidate, scores["test"]
+
+    def monotone_in_load(self, regressor: FittedRegressor, kind: str, steps: int = 21) -> bool:
+        """Whether ``regressor`` predicts every module of ``kind`` no faster at each step of a load sweep
+        0 -> 1 from the calibration's typical state (CPU utilisation following the load, as the
+        profiler moves a state to the forecast load)."""
+        keys = [k for k, info in self.infos.items() if info.kind == kind]
+        base = self._impute(self.state_mean[None, :])[0]
+        states = np.array([move_to_load(base, load, self.cpu_line) for load in np.linspace(0.0, 1.0, steps)])
+        module_features = np.array([self.infos[k].features() for k in keys])
+        feats = np.hstack([np.repeat(module_features, steps, axis=0), np.tile(states, (len(keys), 1))])
+        latency = regressor.predict(feats).reshape(len(keys), steps)
+        return bool(np.all(np.diff(latency, axis=1) >= -1e-9 * latency[:, :-1]))
 
     def predictor(self, regressors: dict[str, FittedRegressor], use_state: bool) -> LatencyPredictor:
         throughput = self.data.device["throughput"]
@@ -198,7 +224,10 @@ class Fitter:
         rows = np.array([predictor.variant_index(g.id) for g in groups], np.int64)
         cpu = predictor.impute(np.vstack([g.state for g in groups]))[:, 0] if predictor.use_state else 0.0
         design = scaled_terms(additive, predictor.theoretical_ms[rows], cpu)
-        scale, *_ = np.linalg.lstsq(design, measured, rcond=None)
+        # The sum of modules and its load-dependent share count with weights >= 0: more load
+        # must never make the prediction smaller (the theoretical term and constant are free).
+        lower = np.array([0.0, -np.inf, -np.inf, 0.0])
+        scale = lsq_linear(design, measured, bounds=(lower, np.full(4, np.inf))).x
         scores = {}
         for mode, coefficients in (("additive", ADDITIVE), ("scaled", scale)):
             predictor.mode, predictor.scale = mode, coefficients.copy()
@@ -214,11 +243,17 @@ class Fitter:
         }
 
     def cpu_per_load(self) -> np.ndarray:
+        """CPU utilisation against load index, ``[slope, intercept]``: the line the profiler moves a state
+        along to the forecast load. A negative fitted slope (noise) becomes flat at the mean."""
+        return self.cpu_line
+
+    def _fit_cpu_per_load(self) -> np.ndarray:
         load, cpu = self.modules["load_index"].astype(float), self.modules["cpu_util"].astype(float)
         ok = np.isfinite(load) & np.isfinite(cpu)
         if ok.sum() < 2 or np.ptp(load[ok]) == 0:
             return np.array([1.0, 0.0])
-        return np.polyfit(load[ok], cpu[ok], 1)
+        slope, intercept = np.polyfit(load[ok], cpu[ok], 1)
+        return np.array([slope, intercept]) if slope >= 0 else np.array([0.0, float(np.mean(cpu[ok]))])
 
     def hit_rate(self) -> np.ndarray | None:
         cache = self.data.table("cache")

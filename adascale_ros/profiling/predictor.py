@@ -72,6 +72,20 @@ def device_fingerprint() -> dict[str, Any]:
     return {"machine": platform.machine(), "cpu_model": cpu_model, "cores": os.cpu_count() or 1}
 
 
+def move_to_load(state: np.ndarray, load_index: float, cpu_per_load: np.ndarray) -> np.ndarray:
+    """``state`` moved to another load index: CPU utilisation along the line ``cpu = s * load + i``
+    (slope >= 0, so a higher load never means less CPU use), the other readings kept."""
+    moved = np.array(state, np.float64)
+    current = moved[1]
+    slope = max(0.0, float(cpu_per_load[0]))
+    if math.isfinite(current) and math.isfinite(moved[0]):
+        moved[0] = min(1.0, max(0.0, moved[0] + slope * (load_index - current)))
+    else:
+        moved[0] = min(1.0, max(0.0, slope * load_index + float(cpu_per_load[1])))
+    moved[1] = load_index
+    return moved
+
+
 @dataclass
 class LatencyPredictor:
     module_keys: list[str]
@@ -108,15 +122,7 @@ class LatencyPredictor:
 
     def at_load(self, state: np.ndarray, load_index: float) -> np.ndarray:
         """``state`` moved to another load index (the forecast): CPU utilisation follows the fitted line."""
-        moved = np.array(state, np.float64)
-        current = moved[1]
-        slope = self.cpu_per_load[0]
-        if math.isfinite(current) and math.isfinite(moved[0]):
-            moved[0] = min(1.0, max(0.0, moved[0] + slope * (load_index - current)))
-        else:
-            moved[0] = min(1.0, max(0.0, slope * load_index + self.cpu_per_load[1]))
-        moved[1] = load_index
-        return moved
+        return move_to_load(state, load_index, self.cpu_per_load)
 
     def idle_state(self) -> np.ndarray:
         """The calibration's mean state moved to load 0: where AdaptiveNet's reactive mode predicts."""

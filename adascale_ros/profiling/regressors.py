@@ -55,11 +55,16 @@ def _named_layers(prefix: str, weights: list[np.ndarray], biases: list[np.ndarra
 class Linear:
     name = "linear"
 
-    def fit(self, x: np.ndarray, y: np.ndarray, seed: int = 0) -> Arrays:
-        from sklearn.linear_model import LinearRegression
+    def fit(self, x: np.ndarray, y: np.ndarray, seed: int = 0, increasing: np.ndarray | None = None) -> Arrays:
+        from scipy.optimize import lsq_linear
 
-        model = LinearRegression().fit(x, y)
-        return {"coef": model.coef_.astype(np.float64), "intercept": np.atleast_1d(model.intercept_)}
+        # Least squares with the coefficients of the ``increasing`` columns bounded below by 0.
+        lower = np.full(x.shape[1] + 1, -np.inf)
+        if increasing is not None:
+            lower[:-1][np.asarray(increasing, bool)] = 0.0
+        design = np.hstack([x, np.ones((len(x), 1))])
+        solution = lsq_linear(design, y, bounds=(lower, np.full_like(lower, np.inf))).x
+        return {"coef": solution[:-1].astype(np.float64), "intercept": solution[-1:].astype(np.float64)}
 
     @staticmethod
     def predict(arrays: Arrays, x: np.ndarray) -> np.ndarray:
@@ -74,12 +79,14 @@ class Forest:
     def __init__(self, trees: int = 30, max_depth: int = 10, min_samples_leaf: int = 20) -> None:
         self.trees, self.max_depth, self.min_samples_leaf = trees, max_depth, min_samples_leaf
 
-    def fit(self, x: np.ndarray, y: np.ndarray, seed: int = 0) -> Arrays:
+    def fit(self, x: np.ndarray, y: np.ndarray, seed: int = 0, increasing: np.ndarray | None = None) -> Arrays:
         from sklearn.ensemble import RandomForestRegressor
 
+        monotonic = None if increasing is None else np.asarray(increasing, bool).astype(int)
         model = RandomForestRegressor(
-            n_estimators=self.trees, max_depth=self.max_depth, min_samples_leaf=self.min_samples_leaf, random_state=seed
-        ).fit(x, y)
+            n_estimators=self.trees, max_depth=self.max_depth, min_samples_leaf=self.min_samples_leaf,
+            random_state=seed, monotonic_cst=monotonic,
+        ).fit(x, y)  # fmt: skip
         trees = [est.tree_ for est in model.estimators_]
         width = max(t.node_count for t in trees)
 
@@ -120,7 +127,8 @@ class MLP:
     def __init__(self, hidden: tuple[int, ...] = (32, 32)) -> None:
         self.hidden = hidden
 
-    def fit(self, x: np.ndarray, y: np.ndarray, seed: int = 0) -> Arrays:
+    def fit(self, x: np.ndarray, y: np.ndarray, seed: int = 0, increasing: np.ndarray | None = None) -> Arrays:
+        """``increasing`` cannot be imposed on an MLP: the auto-selection checks the fitted one instead."""
         from sklearn.neural_network import MLPRegressor
 
         model = MLPRegressor(
@@ -145,7 +153,8 @@ class MEDN:
         self.hidden, self.latent = hidden, latent
         self.reconstruction_weight, self.epochs = reconstruction_weight, epochs
 
-    def fit(self, x: np.ndarray, y: np.ndarray, seed: int = 0) -> Arrays:
+    def fit(self, x: np.ndarray, y: np.ndarray, seed: int = 0, increasing: np.ndarray | None = None) -> Arrays:
+        """``increasing`` is not imposed (see MLP)."""
         import torch
         from torch import nn
 
@@ -216,12 +225,16 @@ class FittedRegressor:
         self.x_scale = informative_scale(self.x_mean, self.x_scale)  # on load too: older files had tiny scales
 
     @classmethod
-    def fit(cls, family: str, x: np.ndarray, latency_ms: np.ndarray, seed: int = 0) -> FittedRegressor:
+    def fit(
+        cls, family: str, x: np.ndarray, latency_ms: np.ndarray, seed: int = 0, increasing: np.ndarray | None = None
+    ) -> FittedRegressor:
+        """``increasing`` (a mask of columns): latency must not fall as these grow (the load readings);
+        linear and random forest impose it, the networks are checked by the auto-selection."""
         if family not in REGRESSORS:
             raise ValueError(f"unknown regressor {family!r}; known: {sorted(REGRESSORS)}")
         mean = x.mean(axis=0)
         scale = informative_scale(mean, x.std(axis=0))
-        arrays = REGRESSORS[family]().fit((x - mean) / scale, np.log(latency_ms), seed)
+        arrays = REGRESSORS[family]().fit((x - mean) / scale, np.log(latency_ms), seed, increasing)
         return cls(family, mean, scale, arrays)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -283,11 +296,13 @@ class Candidate:
     score: Score
     predict_us: float
     stored_bytes: int
+    monotone: bool = True  # never predicts a module faster at a higher load
 
 
 def auto_select(candidates: list[Candidate], tolerance: float = 0.02, r2_tolerance: float = 0.02) -> Candidate:
     """The framework's time/space-efficient auto-selection for one module type.
 
+    0. drop the regressors not monotone in load (``Candidate.monotone``) while any other is left;
     1. keep the regressors whose accuracy (share within +-10 %) is within
        ``tolerance`` of the best;
     2. of those, keep the ones whose R^2 is within ``r2_tolerance`` of the best
@@ -297,6 +312,8 @@ def auto_select(candidates: list[Candidate], tolerance: float = 0.02, r2_toleran
     """
     if not candidates:
         raise ValueError("no regressor to select from")
+    # A regressor that predicts some module faster under more load is out while another is not.
+    candidates = [c for c in candidates if c.monotone] or candidates
     best = max(c.score.within_10 for c in candidates)
     kept = [c for c in candidates if c.score.within_10 >= best - tolerance]
     r2s = [c.score.r2 for c in kept if math.isfinite(c.score.r2)]

@@ -70,6 +70,17 @@ def _cmd_variants(args: argparse.Namespace) -> int:
     from adascale_ros.model.files import load_variant_table
     from adascale_ros.model.pipeline import compare_prefix_reuse, format_variant_table, reevaluate
 
+    if args.best_on_test:
+        from adascale_ros.model.backbone_pipeline import format_best_variants, score_best_variants
+
+        model = load_model(args.model_dir)
+        if model.card["network"].get("kind") != "backbone":
+            raise ValueError("--best-on-test is for a backbone model (its variants have resolutions)")
+        workdir = args.model_dir.parent / f"{args.model_dir.name}.work"
+        report = score_best_variants(model, workdir, progress=not args.json)
+        tiny = load_variant_table(args.compare) if args.compare else None
+        print(json.dumps(report, indent=1) if args.json else format_best_variants(report, tiny))
+        return 0
     if args.evaluate or args.compare_reuse:
         model = load_model(args.model_dir)
         table = reevaluate(model, progress=not args.json) if args.evaluate else load_variant_table(args.model_dir)
@@ -546,6 +557,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="time evaluation with and without prefix reuse on this many test images",
     )
     var.add_argument("--limit", type=int, help="print only the first N rows")
+    var.add_argument(
+        "--best-on-test",
+        action="store_true",
+        help="a backbone model: the best variant (validation) of every exit and resolution, on the whole test split",
+    )
+    var.add_argument("--compare", type=Path, help="with --best-on-test: print this model's best variant per exit too")
     var.set_defaults(func=_cmd_variants)
 
     ee = sub.add_parser("early-exit", help="accuracy and exit shares of confidence early exit per threshold")
