@@ -227,18 +227,23 @@ def test_fitting_recovers_a_known_device_and_reports_it(fitted):
     assert "Measured slowdown per load level" in text
 
 
-def load_sweep_ms(predictor, steps=21):
-    """(steps, V) predicted latency of every variant along a load sweep 0 -> 1 from the typical state,
-    as ``adascale predict --load-index`` moves a state."""
-    base = predictor.impute(predictor.state_mean)
-    return predictor.latency_ms(np.array([predictor.at_load(base, x) for x in np.linspace(0, 1, steps)]))
-
-
 def test_no_variant_is_predicted_faster_at_a_higher_load(fitted):
     *_, predictor, _ = fitted
-    sweep = load_sweep_ms(predictor)
+    _, sweep = predictor.load_sweep()
     assert np.all(np.diff(sweep, axis=0) >= -1e-9 * sweep[:-1])
     assert np.all(sweep[-1] > sweep[0])  # the synthetic device does slow down
+
+
+def test_predict_sweeps_the_load_and_says_whether_any_variant_gets_faster(fitted, capsys):
+    from adascale_ros.tools.cli import main
+
+    model_dir, *_ = fitted
+    assert main(["predict", str(model_dir), "--sweep", "5"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[2::2] == ["0.00", "0.25", "0.50", "0.75", "1.00"]
+    assert len(out) == 1 + 4 + 1  # the best variant of each of the four exits, then the verdict
+    assert out[-1].startswith("0 of 780 variants predicted faster")
+    assert main(["predict", str(model_dir)]) == 2  # neither a load index nor a sweep
 
 
 def test_the_shipped_calibration_refits_to_a_predictor_monotone_in_load():
@@ -247,7 +252,7 @@ def test_the_shipped_calibration_refits_to_a_predictor_monotone_in_load():
     table = load_variant_table(DEFAULT_MODEL)
     data = CalibrationData.load(DEFAULT_MODEL / "profiler" / "calibration_data.json.gz")
     predictor, report = fit_and_report(data, table, PROFILE, {"backend": "onnxruntime", "threads": 1})
-    sweep = load_sweep_ms(predictor)
+    _, sweep = predictor.load_sweep()
     worst = float((np.diff(sweep, axis=0) / sweep[:-1]).min())
     assert worst >= -1e-9, f"a variant predicted {-worst:.1%} faster one step up the load sweep"
     assert report["auto_selected"]["variant_mode"]["scaled_coefficients"]["cpu_x_sum"] >= 0.0

@@ -124,6 +124,13 @@ class LatencyPredictor:
         """``state`` moved to another load index (the forecast): CPU utilisation follows the fitted line."""
         return move_to_load(state, load_index, self.cpu_per_load)
 
+    def load_sweep(self, steps: int = 21, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(loads, latency): every variant's predicted latency, (steps, V), at load indices 0 -> 1 from
+        ``state`` (default: the calibration's typical one), moved as the forecast load moves it."""
+        base = self.impute(self.state_mean if state is None else state)
+        loads = np.linspace(0.0, 1.0, steps)
+        return loads, self.latency_ms(np.array([self.at_load(base, load) for load in loads]))
+
     def idle_state(self) -> np.ndarray:
         """The calibration's mean state moved to load 0: where AdaptiveNet's reactive mode predicts."""
         return self.at_load(self.impute(self.state_mean), 0.0)

@@ -409,6 +409,29 @@ def _predictor_state(predictor, args: argparse.Namespace):  # noqa: ANN001, ANN2
     return base
 
 
+def format_load_sweep(predictor, table: dict, steps: int, limit: int | None) -> str:  # noqa: ANN001
+    """Predicted latency of the most accurate variant of each exit along a load sweep 0 -> 1, and whether
+    any variant of the table is predicted faster at a higher load."""
+    import numpy as np
+
+    from adascale_ros.model.pipeline import best_per_exit
+
+    loads, latency = predictor.load_sweep(steps)
+    lines = [f"{'variant':<32}" + "".join(f"{f'load {x:.2f}':>11}" for x in loads)]
+    chosen = [row["variant_id"] for row in best_per_exit(table["variants"], "val_accuracy").values()]
+    for variant_id in chosen[:limit] if limit else chosen:
+        row = latency[:, predictor.variant_index(variant_id)]
+        lines.append(f"{variant_id:<32}" + "".join(f"{ms:>11.3f}" for ms in row))
+    drops = np.diff(latency, axis=0) / latency[:-1]
+    falling = int((drops < -1e-9).any(axis=0).sum())
+    lines.append(
+        f"{falling} of {latency.shape[1]} variants predicted faster somewhere up the sweep"
+        f" (largest step down {max(0.0, -float(drops.min())):.2%}); slowdown at load 1 vs 0: median "
+        f"{float(np.median(latency[-1] / latency[0])):.2f}x"
+    )
+    return "\n".join(lines)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from adascale_ros.model.files import load_variant_table
     from adascale_ros.profiling.calibrate import predictions_json
@@ -418,6 +441,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     predictor = LatencyPredictor.load(args.model_dir)
     for warning in predictor.check_against(table, device_fingerprint()):
         print(f"adascale predict: warning: {warning}", file=sys.stderr)
+    if args.sweep:
+        print(format_load_sweep(predictor, table, args.sweep, args.limit))
+        return 0
+    if args.load_index is None:
+        raise ValueError("give --load-index (or --sweep)")
     state = _predictor_state(predictor, args)
     text = predictions_json(predictor, state, table)
     if args.json:
@@ -700,7 +728,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser("predict", help="predicted latency and energy of every variant at a load")
     pre.add_argument("model_dir", type=Path)
-    pre.add_argument("--load-index", type=float, required=True)
+    pre.add_argument("--load-index", type=float, help="the load index to predict at (or --sweep)")
+    pre.add_argument(
+        "--sweep", type=int, metavar="STEPS", help="the best variant per exit at STEPS load indices from 0 to 1 instead"
+    )
     pre.add_argument("--cpu-util", type=float, help="background CPU utilisation; default: follows the load index")
     pre.add_argument("--mem-available-mb", type=float)
     pre.add_argument("--cpu-freq-mhz", type=float)
