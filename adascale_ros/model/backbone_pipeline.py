@@ -14,16 +14,13 @@ its ``input`` is the largest resolution (each variant's own is in its id).
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from adascale_ros.model.artifacts import LoadedModel, save_model
 from adascale_ros.model.datasets import DatasetSpec, DatasetSplits, ImageSet, load_splits
@@ -39,7 +36,7 @@ from adascale_ros.model.finetune import (
     trunk_features,
 )
 from adascale_ros.model.metrics import module_table, resolution_suffix, variant_metrics
-from adascale_ros.model.pipeline import best_per_exit
+from adascale_ros.model.pipeline import best_per_exit, dataset_summary, provenance
 from adascale_ros.model.variant import Variant
 
 
@@ -147,14 +144,7 @@ def finetune_model(
         "network": network.to_dict(),
         "num_variants": len(table["variants"]),
         "config": config.to_dict(),
-        "dataset": {
-            "name": splits.name,
-            "fingerprint": splits.fingerprint(),
-            "train": len(splits.train),
-            "val": len(splits.val),
-            "test": len(splits.test),
-            "scored": {name: len(data) for name, data in scored.items()},
-        },
+        "dataset": {**dataset_summary(splits), "scored": {name: len(data) for name, data in scored.items()}},
         "seed": config.training.seed,
         "training": {
             "recipe": "trunk features cached; branch distillation; tuning of every exit on drawn paths",
@@ -166,25 +156,12 @@ def finetune_model(
             "log": [asdict(e) for e in result.log],
         },
         "evaluation_seconds_prefix_reuse": eval_seconds,
-        "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **provenance(),
     }
     save_model(out, net, card, table)
     log(f"wrote {out}: {len(table['variants'])} variants")
     return card
-
-
-def read_run_config(path: Path) -> dict[str, Any]:
-    """A training configuration file as a mapping; ``ValueError`` with the file name otherwise."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: unreadable YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping with dataset/network/training sections")
-    return data
 
 
 def best_variants(rows: list[dict[str, Any]], key: str = "val_accuracy") -> dict[tuple[int, int], dict[str, Any]]:

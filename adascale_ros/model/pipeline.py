@@ -22,6 +22,17 @@ from adascale_ros.model.metrics import module_table, variant_metrics
 from adascale_ros.model.training import Trainer, TrainingConfig, TrainingResult
 
 
+def read_run_config(path: Path) -> dict[str, Any]:
+    """A training configuration file as a mapping; ``ValueError`` naming the file otherwise."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: unreadable YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping with dataset/network/training sections")
+    return data
+
+
 @dataclass(frozen=True)
 class TrainRunConfig:
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
@@ -30,12 +41,7 @@ class TrainRunConfig:
 
     @classmethod
     def from_yaml(cls, path: Path) -> TrainRunConfig:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: invalid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping with dataset/network/training sections")
+        data = read_run_config(path)
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as exc:
@@ -152,13 +158,7 @@ def train_model(
         "network": net.config.to_dict(),
         "num_variants": len(table["variants"]),
         "config": config.to_dict(),
-        "dataset": {
-            "name": splits.name,
-            "fingerprint": splits.fingerprint(),
-            "train": len(splits.train),
-            "val": len(splits.val),
-            "test": len(splits.test),
-        },
+        "dataset": dataset_summary(splits),
         "seed": config.training.seed,
         "training": {
             "mode": result.mode,
@@ -169,13 +169,31 @@ def train_model(
         },
         **({"init_from": parent} if parent is not None else {}),
         "evaluation_seconds_prefix_reuse": {k: round(v, 1) for k, v in eval_seconds.items()},
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **provenance(),
     }
     save_model(out, net, card, table)
     log(f"wrote {out}: {len(table['variants'])} variants")
     return card
+
+
+def dataset_summary(splits: DatasetSplits) -> dict[str, Any]:
+    """What a model card says of the data: name, fingerprint and split sizes."""
+    return {
+        "name": splits.name,
+        "fingerprint": splits.fingerprint(),
+        "train": len(splits.train),
+        "val": len(splits.val),
+        "test": len(splits.test),
+    }
+
+
+def provenance() -> dict[str, Any]:
+    """What a model card says of where and when it was made."""
+    return {
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def best_per_exit(rows: list[dict[str, Any]], key: str = "accuracy") -> dict[int, dict[str, Any]]:

@@ -34,7 +34,8 @@ def _cmd_forecast_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from adascale_ros.model.backbone_pipeline import is_backbone_config, read_run_config
+    from adascale_ros.model.backbone_pipeline import is_backbone_config
+    from adascale_ros.model.pipeline import read_run_config
 
     if is_backbone_config(read_run_config(args.config)):
         return _train_backbone(args)
@@ -50,7 +51,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_backbone(args: argparse.Namespace) -> int:
-    from adascale_ros.model.backbone_pipeline import BackboneRunConfig, finetune_model, read_run_config
+    from adascale_ros.model.backbone_pipeline import BackboneRunConfig, finetune_model
+    from adascale_ros.model.pipeline import read_run_config
 
     if args.mode or args.init_from:
         raise ValueError("--mode and --init-from are for the tiny network; a backbone starts from its ImageNet weights")
