@@ -95,3 +95,8 @@ def test_norm_is_chosen_by_the_config_and_old_cards_mean_groupnorm():
     assert ElasticConfig.from_dict({k: v for k, v in TINY.to_dict().items() if k != "norm"}).norm == "group"
     with pytest.raises(ValueError, match="norm must be one of"):
         ElasticConfig(norm="layer")
+
+
+def test_a_network_of_one_input_size_refuses_a_variant_with_a_resolution():
+    with pytest.raises(ValueError, match="resolution 64"):
+        ElasticNet(TINY).check_variant(Variant(0, ("res",), 64))

@@ -32,7 +32,7 @@ from adascale_ros.model.finetune import (
     FineTuner,
     evaluate_backbone_variants,
     exit_accuracy,
-    iter_limit,
+    first_images,
     trunk_features,
 )
 from adascale_ros.model.metrics import module_table, resolution_suffix, variant_metrics
@@ -124,8 +124,8 @@ def finetune_model(
     labels = splits.train.labels if config.training.labels else None
     result = FineTuner(net, config.training, train_features, labels, workdir, progress, log).run()
 
-    scored = {"val_accuracy": iter_limit(splits.val, config.training.table_images)}
-    scored["accuracy"] = iter_limit(splits.test, config.training.table_images)
+    scored = {"val_accuracy": first_images(splits.val, config.training.table_images)}
+    scored["accuracy"] = first_images(splits.test, config.training.table_images)
     accuracy, eval_seconds = {}, {}
     for name, data in scored.items():
         start = time.perf_counter()

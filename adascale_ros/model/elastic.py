@@ -124,6 +124,9 @@ class MultiExitNet(nn.Module):
         unknown = [op for stage, op in enumerate(variant.operators) if op not in self.stages[stage]]
         if unknown:
             raise ValueError(f"variant {variant}: unknown operators {unknown}")
+        resolutions = tuple(getattr(self.config, "resolutions", ())) or (None,)
+        if variant.resolution not in resolutions:
+            raise ValueError(f"variant {variant}: resolution {variant.resolution} not among {list(resolutions)}")
 
     def run_stage(self, x: torch.Tensor, stage: int, op: str) -> torch.Tensor:
         return self.stages[stage][op](x)

@@ -212,13 +212,6 @@ class ElasticBackbone(MultiExitNet):
             for ops in itertools.product(*self.stage_operators[: exit_index + 1])
         ]
 
-    def check_variant(self, variant: Variant) -> None:
-        super().check_variant(variant)
-        if variant.resolution not in self.config.resolutions:
-            raise ValueError(
-                f"variant {variant}: resolution {variant.resolution} not in {list(self.config.resolutions)}"
-            )
-
     def new_branches(self) -> dict[tuple[int, str], nn.Module]:
         """(stage, branch) -> module, for every branch not taken from the backbone as it was: the ones
         feature distillation trains."""

@@ -469,7 +469,7 @@ def evaluate_backbone_variants(
     return {vid: count / total for vid, count in correct.items()}
 
 
-def iter_limit(data: ImageSet, limit: int | None) -> ImageSet:
+def first_images(data: ImageSet, limit: int | None) -> ImageSet:
     """The first ``limit`` images (all with None)."""
     return data if limit is None or limit >= len(data) else data.subset(range(limit))
 
