@@ -169,7 +169,11 @@ def synthetic_calibration(table: dict, rounds_per_level: int = 30, seed: int = 0
     variants = [Variant.parse(v["variant_id"]) for v in table["variants"]]
     truth = rng.sample(variants, 40)
     data = CalibrationData(
-        device={**device_fingerprint(), "throughput": {"gflops": 50.0, "copy_gbs": 10.0}},
+        device={
+            **device_fingerprint(),
+            "throughput": {"gflops": 50.0, "copy_gbs": 10.0},
+            "reference_variants": {"top": truth[0].id},
+        },
         levels=[{"name": n, "idle": n == "idle", "stress_ng": []} for n in LEVELS],
     )
     round_index = 0
@@ -225,6 +229,10 @@ def test_fitting_recovers_a_known_device_and_reports_it(fitted):
     slowdown = report["slowdown_by_level"]
     assert slowdown["idle"] == 1.0 and max(slowdown.values()) > 1.1
     assert "Measured slowdown per load level" in text
+    # ... and by how much it slowed the variant calibration measured at every level (the top one).
+    (role, top_slowdown), = report["reference_slowdown_by_level"].items()
+    assert role.startswith("top (e") and top_slowdown["idle"] == 1.0 and max(top_slowdown.values()) > 1.1
+    assert f"Measured slowdown of the {role}: idle 1.00x" in text
 
 
 def test_no_variant_is_predicted_faster_at_a_higher_load(fitted):

@@ -69,6 +69,16 @@ def load_variant_table(directory: Path | str) -> dict[str, Any]:
     return table
 
 
+def reference_variants(table: dict[str, Any]) -> dict[str, str]:
+    """The variants a benchmark or a calibration always measures: ``top`` (the most accurate on
+    validation, the more FLOPs on a tie) and ``fastest`` (the fewest FLOPs)."""
+    rows = table["variants"]
+    if not rows:
+        raise ModelLoadError("the variant table has no variants")
+    top = max(rows, key=lambda row: (row["val_accuracy"], row["flops"]))
+    return {"top": top["variant_id"], "fastest": cheapest_variant(table)}
+
+
 def cheapest_variant(table: dict[str, Any]) -> str:
     """The variant with the fewest FLOPs (ties: lowest id): the default safe choice under any load."""
     rows = table["variants"]

@@ -24,7 +24,7 @@ import numpy as np
 from adascale_ros.bringup import shipped_path
 from adascale_ros.model.artifacts import LoadedModel, load_model
 from adascale_ros.model.elastic import Variant
-from adascale_ros.model.files import card_resolutions, load_variant_table, write_json
+from adascale_ros.model.files import card_resolutions, load_variant_table, reference_variants, write_json
 from adascale_ros.model.metrics import resolution_suffix
 from adascale_ros.profiling.calibration import (
     FIXED,
@@ -127,6 +127,7 @@ def measure(model_dir: Path, options: CalibrateOptions, progress: bool) -> Calib
         0, 256, (options.frame_height, options.frame_width, 3), dtype=np.uint8
     )
     calls, run_variant = engine_calls(model, engine, frame)
+    references = reference_variants(load_variant_table(model_dir))
     levels = default_levels(options.quick)
     seconds = options.seconds_per_level or (2.0 if options.quick else 20.0)
     plan = CalibrationPlan(
@@ -135,6 +136,7 @@ def measure(model_dir: Path, options: CalibrateOptions, progress: bool) -> Calib
         settle_s=0.5 if options.quick else 1.0,
         variants_per_exit=8 if options.quick else 30,
         seed=options.seed,
+        always=tuple(Variant.parse(v) for v in references.values()),
     )
     device = {
         **device_fingerprint(),
@@ -142,6 +144,7 @@ def measure(model_dir: Path, options: CalibrateOptions, progress: bool) -> Calib
         "threads": options.threads,
         "frame": f"{options.frame_width}x{options.frame_height} rgb8",
         "quick": options.quick,
+        "reference_variants": references,
     }
     bar = None
     if progress:

@@ -30,7 +30,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,14 +239,16 @@ class StateProbe:
         self.sampler.close()
 
 
-def ground_truth_variants(variants: list[Variant], per_exit: int, seed: int = 0) -> list[Variant]:
-    """A fixed random sample of whole variants, the same number from every exit."""
+def ground_truth_variants(
+    variants: list[Variant], per_exit: int, seed: int = 0, always: Sequence[Variant] = ()
+) -> list[Variant]:
+    """A fixed random sample of whole variants, the same number from every exit, plus ``always``."""
     rng = random.Random(seed)
     sample: list[Variant] = []
     for exit_index in sorted({v.exit_index for v in variants}):
         at_exit = [v for v in variants if v.exit_index == exit_index]
         sample += rng.sample(at_exit, min(per_exit, len(at_exit)))
-    return sample
+    return sample + [v for v in always if v not in sample]
 
 
 @dataclass(frozen=True)
@@ -258,6 +260,7 @@ class CalibrationPlan:
     repeats: int = 7
     variants_per_exit: int = 30
     seed: int = 0
+    always: tuple[Variant, ...] = ()  # measured whole at every level besides the sample (the top variant)
 
 
 ModuleCalls = dict[str, Callable[[], object]]
@@ -281,7 +284,7 @@ def run_calibration(
     stress-ng stops at the end of each level, also on an exception or Ctrl-C.
     """
     data = CalibrationData(device={**device, "throughput": measure_throughput()}, levels=[])
-    truth = ground_truth_variants(variants, plan.variants_per_exit, plan.seed)
+    truth = ground_truth_variants(variants, plan.variants_per_exit, plan.seed, plan.always)
     rng = random.Random(plan.seed)
     flush = CacheFlusher()
     probe = StateProbe(weights or LoadIndexWeights())

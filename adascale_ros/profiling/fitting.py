@@ -334,6 +334,7 @@ def fit_and_report(
         energy_report["profile"] = profile.to_dict()
     predictor.meta = {**meta, "model_fingerprint": table_fingerprint(variants_table), "device": data.device}
 
+    all_groups = fitter.variant_groups(np.ones(len(fitter.variant_samples["variant_id"]), bool))
     report = {
         "device": data.device,
         "levels": data.levels,
@@ -347,9 +348,11 @@ def fit_and_report(
             "modules by calibration round (rounds 0-2 of 5 train, 3 selects, 4 scores); whole variants: "
             "half of the measured variants held out, scored per variant and load level (median latency)"
         ),
-        "slowdown_by_level": slowdown_by_level(
-            fitter.variant_groups(np.ones(len(fitter.variant_samples["variant_id"]), bool)), data.levels
-        ),
+        "slowdown_by_level": slowdown_by_level(all_groups, data.levels),
+        "reference_slowdown_by_level": {
+            f"{role} ({variant_id})": slowdown_by_level([g for g in all_groups if g.id == variant_id], data.levels)
+            for role, variant_id in data.device.get("reference_variants", {}).items()
+        },
         "regressors": per_family,
         "auto_selected": {"per_kind": selection, "variant_mode": mode, "variants": auto_scores},
         "ablation_without_state": {
@@ -404,6 +407,13 @@ def report_markdown(report: dict[str, Any]) -> str:
         " over their median latency at idle): "
         + ", ".join(f"{name} {num(ratio, 2)}x" for name, ratio in report.get("slowdown_by_level", {}).items())
         + ".",
+        "",
+        *(
+            f"Measured slowdown of the {role}: "
+            + ", ".join(f"{name} {num(ratio, 2)}x" for name, ratio in levels.items())
+            + "."
+            for role, levels in report.get("reference_slowdown_by_level", {}).items()
+        ),
         "",
         f"Held out: {report['split']}; {report['samples']['held_out_groups']} held-out (variant, level) pairs. "
         "Whole-variant prediction = sum of the predicted modules at the pair's median state; accurate when "

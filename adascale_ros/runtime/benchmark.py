@@ -25,7 +25,7 @@ import numpy as np
 
 from adascale_ros.model.artifacts import LoadedModel
 from adascale_ros.model.elastic import Variant
-from adascale_ros.model.files import card_resolutions
+from adascale_ros.model.files import card_resolutions, reference_variants
 from adascale_ros.model.pipeline import best_per_exit
 from adascale_ros.profiling.timing import summarize, time_samples
 from adascale_ros.runtime.engine import BACKENDS, ElasticEngine, OnnxBackend, softmax
@@ -126,15 +126,11 @@ def run_module_by_module(engine: ElasticEngine, x: np.ndarray, variant: Variant)
 def camera_rate_variants(variants_table: dict[str, Any]) -> dict[str, Variant]:
     """What the camera-rate bench times: the most accurate variant of the first and of the last exit, the
     most accurate variant overall (the top one) and the one of fewest FLOPs (the fastest by design)."""
-    rows = variants_table["variants"]
-    best = best_per_exit(rows, "val_accuracy")
-    top = max(rows, key=lambda row: (row["val_accuracy"], row["flops"]))
-    cheapest = min(rows, key=lambda row: (row["flops"], -row["val_accuracy"]))
+    best = best_per_exit(variants_table["variants"], "val_accuracy")
     chosen = {
         "first exit": best[min(best)]["variant_id"],
         "last exit": best[max(best)]["variant_id"],
-        "top": top["variant_id"],
-        "fastest": cheapest["variant_id"],
+        **reference_variants(variants_table),
     }
     return {role: Variant.parse(vid) for role, vid in chosen.items()}
 
