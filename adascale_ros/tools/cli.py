@@ -78,8 +78,9 @@ def _cmd_variants(args: argparse.Namespace) -> int:
         model = load_model(args.model_dir)
         if model.card["network"].get("kind") != "backbone":
             raise ValueError("--best-on-test is for a backbone model (its variants have resolutions)")
-        workdir = args.model_dir.parent / f"{args.model_dir.name}.work"
-        report = score_best_variants(model, workdir, progress=not args.json)
+        from adascale_ros.runtime.onnx_modules import cache_root
+
+        report = score_best_variants(model, cache_root(), progress=not args.json)  # trunk features cached there
         tiny = load_variant_table(args.compare) if args.compare else None
         print(json.dumps(report, indent=1) if args.json else format_best_variants(report, tiny))
         return 0
