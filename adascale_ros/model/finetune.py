@@ -197,7 +197,6 @@ class PhaseLog:
 class FineTuneResult:
     seconds: dict[str, float] = field(default_factory=dict)
     log: list[PhaseLog] = field(default_factory=list)
-    exit_accuracy: dict[str, list[float]] = field(default_factory=dict)  # resolution -> val accuracy per exit (pre)
 
 
 class FineTuner:
