@@ -22,6 +22,10 @@ setup(
         (f"share/{PACKAGE}/config/sros2", glob("config/sros2/*.xml")),
         (f"share/{PACKAGE}/models/default", [f for f in glob("models/default/*") if os.path.isfile(f)]),
         (f"share/{PACKAGE}/models/default/profiler", glob("models/default/profiler/*")),
+        (
+            f"share/{PACKAGE}/models/lite0-fashion-mnist",
+            [f for f in glob("models/lite0-fashion-mnist/*") if os.path.isfile(f)],
+        ),
     ],
     python_requires=">=3.10",
     # Runtime deps come from the distro on a robot (package.xml) and from
