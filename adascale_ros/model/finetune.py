@@ -416,14 +416,6 @@ class FineTuner:
         return self.result
 
 
-def _prefix_tree(variants: Sequence[Variant]) -> dict[tuple[str, ...], list[Variant]]:
-    """path prefix -> the variants that exit right after it."""
-    tree: dict[tuple[str, ...], list[Variant]] = {}
-    for v in variants:
-        tree.setdefault(v.operators, []).append(v)
-    return tree
-
-
 def evaluate_backbone_variants(
     net: ElasticBackbone,
     features: dict[int, np.ndarray],
