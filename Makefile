@@ -66,19 +66,24 @@ soak: setup
 campaign: setup
 	$(VENV)/bin/adascale campaign --messages 1000 --out build/campaign
 
-# Retrain the committed default model (about two hours on 2 CPU cores): 40 epochs, then
+# Retrain the committed tiny model (about two hours on 2 CPU cores): 40 epochs, then
 # 15 more from those weights on a fresh schedule. Then `adascale calibrate models/default`.
 model: setup
 	$(VENV)/bin/adascale train --config config/train/default.yaml --out build/default-40/default
 	$(VENV)/bin/adascale train --config config/train/continue.yaml --init-from build/default-40/default \
 		--out models/default
 
-# The robot-scale model: EfficientNet-Lite0 (ImageNet) made elastic and fine-tuned to Fashion-MNIST
-# as RGB camera images (config/train/lite0-fashion-mnist.yaml; docs/robot-scale-model.md). Resumes
-# from build/lite0-fashion-mnist.work when interrupted.
+# The robot-scale model (the default): EfficientNet-Lite0 (ImageNet) made elastic and fine-tuned to
+# Fashion-MNIST as RGB camera images in two parts (config/train/lite0-fashion-mnist.yaml, then
+# lite0-continue.yaml from its weights; docs/robot-scale-model.md). Each part resumes from its work
+# directory when interrupted; the trunk features are computed once, for both, under ~/.cache/adascale_ros.
+# Then `adascale calibrate models/lite0-fashion-mnist --threads 2`.
 model-lite0: setup
-	$(VENV)/bin/adascale train --config config/train/lite0-fashion-mnist.yaml --out models/lite0-fashion-mnist \
-		--workdir build/lite0-fashion-mnist.work
+	$(VENV)/bin/adascale train --config config/train/lite0-fashion-mnist.yaml \
+		--out build/lite0-first/lite0-fashion-mnist --workdir build/lite0-first.work
+	$(VENV)/bin/adascale train --config config/train/lite0-continue.yaml \
+		--init-from build/lite0-first/lite0-fashion-mnist --out models/lite0-fashion-mnist \
+		--workdir build/lite0-continue.work
 
 # AdaScale's Table III at a budget a 2-core CPU affords (config/train/baselines-subset.yaml)
 baselines: setup

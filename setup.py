@@ -20,11 +20,10 @@ setup(
         (f"share/{PACKAGE}/config/energy", glob("config/energy/*.yaml")),
         (f"share/{PACKAGE}/config/load_traces", glob("config/load_traces/*.yaml")),
         (f"share/{PACKAGE}/config/sros2", glob("config/sros2/*.xml")),
-        (f"share/{PACKAGE}/models/default", [f for f in glob("models/default/*") if os.path.isfile(f)]),
-        (f"share/{PACKAGE}/models/default/profiler", glob("models/default/profiler/*")),
-        (
-            f"share/{PACKAGE}/models/lite0-fashion-mnist",
-            [f for f in glob("models/lite0-fashion-mnist/*") if os.path.isfile(f)],
+        *(
+            (f"share/{PACKAGE}/{directory}", [f for f in glob(f"{directory}/*") if os.path.isfile(f)])
+            for model in ("default", "lite0-fashion-mnist")
+            for directory in (f"models/{model}", f"models/{model}/profiler")
         ),
     ],
     python_requires=">=3.10",

@@ -8,6 +8,7 @@ parameters and remappings.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,9 +56,20 @@ def default_params_file() -> Path:
     return shipped_path("config/adascale.yaml")
 
 
+MODEL_DIR_VARIABLE = "ADASCALE_MODEL_DIR"
+DEFAULT_MODEL = "models/lite0-fashion-mnist"
+TINY_MODEL = "models/default"
+
+
 def default_model_dir() -> Path:
-    """The embedded default model (Fashion-MNIST)."""
-    return shipped_path("models/default")
+    """The model a node or command uses when none is named: ``$ADASCALE_MODEL_DIR`` when set, else the
+    embedded robot-scale model (EfficientNet-Lite0 fine-tuned to Fashion-MNIST)."""
+    return Path(os.environ.get(MODEL_DIR_VARIABLE) or shipped_path(DEFAULT_MODEL))
+
+
+def tiny_model_dir() -> Path:
+    """The embedded tiny elastic network (28 x 28 grey, well under a millisecond): fast tests, weak devices."""
+    return shipped_path(TINY_MODEL)
 
 
 # Topics between the nodes, by role, as seen from outside the nodes.

@@ -20,6 +20,9 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The inference node's ONNX module cache: under build/, not the user's ~/.cache.
 os.environ.setdefault("ADASCALE_CACHE_DIR", str(REPO_ROOT / "build" / "test-cache"))
+# Nodes and commands that name no model run the tiny one (well under a millisecond a frame);
+# the robot-scale default's own tests name it, and one checks that it is the default.
+os.environ.setdefault("ADASCALE_MODEL_DIR", str(REPO_ROOT / "models" / "default"))
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
 

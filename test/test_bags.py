@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from conftest import spin_until
 
-from adascale_ros.model.datasets import DatasetSpec, load_splits
+from adascale_ros.model.datasets import UNLABELLED, DatasetSpec, load_splits
+from adascale_ros.runtime.preprocess import shrink_by_area
 from adascale_ros.tools.bags import (
     FRAME_LABEL,
     IMAGE,
@@ -17,6 +18,7 @@ from adascale_ros.tools.bags import (
     BagMessage,
     BagSpec,
     ReplaySpec,
+    bag_frames,
     camera_frame,
     make_camera_bag,
     read_bag,
@@ -58,6 +60,17 @@ def test_bag_holds_every_frame_and_its_label(bag, fashion):
     assert [truth[s] for s in stamps] == labels.tolist()
     label = store.deserialize_cdr(next(m.data for m in messages if m.topic == LABELS_TOPIC), FRAME_LABEL)
     assert label.label == classes[labels[0]]
+
+
+def test_bag_frames_are_the_camera_frames_as_the_inference_node_shrinks_them(bag, fashion):
+    frames = bag_frames(bag, "/camera/image_raw", 32, limit=5)
+    assert frames.images.shape == (5, 3, 32, 32) and frames.classes == UNLABELLED
+    expected = shrink_by_area(camera_frame(fashion[0][1], 64, 48), 32, 32).transpose(2, 0, 1)
+    np.testing.assert_array_equal(frames.images[1].numpy(), expected)
+    with pytest.raises(ValueError, match=r"no Image or CompressedImage topic /oops .*/camera/labels"):
+        bag_frames(bag, "/oops", 32)
+    with pytest.raises(ValueError, match=r"no Image or CompressedImage topic /camera/labels"):
+        bag_frames(bag, LABELS_TOPIC, 32)
 
 
 def test_bad_bags_and_arguments_fail_clearly(tmp_path, bag, fashion):

@@ -13,7 +13,16 @@ import pytest
 import yaml
 from conftest import REPO_ROOT
 
-from adascale_ros.bringup import MODEL_READERS, default_params_file, node_graph
+from adascale_ros.bringup import (
+    MODEL_DIR_VARIABLE,
+    MODEL_READERS,
+    default_model_dir,
+    default_params_file,
+    node_graph,
+    tiny_model_dir,
+)
+from adascale_ros.model.files import card_resolutions, read_model_card
+from adascale_ros.profiling.predictor import LatencyPredictor, calibrated_threads
 
 
 def test_graph_nodes_are_runnable_and_configured():
@@ -27,6 +36,21 @@ def test_graph_nodes_are_runnable_and_configured():
         # Every parameter the node declares is set (and documented) there, and nothing else.
         declared = importlib.import_module(spec.module).PARAMETERS
         assert set(config[spec.name]["ros__parameters"]) == set(declared), spec.name
+
+
+def test_the_default_model_is_the_robot_scale_one_calibrated_and_an_environment_variable_names_another(
+    monkeypatch,
+):
+    monkeypatch.delenv(MODEL_DIR_VARIABLE, raising=False)
+    robot = default_model_dir()
+    assert robot == REPO_ROOT / "models" / "lite0-fashion-mnist"
+    card = read_model_card(robot)
+    assert card["network"]["backbone"] == "lite0" and len(card_resolutions(card)) >= 3
+    assert len(LatencyPredictor.load(robot).variant_ids) == card["num_variants"]
+    # The inference node's threads default (0) runs what calibration timed: 2 threads here, 1 for the tiny model.
+    assert calibrated_threads(robot) == 2 and calibrated_threads(tiny_model_dir()) == 1
+    monkeypatch.setenv(MODEL_DIR_VARIABLE, "/models/mine")
+    assert str(default_model_dir()) == "/models/mine"
 
 
 def test_node_command_line_carries_params_and_remaps(tmp_path):

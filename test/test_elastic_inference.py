@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 
 import cv2
 import numpy as np
@@ -14,7 +15,9 @@ from conftest import REPO_ROOT, subscribe_diagnostics
 from adascale_ros.bringup import CLASSIFICATION_TOPIC, default_params_file
 from adascale_ros.model.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_idx_split
 from adascale_ros.model.elastic import Variant
-from adascale_ros.model.files import cheapest_variant, load_variant_table
+from adascale_ros.model.files import cheapest_variant, load_variant_table, reference_variants
+from adascale_ros.profiling.predictor import calibrated_threads
+from adascale_ros.tools.bags import camera_frame as bag_camera_frame
 
 pytestmark = pytest.mark.ros
 MODULE = "adascale_ros.nodes.elastic_inference"
@@ -25,6 +28,9 @@ SIDE = 224  # camera-like frames: each 28 x 28 image enlarged 8 times
 TEST_ACCURACY = {
     row["variant_id"]: row["accuracy"] for row in load_variant_table(REPO_ROOT / "models/default")["variants"]
 }
+ROBOT_MODEL = REPO_ROOT / "models" / "lite0-fashion-mnist"
+ROBOT_TABLE = load_variant_table(ROBOT_MODEL)
+ROBOT_ACCURACY = {row["variant_id"]: row["accuracy"] for row in ROBOT_TABLE["variants"]}
 
 
 @pytest.fixture(scope="module")
@@ -121,22 +127,25 @@ class InferenceHarness:
         return {kv.key: kv.value for kv in self.diagnostics[-1].values} if self.diagnostics else {}
 
 
-def run_stream(harness, images, labels, variant_id, count, fmt=None, early_exit=False):
+def run_stream(
+    harness, images, labels, variant_id, count, fmt=None, early_exit=False, accuracy_table=None, render=camera_frame
+):
     """Accuracy over ``count`` frames, and the exit that answered each."""
     harness.select(variant_id)
     # The selection is in force once a frame is answered by it (discovery takes a moment).
-    probe = harness.frame(-1, camera_frame(images[0]), fmt)
+    probe = harness.frame(-1, render(images[0]), fmt)
     assert harness.spin_until(lambda: harness.classify(probe).variant_id == variant_id, 10.0)
     correct, exits = 0, []
     for i in range(count):
-        result = harness.classify(harness.frame(i, camera_frame(images[i]), fmt))
+        result = harness.classify(harness.frame(i, render(images[i]), fmt))
         assert result.variant_id == variant_id
         assert result.early_exited == (result.exit_index < Variant.parse(variant_id).exit_index)
         assert early_exit or not result.early_exited
         correct += result.class_ids[0] == labels[i]
         exits.append(result.exit_index)
     accuracy = correct / count
-    print(f"{variant_id} over {count} {fmt or 'raw'} frames: {accuracy:.4f} (table {TEST_ACCURACY[variant_id]:.4f})")
+    table = (accuracy_table or TEST_ACCURACY)[variant_id]
+    print(f"{variant_id} over {count} {fmt or 'raw'} frames: {accuracy:.4f} (table {table:.4f})")
     return accuracy, exits
 
 
@@ -152,6 +161,23 @@ def test_raw_stream_reaches_the_table_accuracy(ros_node, start_process, test_ima
     assert last.labels[0] == FASHION_MNIST_CLASSES[last.class_ids[0]]
     assert list(last.scores) == sorted(last.scores, reverse=True) and 0.0 < last.scores[0] <= 1.0
     assert last.latency_ms > 0.0 and math.isfinite(last.age_ms) and last.age_ms >= last.latency_ms - 1.0
+
+
+def test_the_robot_scale_model_classifies_the_stream_at_its_table_accuracy_with_its_calibrated_threads(
+    ros_node, start_process, test_images
+):
+    images, labels = test_images
+    harness = InferenceHarness(ros_node, start_process, model_dir=ROBOT_MODEL)
+    top = reference_variants(ROBOT_TABLE)["top"]
+    # Frames as the demo bag renders them (enlarged bilinearly, as a camera sees a garment, not in
+    # 8 x 8 blocks); the table scores the first 500 test images resized bilinearly, as in training.
+    smooth = partial(bag_camera_frame, width=SIDE, height=SIDE)
+    accuracy, _ = run_stream(harness, images, labels, top, 500, accuracy_table=ROBOT_ACCURACY, render=smooth)
+    assert abs(accuracy - ROBOT_ACCURACY[top]) <= 0.03
+    assert Variant.parse(harness.results[-1].variant_id).resolution == Variant.parse(top).resolution
+    assert harness.spin_until(
+        lambda: harness.diagnostic_values().get("threads") == str(calibrated_threads(ROBOT_MODEL)), 5.0
+    )
 
 
 def test_compressed_stream_reaches_the_table_accuracy(ros_node, start_process, test_images):

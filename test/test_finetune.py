@@ -1,12 +1,17 @@
 """Fine-tuning an elastic backbone: trunk-feature cache, distillation, tuning, resuming, scoring."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from adascale_ros.model.artifacts import load_model
 from adascale_ros.model.datasets import ImageSet
 from adascale_ros.model.elastic_backbone import LITE_MEAN, LITE_STD, BackboneConfig, ElasticBackbone
 from adascale_ros.model.evaluation import Normalization
+from adascale_ros.model.files import load_variant_table
 from adascale_ros.model.finetune import (
     CHECKPOINT,
     FineTuneConfig,
@@ -160,3 +165,87 @@ def test_a_bad_backbone_configuration_is_a_one_line_error(tmp_path, capsys, yaml
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "m"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+SMALL_RUN = (
+    "dataset: {name: fashion-mnist, limit_train: 96, limit_test: 32, val_fraction: 0.25}\n"
+    "network: {backbone: lite0, resolutions: [32, 64]}\n"
+    "training: {distill_epochs: %s, tune_epochs: 0.5, batch_size: 16, table_images: 12}\n"
+)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    """A Lite0 model fine-tuned for a few steps on 96 Fashion-MNIST images at 32 and 64 pixels, and the
+    trunk-feature cache it filled."""
+    root = tmp_path_factory.mktemp("small")
+    (root / "first.yaml").write_text(SMALL_RUN % "0.2")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ADASCALE_CACHE_DIR", str(root / "cache"))
+        args = ["train", "--config", str(root / "first.yaml"), "--out", str(root / "a"), "--no-progress"]
+        assert main([*args, "--workdir", str(root / "a.work")]) == 0
+    return root / "a", root / "cache"
+
+
+def cached_features(cache) -> list[tuple[str, int]]:
+    return sorted((f.name, f.stat().st_mtime_ns) for f in (cache / "features").iterdir())
+
+
+def test_training_on_from_a_models_weights_computes_no_trunk_features_again(small_model, tmp_path, monkeypatch):
+    parent_dir, cache = small_model
+    monkeypatch.setenv("ADASCALE_CACHE_DIR", str(cache))
+    features = cached_features(cache)
+    (tmp_path / "more.yaml").write_text(SMALL_RUN % "0.0")
+    args = ["train", "--config", str(tmp_path / "more.yaml"), "--out", str(tmp_path / "b"), "--no-progress"]
+    assert main([*args, "--init-from", str(parent_dir), "--workdir", str(tmp_path / "b.work")]) == 0
+
+    assert features and cached_features(cache) == features
+    parent = json.loads((parent_dir / "model_card.json").read_text())
+    card = json.loads((tmp_path / "b" / "model_card.json").read_text())
+    assert card["init_from"]["name"] == "a" and card["init_from"]["config"] == parent["config"]
+    assert "distill" not in card["training"]["phase_seconds"] and card["training"]["phase_seconds"]["tune"] > 0
+
+    (tmp_path / "other.yaml").write_text((SMALL_RUN % "0.0").replace("[32, 64]", "[32]"))
+    args = ["train", "--config", str(tmp_path / "other.yaml"), "--out", str(tmp_path / "c"), "--no-progress"]
+    assert main([*args, "--init-from", str(parent_dir), "--workdir", str(tmp_path / "c.work")]) == 2  # refused
+
+
+def test_label_free_adaptation_on_a_folder_of_frames_keeps_the_largest_variant(small_model, tmp_path, monkeypatch):
+    parent_dir, cache = small_model
+    monkeypatch.setenv("ADASCALE_CACHE_DIR", str(cache))
+    frames = tmp_path / "frames" / "2026-12-02"
+    frames.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(30):  # unlabelled camera frames, not square, of another world than the training images
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(frames / f"{i:03d}.png")
+    (frames / "notes.txt").write_text("not an image")
+    out = tmp_path / "adapted"
+    args = ["adapt", str(parent_dir), "--frames", str(tmp_path / "frames"), "--out", str(out), "--no-progress"]
+    assert main([*args, "--epochs", "2"]) == 0
+
+    before, after = load_model(parent_dir), load_model(out)
+    largest = Variant(3, ("pre",) * 4, 64)
+    x = model_input(images(8).images, 64, NORMALIZE)
+    with torch.inference_mode():
+        assert torch.equal(before.net(x, largest), after.net(x, largest))  # the teacher stays as it was
+        assert not torch.equal(before.net(x, Variant(0, ("pre",), 64)), after.net(x, Variant(0, ("pre",), 64)))
+    adapted = after.card["adapted"]
+    assert adapted["frames"] == 30 and adapted["held_out"] == 3 and adapted["from"]["name"] == "a"
+    assert len(adapted["mean_agreement_per_exit"]["after"]) == 4
+    rows = load_variant_table(out)["variants"]
+    assert all(0.0 <= row["agreement"] <= 1.0 and "val_accuracy" in row for row in rows)
+    assert next(row for row in rows if row["variant_id"] == largest.id)["agreement"] == 1.0
+
+    assert main(["adapt", str(parent_dir), "--frames", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_confidence_early_exit_table_of_a_backbone_model(small_model, capsys):
+    model_dir, _ = small_model
+    assert main(["early-exit", str(model_dir), "--variant", "e3:pre-pre-pre-pre@32", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["val"]["variant_id"] == "e3:pre-pre-pre-pre@32"
+    rows = report["test"]["rows"]
+    assert [len(row["exit_share"]) for row in rows] == [4] * len(rows)
+    # The highest threshold answers (almost) everything at the variant's own exit, its accuracy without early exit.
+    assert rows[-1]["exit_share"][-1] >= 0.9
+    assert main(["early-exit", str(model_dir), "--variant", "e3:pre-pre-pre-pre@48"]) == 2  # not a resolution

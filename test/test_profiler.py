@@ -230,7 +230,7 @@ def test_fitting_recovers_a_known_device_and_reports_it(fitted):
     assert slowdown["idle"] == 1.0 and max(slowdown.values()) > 1.1
     assert "Measured slowdown per load level" in text
     # ... and by how much it slowed the variant calibration measured at every level (the top one).
-    (role, top_slowdown), = report["reference_slowdown_by_level"].items()
+    ((role, top_slowdown),) = report["reference_slowdown_by_level"].items()
     assert role.startswith("top (e") and top_slowdown["idle"] == 1.0 and max(top_slowdown.values()) > 1.1
     assert f"Measured slowdown of the {role}: idle 1.00x" in text
 
@@ -503,6 +503,25 @@ def test_calibration_measures_under_stress_ng_and_leaves_nothing_behind():
     with pytest.raises(KeyboardInterrupt):
         run_calibration(plan, calls, lambda v: work @ work, variants, device_fingerprint(), progress=interrupt)
     assert not _stress_ng_running()
+
+
+def test_calibration_gives_whole_variants_the_time_of_modules_and_each_level_its_references():
+    # Modules of 10 ms (a backbone's scale): one pass over them outlasts round_s.
+    calls = {key: lambda: time.sleep(0.01) for key in ("fixed", "stem", "exit0", "s0:res", "s0:dws")}
+    variants = [Variant.parse(v) for v in ("e0:res", "e0:dws")]
+    reference = Variant.parse("e0:dws")
+    idle = [LoadLevel(name, StressSpec()) for name in ("idle", "idle_again")]
+    plan = CalibrationPlan(
+        levels=idle, seconds_per_level=0.6, settle_s=0.0, round_s=0.02, repeats=1, variants_per_exit=1,
+        always=(reference,),
+    )  # fmt: skip
+    data = run_calibration(plan, calls, lambda v: time.sleep(0.005), variants, device_fingerprint())
+    samples = data.table("variants")
+    for level in ("idle", "idle_again"):
+        at_level = samples["variant_id"][samples["level"] == level]
+        assert at_level[0] == reference.id  # first thing every level measures
+        rounds = len(set(samples["round"][samples["level"] == level]))
+        assert len(at_level) >= 4 * rounds  # ~50 ms of modules, then ~50 ms of 5 ms variants per round
 
 
 @pytest.mark.slow

@@ -138,10 +138,11 @@ def test_preprocessing_matches_training_normalisation():
         np.testing.assert_allclose(x, expected, atol=1e-5)
     # mono16 carries the same picture in its high byte.
     np.testing.assert_allclose(pre(digit.astype(np.uint16) << 8, "mono16"), expected, atol=1e-5)
-    # A 3-channel model gets RGB in R, G, B order.
-    rgb_model = Preprocessor(3, 2, 3, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    # A 3-channel model gets RGB in R, G, B order, each channel with its own mean and std.
+    mean, std = np.array([0.1, 0.5, 0.9], np.float32), np.array([0.5, 0.25, 2.0], np.float32)
+    rgb_model = Preprocessor(3, 2, 3, mean, std)
     x = rgb_model(RGB[..., ::-1].copy(), "bgr8")
-    np.testing.assert_allclose(x[0].transpose(1, 2, 0) * 255.0, RGB, atol=1e-3)
+    np.testing.assert_allclose(x[0].transpose(1, 2, 0), (RGB / 255.0 - mean) / std, atol=1e-5)
 
 
 @pytest.mark.parametrize("width, height", [(250, 250), (640, 480), (1280, 720), (300, 1000)])
@@ -352,7 +353,7 @@ def test_camera_rate_benchmark_compares_segments_with_modules(default_model):
 
     table = load_variant_table(REPO_ROOT / "models" / "default")
     rows = bench_camera_rate(default_model, table, frames=3, gap_s=0.001, threads=1)
-    assert [row["role"] for row in rows] == ["first exit", "last exit", "top", "fastest"]
+    assert [row["role"] for row in rows] == ["first exit", "last exit", "top", "largest", "fastest"]
     assert [row["exit"] for row in rows][:2] == [0, 3]
     for row in rows:
         for path in ("segments", "modules", "whole_graph"):

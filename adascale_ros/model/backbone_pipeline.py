@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from adascale_ros.model.artifacts import LoadedModel, save_model
@@ -36,7 +37,7 @@ from adascale_ros.model.finetune import (
     trunk_features,
 )
 from adascale_ros.model.metrics import module_table, resolution_suffix, variant_metrics
-from adascale_ros.model.pipeline import best_per_exit, dataset_summary, provenance
+from adascale_ros.model.pipeline import best_per_exit, dataset_summary, provenance, warm_start
 from adascale_ros.model.variant import Variant
 
 
@@ -70,6 +71,15 @@ def is_backbone_config(data: dict[str, Any]) -> bool:
     return isinstance(data.get("network"), dict) and "backbone" in data["network"]
 
 
+def card_dataset(card: dict[str, Any]) -> DatasetSpec:
+    """The dataset a model card's training configuration names (a backbone's or the tiny network's)."""
+    if is_backbone_config(card["config"]):
+        return BackboneRunConfig.from_dict(card["config"]).dataset
+    from adascale_ros.model.pipeline import TrainRunConfig
+
+    return TrainRunConfig.from_dict(card["config"]).dataset
+
+
 def variant_table(net: ElasticBackbone, accuracy: dict[str, dict[str, float]]) -> dict[str, Any]:
     """variants.json: every variant with its accuracies and intrinsic metrics at its resolution."""
     modules = {}
@@ -95,9 +105,14 @@ def finetune_model(
     workdir: Path,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    init_from: Path | None = None,
+    feature_cache: Path | None = None,
 ) -> dict[str, Any]:
     """Run the recipe (``finetune``), score every variant and write the model directory; resumes from
-    ``workdir``'s checkpoint and feature cache. Returns the model card."""
+    ``workdir``'s checkpoint. Trunk features are cached in ``feature_cache`` (default: ``workdir/features``),
+    keyed by content, so runs that share it compute them once. ``init_from``: a model directory of the
+    same network and data whose weights replace the ImageNet ones before the recipe runs (more tuning
+    on a fresh schedule). Returns the model card."""
     began = time.perf_counter()
     splits: DatasetSplits = load_splits(config.dataset)
     log(
@@ -107,16 +122,12 @@ def finetune_model(
     network = BackboneConfig.from_dict({**config.network.to_dict(), "num_classes": len(splits.classes)})
     torch.manual_seed(config.training.seed)
     net = ElasticBackbone(network, pretrained=True)
+    parent = warm_start(net, splits, init_from) if init_from is not None else None
+    if parent is not None:
+        log(f"starting from the weights of {init_from} ({parent['training']['seconds']:.0f} s of training)")
     normalize = Normalization(LITE_MEAN, LITE_STD)
-    cache = workdir / "features"
-
-    def features(data: ImageSet, name: str) -> dict[int, Any]:
-        return {
-            r: trunk_features(
-                net, data, r, normalize, cache, config.training.feature_batch, progress, f"trunk {name} @{r}"
-            )
-            for r in network.resolutions
-        }
+    cache = feature_cache or workdir / "features"
+    features = FeatureCache(net, normalize, cache, config.training.feature_batch, progress)
 
     feature_began = time.perf_counter()
     train_features = features(splits.train, "train")
@@ -124,15 +135,8 @@ def finetune_model(
     labels = splits.train.labels if config.training.labels else None
     result = FineTuner(net, config.training, train_features, labels, workdir, progress, log).run()
 
-    scored = {"val_accuracy": first_images(splits.val, config.training.table_images)}
-    scored["accuracy"] = first_images(splits.test, config.training.table_images)
-    accuracy, eval_seconds = {}, {}
-    for name, data in scored.items():
-        start = time.perf_counter()
-        accuracy[name] = evaluate_backbone_variants(
-            net, features(data, name), data.labels, progress=progress, desc=name
-        )
-        eval_seconds[name] = round(time.perf_counter() - start, 1)
+    scored = scored_splits(splits, config.training.table_images)
+    accuracy, eval_seconds = score_variants(net, scored, features, progress)
     table = variant_table(net, accuracy)
     size = network.max_resolution
     card = {
@@ -155,6 +159,7 @@ def finetune_model(
             "exit_accuracy_val": exit_accuracy(accuracy["val_accuracy"], net),
             "log": [asdict(e) for e in result.log],
         },
+        **({"init_from": parent} if parent is not None else {}),
         "evaluation_seconds_prefix_reuse": eval_seconds,
         "threads": torch.get_num_threads(),
         **provenance(),
@@ -162,6 +167,136 @@ def finetune_model(
     save_model(out, net, card, table)
     log(f"wrote {out}: {len(table['variants'])} variants")
     return card
+
+
+@dataclass
+class FeatureCache:
+    """The trunk's features of an image set at every resolution of ``net``, computed once (``trunk_features``)."""
+
+    net: ElasticBackbone
+    normalize: Normalization
+    directory: Path
+    batch_size: int = 128
+    progress: bool = True
+
+    def __call__(self, data: ImageSet, name: str) -> dict[int, Any]:
+        return {
+            r: trunk_features(
+                self.net, data, r, self.normalize, self.directory, self.batch_size, self.progress, f"trunk {name} @{r}"
+            )
+            for r in self.net.config.resolutions
+        }
+
+
+def scored_splits(splits: DatasetSplits, table_images: int | None) -> dict[str, ImageSet]:
+    """The images the variant table's accuracies are measured on: the first ``table_images`` of
+    validation (``val_accuracy``) and of test (``accuracy``)."""
+    return {"val_accuracy": first_images(splits.val, table_images), "accuracy": first_images(splits.test, table_images)}
+
+
+def score_variants(
+    net: ElasticBackbone, scored: dict[str, ImageSet], features: FeatureCache, progress: bool = True
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Accuracy of every variant on each named image set (prefix reuse), and the seconds each took."""
+    accuracy, seconds = {}, {}
+    for name, data in scored.items():
+        start = time.perf_counter()
+        accuracy[name] = evaluate_backbone_variants(
+            net, features(data, name), data.labels, progress=progress, desc=name
+        )
+        seconds[name] = round(time.perf_counter() - start, 1)
+    return accuracy, seconds
+
+
+def adapt_model(
+    model: LoadedModel,
+    frames: ImageSet,
+    out: Path,
+    workdir: Path,
+    feature_cache: Path,
+    epochs: float = 1.0,
+    held_out: float = 0.1,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Label-free adaptation: tune a fine-tuned backbone's exits and branches on unlabelled ``frames`` by
+    distillation from its largest variant (the all-pretrained path at the largest resolution, which stays
+    as it is), and write the result as a new model directory.
+
+    Its variant table is scored again on the labelled validation and test images the model was trained
+    on (``ValueError`` before any training when they cannot be loaded: a table never carries accuracies
+    of other weights), plus ``agreement``: how often each variant answers as the largest one does on the
+    held-out share of the frames. The card's ``adapted`` section gives the mean agreement per exit on those
+    frames before and after. Resumes from ``workdir``'s checkpoint."""
+    began = time.perf_counter()
+    if model.card["network"].get("kind") != "backbone":
+        raise ValueError(f"{model.directory}: label-free adaptation needs a backbone model (adascale train)")
+    config = BackboneRunConfig.from_dict(model.card["config"])
+    splits = load_splits(config.dataset)
+    if splits.fingerprint() != model.card["dataset"]["fingerprint"]:
+        raise ValueError(f"{config.dataset.name}: the data differ from what {model.directory} was trained on")
+    holdout = max(1, round(held_out * len(frames)))
+    if len(frames) - holdout < 2:
+        raise ValueError(f"{len(frames)} frames: too few to adapt on and hold some out (at least {holdout + 2})")
+    order = torch.randperm(len(frames), generator=torch.Generator().manual_seed(config.training.seed))
+    held, train = frames.subset(order[:holdout]), frames.subset(order[holdout:])
+    net = model.net
+    training = replace(config.training, labels=False, distill_epochs=0.0, tune_epochs=epochs)
+    features = FeatureCache(net, model.normalize, feature_cache, training.feature_batch, progress)
+    held_features = features(held, "held-out frames")
+    largest = Variant(net.num_exits - 1, ("pre",) * net.num_exits, net.config.max_resolution)
+    teacher = variant_predictions(net, held_features[largest.resolution], largest)
+    before = evaluate_backbone_variants(net, held_features, teacher, progress=progress, desc="agreement before")
+    log(f"adapting {model.directory.name} on {len(train)} frames ({len(held)} held out), {epochs:g} epochs")
+    result = FineTuner(net, training, features(train, "frames"), None, workdir, progress, log).run()
+    agreement = evaluate_backbone_variants(net, held_features, teacher, progress=progress, desc="agreement after")
+    accuracy, eval_seconds = score_variants(net, scored_splits(splits, training.table_images), features, progress)
+    table = variant_table(net, {**accuracy, "agreement": agreement})
+    card = {
+        **{k: v for k, v in model.card.items() if k not in ("format_version", "init_from")},
+        "name": out.name,
+        "adapted": {
+            "from": {"name": model.card["name"], "created": model.card.get("created")},
+            "recipe": "label-free: every exit and branch tuned to the largest variant's soft-max on the frames",
+            "frames": len(frames),
+            "frames_fingerprint": frames.fingerprint(),
+            "held_out": len(held),
+            "epochs": epochs,
+            "seconds": round(time.perf_counter() - began, 1),
+            "phase_seconds": result.seconds,
+            "mean_agreement_per_exit": {
+                "before": mean_per_exit(before, net.num_exits),
+                "after": mean_per_exit(agreement, net.num_exits),
+            },
+            "log": [asdict(e) for e in result.log],
+        },
+        "evaluation_seconds_prefix_reuse": eval_seconds,
+        **provenance(),
+    }
+    save_model(out, net, card, table)
+    log(f"wrote {out}: {len(table['variants'])} variants")
+    return card
+
+
+def variant_predictions(net: ElasticBackbone, features: Any, variant: Variant, batch_size: int = 256) -> torch.Tensor:
+    """The class ``variant`` answers for each image, from the trunk features at its resolution."""
+    net.eval()
+    answers = []
+    with torch.inference_mode():
+        for start in range(0, len(features), batch_size):
+            x = torch.from_numpy(np.asarray(features[start : start + batch_size], np.float32))
+            for stage, op in enumerate(variant.operators):
+                x = net.run_stage(x, stage, op)
+            answers.append(net.exits[variant.exit_index](x).argmax(1))
+    return torch.cat(answers)
+
+
+def mean_per_exit(scores: dict[str, float], num_exits: int) -> list[float]:
+    """The mean of ``scores`` (variant id -> value) over the variants of each exit."""
+    by_exit: list[list[float]] = [[] for _ in range(num_exits)]
+    for vid, value in scores.items():
+        by_exit[Variant.parse(vid).exit_index].append(value)
+    return [round(float(np.mean(values)), 4) for values in by_exit]
 
 
 def best_variants(rows: list[dict[str, Any]], key: str = "val_accuracy") -> dict[tuple[int, int], dict[str, Any]]:
@@ -175,7 +310,7 @@ def best_variants(rows: list[dict[str, Any]], key: str = "val_accuracy") -> dict
 
 
 def score_best_variants(
-    model: LoadedModel, workdir: Path, progress: bool = True, log: Callable[[str], None] = print
+    model: LoadedModel, feature_cache: Path, progress: bool = True, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """The most accurate variant (on validation) of every exit and resolution, scored on the whole test split
     of the card's dataset; rows give its FLOPs and its table accuracy too."""
@@ -186,12 +321,7 @@ def score_best_variants(
     net = model.net
     table = load_variant_table(model.directory)
     chosen = best_variants(table["variants"])
-    features = {
-        r: trunk_features(
-            net, splits.test, r, model.normalize, workdir / "features", progress=progress, desc=f"test @{r}"
-        )
-        for r in net.config.resolutions
-    }
+    features = FeatureCache(net, model.normalize, feature_cache, progress=progress)(splits.test, "test")
     variants = [Variant.parse(row["variant_id"]) for row in chosen.values()]
     accuracy = evaluate_backbone_variants(
         net, features, splits.test.labels, progress=progress, desc="test", only=variants

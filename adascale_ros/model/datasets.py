@@ -229,6 +229,19 @@ def load_image_folder(root: Path, size: int, channels: int = 3) -> ImageSet:
     return _image_set(images, labels, tuple(d.name for d in class_dirs), root)
 
 
+UNLABELLED = ("unlabelled",)  # the one class of a set of frames without labels
+
+
+def load_unlabelled_folder(root: Path, size: int, channels: int = 3, limit: int | None = None) -> ImageSet:
+    """Every image below ``root`` (any depth, in path order; the first ``limit``), decoded and resized as an
+    ImageFolder's images are, in one class, ``UNLABELLED``: frames for label-free adaptation."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a directory")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    return _image_set([_decode_image(p, size, channels) for p in paths], [0] * len(paths), UNLABELLED, root)
+
+
 ANNOTATIONS_FILE = "val_annotations.txt"
 
 

@@ -10,7 +10,7 @@ exit head on it, instead of running each variant from the input
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from adascale_ros.model.datasets import ImageSet
-from adascale_ros.model.elastic import ElasticNet, Variant
+from adascale_ros.model.elastic import ElasticNet, MultiExitNet, Variant
 
 
 @dataclass(frozen=True)
@@ -109,14 +109,18 @@ def evaluate_variants(
 
 
 def early_exit_accuracy(
-    net: ElasticNet,
+    net: MultiExitNet,
     data: ImageSet,
     normalize: Normalization,
     variant: Variant,
     thresholds: Sequence[float],
     batch_size: int = 500,
+    inputs: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Accuracy of ``variant`` with confidence early exit at each threshold, and where its inputs answer.
+
+    ``inputs`` turns a batch of uint8 images into the network's input (default: ``normalize``; a
+    backbone's resizes them to the variant's resolution first).
 
     As ``ElasticEngine.run`` decides per input: the first exit on the path whose
     top soft-max score is >= t answers; the variant's own exit answers the rest.
@@ -130,7 +134,8 @@ def early_exit_accuracy(
     try:
         with torch.inference_mode():
             for images, batch_labels in batches(data, batch_size):
-                probabilities = [torch.softmax(logits, 1) for _, logits in net.iter_exits(normalize(images), variant)]
+                x = inputs(images) if inputs is not None else normalize(images)
+                probabilities = [torch.softmax(logits, 1) for _, logits in net.iter_exits(x, variant)]
                 top = torch.stack([p.max(1).values for p in probabilities])
                 scores.append(top)
                 predictions.append(torch.stack([p.argmax(1) for p in probabilities]))

@@ -71,12 +71,14 @@ def load_variant_table(directory: Path | str) -> dict[str, Any]:
 
 def reference_variants(table: dict[str, Any]) -> dict[str, str]:
     """The variants a benchmark or a calibration always measures: ``top`` (the most accurate on
-    validation, the more FLOPs on a tie) and ``fastest`` (the fewest FLOPs)."""
+    validation, the more FLOPs on a tie), ``largest`` (the most FLOPs, the more accurate on a tie: the
+    whole network) and ``fastest`` (the fewest FLOPs)."""
     rows = table["variants"]
     if not rows:
         raise ModelLoadError("the variant table has no variants")
     top = max(rows, key=lambda row: (row["val_accuracy"], row["flops"]))
-    return {"top": top["variant_id"], "fastest": cheapest_variant(table)}
+    largest = max(rows, key=lambda row: (row["flops"], row["val_accuracy"]))
+    return {"top": top["variant_id"], "largest": largest["variant_id"], "fastest": cheapest_variant(table)}
 
 
 def cheapest_variant(table: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ import yaml
 
 from adascale_ros.model.artifacts import LoadedModel, load_model, save_model
 from adascale_ros.model.datasets import DatasetSpec, DatasetSplits, ImageSet, load_splits
-from adascale_ros.model.elastic import ElasticConfig, ElasticNet
+from adascale_ros.model.elastic import ElasticConfig, ElasticNet, MultiExitNet
 from adascale_ros.model.evaluation import Normalization, evaluate_variants
 from adascale_ros.model.files import load_variant_table
 from adascale_ros.model.metrics import module_table, variant_metrics
@@ -102,7 +102,7 @@ def evaluate_splits(
     return accuracy, seconds
 
 
-def warm_start(net: ElasticNet, splits: DatasetSplits, model_dir: Path) -> dict[str, Any]:
+def warm_start(net: MultiExitNet, splits: DatasetSplits, model_dir: Path) -> dict[str, Any]:
     """Copy a trained model's weights into ``net``; returns what the new card says of it.
 
     ``ValueError`` unless that model has the same network and was trained on the same data
@@ -120,7 +120,7 @@ def warm_start(net: ElasticNet, splits: DatasetSplits, model_dir: Path) -> dict[
         "name": card["name"],
         "created": card.get("created"),
         "config": card["config"],
-        "training": {k: card["training"][k] for k in ("mode", "epochs", "seconds")},
+        "training": {k: v for k, v in card["training"].items() if k in ("recipe", "mode", "epochs", "seconds")},
         **({"init_from": card["init_from"]} if "init_from" in card else {}),
     }
 

@@ -22,6 +22,7 @@ import math
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,9 +45,16 @@ from adascale_ros.nodes.common import (
     spin_node,
     validating_callback,
 )
+from adascale_ros.profiling.predictor import calibrated_threads
 from adascale_ros.runtime.engine import BACKENDS, ElasticEngine, Inference
 from adascale_ros.runtime.frames import LatestSlot
-from adascale_ros.runtime.images import FrameError, compressed_to_array, image_to_array
+from adascale_ros.runtime.images import (
+    MAX_COMPRESSED_BYTES,
+    MAX_IMAGE_PIXELS,
+    FrameError,
+    compressed_to_array,
+    image_to_array,
+)
 from adascale_ros.runtime.overlay import draw_overlay
 from adascale_ros.runtime.preprocess import Preprocessor
 
@@ -55,7 +63,10 @@ PARAMETERS: dict[str, Param] = {
     "input": Param("raw", "raw: Image on ~/image; compressed: CompressedImage on ~/image/compressed.", True),
     "backend": Param("onnxruntime", "onnxruntime (fast path) or torch (reference).", read_only=True),
     "threads": Param(
-        1, "Intra-op threads of the backend (>= 1); more rarely pays for batch-1 modules this small.", read_only=True
+        0,
+        "Intra-op threads of the backend (>= 1); 0: as many as the model's latency predictor was calibrated"
+        " with (1 for a model without one), so the predicted latencies describe what runs.",
+        read_only=True,
     ),
     "qos_depth": Param(1, "Image subscription history depth (>= 1).", read_only=True),
     "qos_reliability": Param("best_effort", "Image subscription reliability: best_effort or reliable.", read_only=True),
@@ -68,8 +79,8 @@ PARAMETERS: dict[str, Param] = {
         " (timed from the frame's decoding); false: always run to the selected exit.",
     ),
     "top_k": Param(3, "Classes reported per frame (>= 1)."),
-    "max_image_pixels": Param(16_777_216, "Frames with more pixels are rejected (>= 1)."),
-    "max_compressed_bytes": Param(20_000_000, "Compressed frames larger than this are rejected [B] (>= 1)."),
+    "max_image_pixels": Param(MAX_IMAGE_PIXELS, "Frames with more pixels are rejected (>= 1)."),
+    "max_compressed_bytes": Param(MAX_COMPRESSED_BYTES, "Compressed frames larger than this are rejected [B] (>= 1)."),
     "safe_default_variant": Param(
         "", "Variant run before any selection arrives and after the selection timeout; empty: the fewest FLOPs."
     ),
@@ -86,15 +97,22 @@ def _validate(values: dict[str, Any]) -> None:
     timeout = float(values["selection_timeout_s"])
     if not (math.isfinite(timeout) and timeout >= 0.0):
         raise ValueError(f"selection_timeout_s must be >= 0 (0: never), got {timeout}")
-    for name in ("top_k", "max_image_pixels", "max_compressed_bytes", "threads", "qos_depth"):
+    for name in ("top_k", "max_image_pixels", "max_compressed_bytes", "qos_depth"):
         if int(values[name]) < 1:
             raise ValueError(f"{name} must be >= 1, got {values[name]}")
+    if int(values["threads"]) < 0:
+        raise ValueError(f"threads must be >= 1 (0: as calibrated), got {values['threads']}")
     if values["input"] not in ("raw", "compressed"):
         raise ValueError(f"input must be raw or compressed, got {values['input']!r}")
     if values["backend"] not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {values['backend']!r}")
     if values["qos_reliability"] not in ("best_effort", "reliable"):
         raise ValueError(f"qos_reliability must be best_effort or reliable, got {values['qos_reliability']!r}")
+
+
+def inference_threads(requested: int, model_dir: str) -> int:
+    """The backend's intra-op threads: as requested, or (0) as the model was calibrated with, else 1."""
+    return requested or calibrated_threads(Path(model_dir)) or 1
 
 
 def image_qos(depth: int, reliability: str) -> QoSProfile:
@@ -115,9 +133,8 @@ class ElasticInference(Node):
         card = read_model_card(model_dir)
         self.labels = list(card["classes"])
         self.preprocess = Preprocessor.from_card(card)
-        self.engine = ElasticEngine.from_model_dir(
-            model_dir, card_input_shape(card), values["backend"], int(values["threads"])
-        )
+        self.threads = inference_threads(int(values["threads"]), model_dir)
+        self.engine = ElasticEngine.from_model_dir(model_dir, card_input_shape(card), values["backend"], self.threads)
         safe_default = values["safe_default_variant"] or cheapest_variant(load_variant_table(model_dir))
         self.safe_default = self.engine.check_variant(safe_default)  # ValueError -> refuse to start
         self.variant = self.safe_default
@@ -161,7 +178,8 @@ class ElasticInference(Node):
         self._worker = threading.Thread(target=self._work, name="inference", daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"{values['backend']} backend ({self.engine.source}), {len(self.labels)} classes from {model_dir}; "
+            f"{values['backend']} backend ({self.engine.source}, {self.threads} threads), {len(self.labels)} classes"
+            f" from {model_dir}; "
             f"running {self.variant} until a selection arrives on {self._selection_sub.topic_name}; "
             f"input {self._image_sub.topic_name}"
         )
@@ -305,6 +323,7 @@ class ElasticInference(Node):
             "variant": self.variant.id,
             "selection_age_s": now - self._selection_at if self._selection_at is not None else math.nan,
             "backend": self.settings["backend"],
+            "threads": self.threads,
             "input_rate_hz": (counts["received"] - received_then) / (now - then),
             "processed_rate_hz": (counts["processed"] - processed_then) / (now - then),
             "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies is not None else math.nan,

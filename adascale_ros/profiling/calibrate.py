@@ -136,7 +136,7 @@ def measure(model_dir: Path, options: CalibrateOptions, progress: bool) -> Calib
         settle_s=0.5 if options.quick else 1.0,
         variants_per_exit=8 if options.quick else 30,
         seed=options.seed,
-        always=tuple(Variant.parse(v) for v in references.values()),
+        always=tuple(Variant.parse(v) for v in dict.fromkeys(references.values())),
     )
     device = {
         **device_fingerprint(),

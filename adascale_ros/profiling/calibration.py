@@ -285,12 +285,12 @@ def run_calibration(
     """
     data = CalibrationData(device={**device, "throughput": measure_throughput()}, levels=[])
     truth = ground_truth_variants(variants, plan.variants_per_exit, plan.seed, plan.always)
+    references = [v for v in truth if v in plan.always]
     rng = random.Random(plan.seed)
     flush = CacheFlusher()
     probe = StateProbe(weights or LoadIndexWeights())
     keys = list(module_calls)
     done_s = 0.0
-    cursor = 0
     round_index = 0
     try:
         for level in plan.levels:
@@ -304,6 +304,11 @@ def run_calibration(
                     flush()
                     cold[key] = _time_ms(module_calls[key])
                 probe.read()
+                # Every level walks the whole-variant sample from the reference variants on, so each
+                # level measures them (their slowdown per level) and as much of the rest as time allows.
+                rest = [v for v in truth if v not in plan.always]
+                rng.shuffle(rest)
+                order, cursor = references + rest, 0
                 level_end = time.monotonic() + plan.seconds_per_level
                 while time.monotonic() < level_end:
                     round_start = time.monotonic()
@@ -311,9 +316,13 @@ def run_calibration(
                     rng.shuffle(keys)
                     for key in keys:
                         timings.append((key, _median_ms(module_calls[key], plan.repeats)))
+                    # Whole variants get at least the time the modules took: with modules of milliseconds
+                    # a round's module timings alone outlast round_s, and the ground truth would starve.
                     truths: list[tuple[str, float]] = []
-                    while not truths or time.monotonic() - round_start < plan.round_s:
-                        variant = truth[cursor % len(truth)]
+                    truth_s = max(plan.round_s, time.monotonic() - round_start)
+                    truth_start = time.monotonic()
+                    while not truths or time.monotonic() - truth_start < truth_s:
+                        variant = order[cursor % len(order)]
                         cursor += 1
                         truths.append((variant.id, _median_ms(lambda v=variant: run_variant(v), plan.repeats)))
                     state = probe.read()

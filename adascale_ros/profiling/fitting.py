@@ -394,6 +394,9 @@ def report_markdown(report: dict[str, Any]) -> str:
     def num(x: float, digits: int = 3) -> str:
         return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
+    def ratio(x: float) -> str:
+        return "n/a" if x is None or not math.isfinite(x) else f"{x:.2f}x"
+
     lines = [
         "# Latency calibration report",
         "",
@@ -405,13 +408,11 @@ def report_markdown(report: dict[str, Any]) -> str:
         "",
         "Measured slowdown per load level (median over the measured variants of their median latency there"
         " over their median latency at idle): "
-        + ", ".join(f"{name} {num(ratio, 2)}x" for name, ratio in report.get("slowdown_by_level", {}).items())
+        + ", ".join(f"{name} {ratio(r)}" for name, r in report.get("slowdown_by_level", {}).items())
         + ".",
         "",
         *(
-            f"Measured slowdown of the {role}: "
-            + ", ".join(f"{name} {num(ratio, 2)}x" for name, ratio in levels.items())
-            + "."
+            f"Measured slowdown of the {role}: " + ", ".join(f"{name} {ratio(r)}" for name, r in levels.items()) + "."
             for role, levels in report.get("reference_slowdown_by_level", {}).items()
         ),
         "",

@@ -299,6 +299,15 @@ class LatencyPredictor:
         return warnings
 
 
+def calibrated_threads(model_dir: Path) -> int | None:
+    """The intra-op threads the model's predictor was calibrated with; None when it has none (or no record)."""
+    try:
+        threads = read_json(Path(model_dir) / PREDICTOR_DIR / "predictor.json")["meta"]["threads"]
+    except (ModelLoadError, KeyError, TypeError):
+        return None
+    return threads if isinstance(threads, int) and threads >= 1 else None
+
+
 def latency_sample(
     latency_ms: float,
     early_exited: bool,

@@ -114,18 +114,33 @@ class TorchBackend:
         return features, softmax(self.head(index, features)) if head else None
 
 
+def session_options(threads: int, spinning: bool = False) -> Any:
+    """ONNX Runtime settings of every batch-1 session the engine (or a benchmark beside it) runs.
+
+    Each session owns its intra-op pool and a variant runs several sessions one after another, so
+    workers sleep when idle: one spinning after its session finished holds a core the next
+    session's workers need (docs/decisions/onnx-runtime-threads.md). ``spinning``: ONNX Runtime's
+    default, for comparison (``adascale bench inference --ort-spinning``).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return options
+
+
 class OnnxBackend:
     """ONNX Runtime on the CPU, one session per module and per segment; features stay numpy arrays."""
 
     name = "onnxruntime"
 
-    def __init__(self, modules: OnnxModules, threads: int) -> None:
+    def __init__(self, modules: OnnxModules, threads: int, spinning: bool = False) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+        options = session_options(threads, spinning)
 
         def session(graph: bytes) -> ort.InferenceSession:
             return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])

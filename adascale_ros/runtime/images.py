@@ -27,6 +27,10 @@ COMPRESSED_FORMATS = ("jpeg", "png")
 _BRIDGE = CvBridge()
 
 
+MAX_IMAGE_PIXELS = 16_777_216  # default limits on one frame (the inference node's parameters)
+MAX_COMPRESSED_BYTES = 20_000_000
+
+
 class FrameError(ValueError):
     """A frame that cannot be used; ``kind`` is a short category for counting."""
 

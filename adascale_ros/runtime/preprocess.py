@@ -70,10 +70,11 @@ class Preprocessor:
         if channels not in (1, 3) or len(mean) != channels or len(std) != channels:
             raise ValueError(f"unsupported model input: {channels} channels, mean {mean}, std {std}")
         self.channels, self.height, self.width = channels, height, width
-        # Folded into one multiply-add: (x / 255 - mean) / std = x * scale + shift.
-        std_array = np.asarray(std, np.float32)
-        self._scale = (1.0 / (255.0 * std_array)).reshape(-1, 1, 1)
-        self._shift = (-np.asarray(mean, np.float32) / std_array).reshape(-1, 1, 1)
+        # (x / 255 - mean) / std has 256 possible values per channel: a table lookup per pixel,
+        # several times faster than converting and scaling the whole array (and the same floats).
+        std_array, mean_array = np.asarray(std, np.float32), np.asarray(mean, np.float32)
+        levels = np.arange(256, dtype=np.float32)
+        self._lut = levels * (1.0 / (255.0 * std_array))[:, None] + (-mean_array / std_array)[:, None]
 
     @classmethod
     def from_card(cls, card: dict) -> Preprocessor:
@@ -99,4 +100,7 @@ class Preprocessor:
             else:
                 pixels = cv2.resize(pixels, (out_width, out_height), interpolation=cv2.INTER_LINEAR)
         chw = pixels[np.newaxis] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-        return (chw.astype(np.float32) * self._scale + self._shift)[np.newaxis]
+        out = np.empty((1, *chw.shape), np.float32)
+        for channel, lut in enumerate(self._lut):
+            np.take(lut, chw[channel], out=out[0, channel])
+        return out

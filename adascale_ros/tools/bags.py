@@ -20,12 +20,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from adascale_ros.bringup import DEFAULT_CAMERA_TOPIC
+
+if TYPE_CHECKING:
+    from adascale_ros.model.datasets import ImageSet
 
 LABELS_TOPIC = "/camera/labels"
 FRAME_LABEL_MSGDEF = """std_msgs/Header header
@@ -34,6 +37,7 @@ string label
 """
 FRAME_LABEL = "adascale_msgs/msg/FrameLabel"
 IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 
 
 def typestore() -> Any:
@@ -127,6 +131,56 @@ def read_bag(path: Path) -> tuple[dict[str, str], list[BagMessage]]:
     if not messages:
         raise ValueError(f"{path}: the bag holds no messages")
     return topics, messages
+
+
+def bag_frames(path: Path, topic: str, size: int, limit: int | None = None) -> ImageSet:
+    """The camera frames of a bag (``sensor_msgs/Image`` or ``CompressedImage`` on ``topic``; the first
+    ``limit``), streamed, as RGB area-averaged to ``size`` x ``size`` the way the inference node shrinks
+    them: one class, ``UNLABELLED``. A frame that cannot be decoded is skipped and counted."""
+    import torch
+    from rosbags.rosbag2 import Reader
+
+    from adascale_ros.model.datasets import UNLABELLED, ImageSet
+    from adascale_ros.runtime.images import (
+        MAX_COMPRESSED_BYTES,
+        MAX_IMAGE_PIXELS,
+        FrameError,
+        compressed_to_array,
+        image_to_array,
+    )
+    from adascale_ros.runtime.preprocess import Preprocessor, shrink_by_area
+
+    to_rgb = Preprocessor(3, size, size, (0.0,) * 3, (1.0,) * 3)
+    store = typestore()
+    frames, skipped = [], 0
+    try:
+        with Reader(path) as reader:
+            connections = [c for c in reader.connections if c.topic == topic]
+            kinds = {c.msgtype for c in connections}
+            if not connections or not kinds <= {IMAGE, COMPRESSED_IMAGE}:
+                found = ", ".join(f"{c.topic} ({c.msgtype})" for c in reader.connections)
+                raise ValueError(f"{path}: no Image or CompressedImage topic {topic} (the bag has {found})")
+            for connection, _, raw in reader.messages(connections=connections):
+                msg = store.deserialize_cdr(raw, connection.msgtype)
+                try:
+                    if connection.msgtype == IMAGE:
+                        image, encoding = image_to_array(msg, MAX_IMAGE_PIXELS)
+                    else:
+                        image, encoding = compressed_to_array(msg, MAX_IMAGE_PIXELS, MAX_COMPRESSED_BYTES)
+                except FrameError:
+                    skipped += 1
+                    continue
+                pixels = to_rgb.to_uint8(image, encoding)
+                frames.append(shrink_by_area(pixels, size, size).transpose(2, 0, 1))
+                if limit is not None and len(frames) >= limit:
+                    break
+    except ValueError:
+        raise
+    except Exception as exc:  # rosbags raises its own error types for every kind of bad bag
+        raise ValueError(f"{path}: cannot read the bag ({type(exc).__name__}: {exc})") from exc
+    if not frames:
+        raise ValueError(f"{path}: no decodable frames on {topic} ({skipped} skipped)")
+    return ImageSet(torch.from_numpy(np.stack(frames)), torch.zeros(len(frames), dtype=torch.int64), UNLABELLED)
 
 
 def read_labels(path: Path, labels_topic: str = LABELS_TOPIC) -> dict[int, int]:

@@ -54,14 +54,48 @@ def _train_backbone(args: argparse.Namespace) -> int:
     from adascale_ros.model.backbone_pipeline import BackboneRunConfig, finetune_model
     from adascale_ros.model.pipeline import read_run_config
 
-    if args.mode or args.init_from:
-        raise ValueError("--mode and --init-from are for the tiny network; a backbone starts from its ImageNet weights")
+    if args.mode:
+        raise ValueError("--mode is for the tiny network; a backbone is tuned on drawn paths")
     try:
         config = BackboneRunConfig.from_dict(read_run_config(args.config))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{args.config}: {exc}") from None
     workdir = args.workdir or args.out.parent / f"{args.out.name}.work"
-    finetune_model(config, args.out, workdir, progress=not args.no_progress)
+    from adascale_ros.runtime.onnx_modules import cache_root
+
+    finetune_model(
+        config,
+        args.out,
+        workdir,
+        progress=not args.no_progress,
+        init_from=args.init_from,
+        feature_cache=cache_root() / "features",  # keyed by content: shared by every run and --best-on-test
+    )
+    return 0
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    from adascale_ros.model.artifacts import load_model
+    from adascale_ros.model.backbone_pipeline import adapt_model
+    from adascale_ros.model.datasets import load_unlabelled_folder
+    from adascale_ros.model.files import card_resolutions
+    from adascale_ros.runtime.onnx_modules import cache_root
+    from adascale_ros.tools.bags import bag_frames
+
+    model = load_model(args.model_dir)
+    size = max(card_resolutions(model.card) or (model.card["input"]["height"],))
+    if (args.frames / "metadata.yaml").is_file() or args.frames.suffix in (".mcap", ".db3"):
+        frames = bag_frames(args.frames, args.topic, size, args.limit)
+    else:
+        frames = load_unlabelled_folder(args.frames, size, limit=args.limit)
+    workdir = args.workdir or args.out.parent / f"{args.out.name}.work"
+    card = adapt_model(
+        model, frames, args.out, workdir, cache_root() / "features", args.epochs, progress=not args.no_progress
+    )
+    agreement = card["adapted"]["mean_agreement_per_exit"]
+    print("mean agreement with the largest variant on the held-out frames, per exit:")
+    for name in ("before", "after"):
+        print(f"  {name:<6} " + " / ".join(f"{a:.1%}" for a in agreement[name]))
     return 0
 
 
@@ -80,7 +114,7 @@ def _cmd_variants(args: argparse.Namespace) -> int:
             raise ValueError("--best-on-test is for a backbone model (its variants have resolutions)")
         from adascale_ros.runtime.onnx_modules import cache_root
 
-        report = score_best_variants(model, cache_root(), progress=not args.json)  # trunk features cached there
+        report = score_best_variants(model, cache_root() / "features", progress=not args.json)
         tiny = load_variant_table(args.compare) if args.compare else None
         print(json.dumps(report, indent=1) if args.json else format_best_variants(report, tiny))
         return 0
@@ -104,19 +138,24 @@ def _cmd_early_exit(args: argparse.Namespace) -> int:
     import json
 
     from adascale_ros.model.artifacts import load_model
+    from adascale_ros.model.backbone_pipeline import card_dataset
     from adascale_ros.model.datasets import load_splits
     from adascale_ros.model.elastic import Variant
     from adascale_ros.model.evaluation import early_exit_accuracy, lowest_threshold
     from adascale_ros.model.files import load_variant_table
-    from adascale_ros.model.pipeline import TrainRunConfig
+    from adascale_ros.model.finetune import model_input
     from adascale_ros.tools.evaluate import static_variants
 
     model = load_model(args.model_dir)
     largest = static_variants(load_variant_table(args.model_dir))["static-largest"]
     variant = Variant.parse(args.variant or largest)
-    splits = load_splits(TrainRunConfig.from_dict(model.card["config"]).dataset)
+    model.net.check_variant(variant)
+    splits = load_splits(card_dataset(model.card))
+    inputs = None
+    if variant.resolution is not None:  # a backbone: RGB at the variant's resolution
+        inputs = lambda images: model_input(images, variant.resolution, model.normalize)  # noqa: E731
     report = {
-        name: early_exit_accuracy(model.net, data, model.normalize, variant, args.thresholds)
+        name: early_exit_accuracy(model.net, data, model.normalize, variant, args.thresholds, inputs=inputs)
         for name, data in (("val", splits.val), ("test", splits.test))
     }
     report["lowest_threshold"] = lowest_threshold(report["val"], args.max_loss / 100)
@@ -516,7 +555,10 @@ def _cmd_bench_inference(args: argparse.Namespace) -> int:
     if args.camera_rate_frames > 0:
         report["camera_rate_gap_s"] = gap_s = args.camera_gap_ms / 1e3
         report["camera_rate_frame"] = "640 x 480"
-        report["camera_rate"] = bench_camera_rate(model, table, args.camera_rate_frames, gap_s, args.threads)
+        report["camera_rate_spinning"] = args.ort_spinning
+        report["camera_rate"] = bench_camera_rate(
+            model, table, args.camera_rate_frames, gap_s, args.threads, spinning=args.ort_spinning
+        )
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     return 0
 
@@ -576,6 +618,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=_cmd_train)
+
+    adapt = sub.add_parser(
+        "adapt",
+        help="label-free: tune a backbone model's early exits to unlabelled frames (a folder or a bag) "
+        "by distillation from its largest variant",
+    )
+    adapt.add_argument("model_dir", type=Path, help="a fine-tuned backbone model (adascale train)")
+    adapt.add_argument("--frames", type=Path, required=True, help="a folder of images (any depth) or a rosbag2")
+    adapt.add_argument("--out", type=Path, required=True, help="the adapted model's directory")
+    adapt.add_argument("--topic", default="/camera/image_raw", help="the bag's camera topic (Image or CompressedImage)")
+    adapt.add_argument("--epochs", type=float, default=1.0, help="passes over the frames")
+    adapt.add_argument("--limit", type=int, help="use only the first N frames")
+    adapt.add_argument("--workdir", type=Path, help="checkpoint directory (default: <out>.work); a rerun resumes")
+    adapt.add_argument("--no-progress", action="store_true")
+    adapt.set_defaults(func=_cmd_adapt)
 
     var = sub.add_parser("variants", help="print a model's variant table")
     var.add_argument("model_dir", type=Path)
@@ -765,6 +822,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="camera frames per variant and path (fused segments, module by module, one whole graph); 0: skip",
     )
     inf.add_argument("--camera-gap-ms", type=float, default=66.0, help="time between camera frames (66: 15 Hz)")
+    inf.add_argument(
+        "--ort-spinning",
+        action="store_true",
+        help="camera rate with ONNX Runtime's idle workers spinning (its default; the engine lets them sleep)",
+    )
     inf.add_argument("--json", action="store_true")
     inf.set_defaults(func=_cmd_bench_inference)
     return parser
