@@ -220,8 +220,8 @@ def adapt_model(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Label-free adaptation: tune a fine-tuned backbone's exits and branches on unlabelled ``frames`` by
-    distillation from its largest variant (the all-pretrained path at the largest resolution, which stays
-    as it is), and write the result as a new model directory.
+    distillation from the all-pretrained path to the last exit at each resolution (which stays as it is;
+    at the largest resolution it is the model's largest variant), and write a new model directory.
 
     Its variant table is scored again on the labelled validation and test images the model was trained
     on (``ValueError`` before any training when they cannot be loaded: a table never carries accuracies

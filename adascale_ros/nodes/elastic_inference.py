@@ -64,7 +64,7 @@ PARAMETERS: dict[str, Param] = {
     "backend": Param("onnxruntime", "onnxruntime (fast path) or torch (reference).", read_only=True),
     "threads": Param(
         0,
-        "Intra-op threads of the backend (>= 1); 0: as many as the model's latency predictor was calibrated"
+        "Intra-op threads of the backend (>= 0); 0: as many as the model's latency predictor was calibrated"
         " with (1 for a model without one), so the predicted latencies describe what runs.",
         read_only=True,
     ),

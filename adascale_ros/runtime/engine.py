@@ -119,7 +119,7 @@ def session_options(threads: int, spinning: bool = False) -> Any:
 
     Each session owns its intra-op pool and a variant runs several sessions one after another, so
     workers sleep when idle: one spinning after its session finished holds a core the next
-    session's workers need (docs/decisions/onnx-runtime-threads.md). ``spinning``: ONNX Runtime's
+    session's workers need (docs/decisions/timing-a-backbone.md). ``spinning``: ONNX Runtime's
     default, for comparison (``adascale bench inference --ort-spinning``).
     """
     import onnxruntime as ort

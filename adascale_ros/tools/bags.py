@@ -136,7 +136,8 @@ def read_bag(path: Path) -> tuple[dict[str, str], list[BagMessage]]:
 def bag_frames(path: Path, topic: str, size: int, limit: int | None = None) -> ImageSet:
     """The camera frames of a bag (``sensor_msgs/Image`` or ``CompressedImage`` on ``topic``; the first
     ``limit``), streamed, as RGB area-averaged to ``size`` x ``size`` the way the inference node shrinks
-    them: one class, ``UNLABELLED``. A frame that cannot be decoded is skipped and counted."""
+    them: one class, ``UNLABELLED``. A frame that cannot be decoded is skipped (``ValueError`` saying how
+    many when no frame is left)."""
     import torch
     from rosbags.rosbag2 import Reader
 
