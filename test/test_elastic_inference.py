@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import time
 from functools import partial
 
@@ -294,3 +296,16 @@ def test_malformed_burst_and_flood_leave_the_node_serving(ros_node, start_proces
     assert harness.process.poll() is None
     harness.process.terminate()
     assert harness.process.wait(5) == 0
+
+
+def test_a_missing_optional_package_is_one_error_line_and_exit_code_2():
+    # onnxruntime made unimportable, as on a robot where it was not installed.
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None; "
+        "from adascale_ros.nodes.elastic_inference import main; sys.exit(main(sys.argv))"
+    )
+    args = [sys.executable, "-c", code, "--ros-args", "-p", f"model_dir:={REPO_ROOT / 'models' / 'default'}"]
+    run = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "onnxruntime" in lines[0], run.stderr

@@ -139,7 +139,8 @@ def spin_node(
     the process with an error or an abort instead of a clean stop.
 
     A node whose configuration is invalid raises ``ValueError`` from its
-    constructor; that is reported in one line and the process exits with 2.
+    constructor, one that needs a package this install lacks ``ImportError``;
+    either is reported in one line and the process exits with 2.
     ``stop``: a flag already raised by the caller (``entry``), else one is raised here.
     """
     with nullcontext(stop) if stop is not None else stop_flag() as stop:
@@ -153,7 +154,7 @@ def spin_node(
                 executor.spin_once(timeout_sec=0.1)
         except ExternalShutdownException:
             pass
-        except ValueError as exc:
+        except (ValueError, ImportError) as exc:  # a bad setting or model, or a missing optional package
             print(f"error: {exc}", file=sys.stderr)
             return 2
         finally:

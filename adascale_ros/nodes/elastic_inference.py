@@ -335,8 +335,10 @@ class ElasticInference(Node):
         return level, message, values
 
     def destroy_node(self) -> None:
-        self.slot.close()
-        self._worker.join(timeout=2.0)
+        # Also called for a node whose constructor failed half-way (rclpy destroys it when collected).
+        if hasattr(self, "_worker"):
+            self.slot.close()
+            self._worker.join(timeout=2.0)
         super().destroy_node()
 
 

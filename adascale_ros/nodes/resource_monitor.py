@@ -163,7 +163,8 @@ class ResourceMonitor(Node):
         return level, message, values
 
     def destroy_node(self) -> None:
-        self.sampler.close()
+        if hasattr(self, "sampler"):  # not when the constructor failed before making it
+            self.sampler.close()
         super().destroy_node()
 
 
