@@ -37,7 +37,7 @@ from adascale_ros.model.finetune import (
     trunk_features,
 )
 from adascale_ros.model.metrics import module_table, resolution_suffix, variant_metrics
-from adascale_ros.model.pipeline import best_per_exit, dataset_summary, provenance, warm_start
+from adascale_ros.model.pipeline import best_per_exit, dataset_summary, provenance, trained_splits, warm_start
 from adascale_ros.model.variant import Variant
 
 
@@ -232,9 +232,7 @@ def adapt_model(
     if model.card["network"].get("kind") != "backbone":
         raise ValueError(f"{model.directory}: label-free adaptation needs a backbone model (adascale train)")
     config = BackboneRunConfig.from_dict(model.card["config"])
-    splits = load_splits(config.dataset)
-    if splits.fingerprint() != model.card["dataset"]["fingerprint"]:
-        raise ValueError(f"{config.dataset.name}: the data differ from what {model.directory} was trained on")
+    splits = trained_splits(model, config.dataset)
     holdout = max(1, round(held_out * len(frames)))
     if len(frames) - holdout < 2:
         raise ValueError(f"{len(frames)} frames: too few to adapt on and hold some out (at least {holdout + 2})")
@@ -314,10 +312,7 @@ def score_best_variants(
 ) -> dict[str, Any]:
     """The most accurate variant (on validation) of every exit and resolution, scored on the whole test split
     of the card's dataset; rows give its FLOPs and its table accuracy too."""
-    config = BackboneRunConfig.from_dict(model.card["config"])
-    splits = load_splits(config.dataset)
-    if splits.fingerprint() != model.card["dataset"]["fingerprint"]:
-        raise ValueError(f"{config.dataset.name}: the data differ from what {model.directory} was trained on")
+    splits = trained_splits(model, BackboneRunConfig.from_dict(model.card["config"]).dataset)
     net = model.net
     table = load_variant_table(model.directory)
     chosen = best_variants(table["variants"])

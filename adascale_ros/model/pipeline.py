@@ -223,12 +223,18 @@ def format_variant_table(table: dict[str, Any], limit: int | None = None) -> str
     return "\n".join(lines)
 
 
-def reevaluate(model: LoadedModel, progress: bool = True) -> dict[str, Any]:
-    """Recompute every accuracy in variants.json from the weights and the card's dataset."""
-    spec = TrainRunConfig.from_dict(model.card["config"]).dataset
+def trained_splits(model: LoadedModel, spec: DatasetSpec) -> DatasetSplits:
+    """The dataset ``spec`` names, loaded; ``ValueError`` unless it is the data the model was trained on
+    (the card's fingerprint), so no accuracy is measured on another split."""
     splits = load_splits(spec)
     if splits.fingerprint() != model.card["dataset"]["fingerprint"]:
         raise ValueError(f"{spec.name}: the data differ from what {model.directory} was trained on (fingerprint)")
+    return splits
+
+
+def reevaluate(model: LoadedModel, progress: bool = True) -> dict[str, Any]:
+    """Recompute every accuracy in variants.json from the weights and the card's dataset."""
+    splits = trained_splits(model, TrainRunConfig.from_dict(model.card["config"]).dataset)
     accuracy, _ = evaluate_splits(model.net, {"val": splits.val, "test": splits.test}, model.normalize, progress)
     table = load_variant_table(model.directory)
     for row in table["variants"]:
