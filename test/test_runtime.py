@@ -64,6 +64,23 @@ def test_every_encoding_converts_to_its_pixels(encoding, pad, bigendian):
     np.testing.assert_array_equal(array, expected)
 
 
+@pytest.mark.parametrize(
+    "encoding, order", [("yuv422_yuy2", "YUYV"), ("yuyv", "YUYV"), ("yuv422", "UYVY"), ("uyvy", "UYVY")]
+)
+@pytest.mark.parametrize("pad", [0, 4])
+def test_packed_yuv422_decodes_to_the_rgb_it_was_made_from(encoding, order, pad):
+    # Flat colour pairs survive 4:2:2 chroma sharing; BT.601 limited range, as cameras send it.
+    rgb = np.repeat(np.array([[[200, 40, 40], [40, 200, 40]], [[40, 40, 200], [128, 128, 128]]], np.uint8), 2, axis=1)
+    bt601 = np.array([[0.257, 0.504, 0.098], [-0.148, -0.291, 0.439], [0.439, -0.368, -0.071]])
+    y, u, v = np.moveaxis(np.round(rgb @ bt601.T + [16, 128, 128]).astype(np.uint8), -1, 0)
+    packed = np.empty((2, 4, 2), np.uint8)
+    chroma = np.where(np.arange(4) % 2 == 0, u, v)  # U for the even pixel of a pair, V for the odd
+    packed[..., 0 if order == "YUYV" else 1], packed[..., 1 if order == "YUYV" else 0] = y, chroma
+    array, got_encoding = image_to_array(image_msg(packed, encoding, pad), LIMIT)
+    assert got_encoding == "rgb8" and array.shape == (2, 4, 3)
+    assert np.abs(array.astype(int) - rgb).max() <= 3
+
+
 def test_big_endian_mono16():
     expected = ENCODED["mono16"]
     array, _ = image_to_array(image_msg(expected, "mono16", pad=2, bigendian=True), LIMIT)
@@ -73,8 +90,9 @@ def test_big_endian_mono16():
 @pytest.mark.parametrize(
     "change, kind",
     [
-        (dict(encoding="yuv422"), "encoding"),
+        (dict(encoding="nv21"), "encoding"),
         (dict(encoding="32FC1"), "encoding"),
+        (dict(encoding="yuv422_yuy2"), "size"),  # 3 pixels wide: YUV 4:2:2 comes in pairs
         (dict(step=5), "step"),  # less than 3 pixels x 3 bytes
         (dict(data=bytes(10)), "size"),  # truncated
         (dict(height=0, data=b""), "size"),

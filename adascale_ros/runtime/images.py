@@ -22,7 +22,15 @@ import cv2
 import numpy as np
 from cv_bridge import CvBridge, CvBridgeError
 
-SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16")
+# Packed YUV 4:2:2 (two bytes a pixel, chroma shared by each pair), as camera drivers publish it:
+# camera_ros's default YUYV as "yuv422_yuy2" or "yuyv", UYVY as "yuv422" or "uyvy". Decoded to rgb8.
+YUV422_TO_RGB = {
+    "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUY2,
+    "yuyv": cv2.COLOR_YUV2RGB_YUY2,
+    "yuv422": cv2.COLOR_YUV2RGB_UYVY,
+    "uyvy": cv2.COLOR_YUV2RGB_UYVY,
+}
+SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", *YUV422_TO_RGB)
 COMPRESSED_FORMATS = ("jpeg", "png")
 _BRIDGE = CvBridge()
 
@@ -40,14 +48,24 @@ class FrameError(ValueError):
 
 
 def image_to_array(msg: Any, max_pixels: int) -> tuple[np.ndarray, str]:
-    """A ``sensor_msgs/Image`` as an (H, W) or (H, W, C) array in native byte order, and its encoding."""
+    """A ``sensor_msgs/Image`` as an (H, W) or (H, W, C) array in native byte order, and its encoding
+    (packed YUV 4:2:2 comes back as rgb8)."""
     encoding = msg.encoding
     if encoding not in SUPPORTED_ENCODINGS:
         raise FrameError("encoding", f"unsupported encoding {encoding!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})")
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     _check_size(height, width, max_pixels)
+    if encoding in YUV422_TO_RGB:
+        if width % 2:
+            raise FrameError("size", f"a {encoding} image has an even width (pixels come in pairs), got {width}")
+        packed = _unpack(msg, height, width, step, np.dtype(np.uint8), 2)
+        return cv2.cvtColor(packed, YUV422_TO_RGB[encoding]), "rgb8"
     dtype_name, channels = _BRIDGE.encoding_to_dtype_with_channels(encoding)
-    dtype = np.dtype(dtype_name)
+    return _unpack(msg, height, width, step, np.dtype(dtype_name), channels), encoding
+
+
+def _unpack(msg: Any, height: int, width: int, step: int, dtype: np.dtype, channels: int) -> np.ndarray:
+    """The message's pixels as an array, rows unpadded and in native byte order, after the size checks."""
     row_bytes = width * channels * dtype.itemsize
     if step < row_bytes:
         raise FrameError("step", f"step {step} is less than one packed row ({width} x {channels} x {dtype.itemsize} B)")
@@ -58,11 +76,11 @@ def image_to_array(msg: Any, max_pixels: int) -> tuple[np.ndarray, str]:
     # is_bigendian differs from the host, even for 8-bit data where byte order means nothing.
     swapped = dtype.itemsize > 1 and bool(msg.is_bigendian) != (sys.byteorder == "big")
     if step == row_bytes and not swapped:
-        return np.frombuffer(msg.data, dtype).reshape(shape), encoding
+        return np.frombuffer(msg.data, dtype).reshape(shape)
     rows = np.frombuffer(msg.data, np.uint8).reshape(height, step)[:, :row_bytes]
     wire = dtype.newbyteorder(">" if msg.is_bigendian else "<")
     array = np.ascontiguousarray(rows).view(wire).astype(dtype)
-    return array.reshape(shape), encoding
+    return array.reshape(shape)
 
 
 def compressed_to_array(msg: Any, max_pixels: int, max_bytes: int) -> tuple[np.ndarray, str]:
