@@ -205,9 +205,22 @@ def test_training_on_from_a_models_weights_computes_no_trunk_features_again(smal
     assert card["init_from"]["name"] == "a" and card["init_from"]["config"] == parent["config"]
     assert "distill" not in card["training"]["phase_seconds"] and card["training"]["phase_seconds"]["tune"] > 0
 
-    (tmp_path / "other.yaml").write_text((SMALL_RUN % "0.0").replace("[32, 64]", "[32]"))
+    (tmp_path / "other.yaml").write_text((SMALL_RUN % "0.0").replace("[32, 64]}", "[32, 64], exit_channels: 64}"))
     args = ["train", "--config", str(tmp_path / "other.yaml"), "--out", str(tmp_path / "c"), "--no-progress"]
     assert main([*args, "--init-from", str(parent_dir), "--workdir", str(tmp_path / "c.work")]) == 2  # refused
+
+
+def test_training_on_at_another_input_resolution_starts_from_the_same_weights(small_model, tmp_path, monkeypatch):
+    parent_dir, cache = small_model
+    monkeypatch.setenv("ADASCALE_CACHE_DIR", str(cache))
+    (tmp_path / "more.yaml").write_text((SMALL_RUN % "0.0").replace("[32, 64]", "[32, 64, 96]"))
+    args = ["train", "--config", str(tmp_path / "more.yaml"), "--out", str(tmp_path / "d"), "--no-progress"]
+    assert main([*args, "--init-from", str(parent_dir), "--workdir", str(tmp_path / "d.work")]) == 0
+
+    card = json.loads((tmp_path / "d" / "model_card.json").read_text())
+    assert card["network"]["resolutions"] == [32, 64, 96] and card["init_from"]["name"] == "a"
+    table = json.loads((tmp_path / "d" / "variants.json").read_text())
+    assert {row["resolution"] for row in table["variants"]} == {32, 64, 96}
 
 
 def test_label_free_adaptation_on_a_folder_of_frames_keeps_the_largest_variant(small_model, tmp_path, monkeypatch):

@@ -102,15 +102,24 @@ def evaluate_splits(
     return accuracy, seconds
 
 
+# Input sizes change no weight of a fully convolutional network: a model can be tuned on at others.
+WEIGHT_FREE_NETWORK_FIELDS = ("resolutions",)
+
+
+def same_weights(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two networks' card entries describe the same weights (resolutions aside)."""
+    return all(a.get(k) == b.get(k) for k in set(a) | set(b) if k not in WEIGHT_FREE_NETWORK_FIELDS)
+
+
 def warm_start(net: MultiExitNet, splits: DatasetSplits, model_dir: Path) -> dict[str, Any]:
     """Copy a trained model's weights into ``net``; returns what the new card says of it.
 
-    ``ValueError`` unless that model has the same network and was trained on the same data
-    (same fingerprint, so the same training / validation split): its validation accuracy
-    must stay a held-out figure.
+    ``ValueError`` unless that model has the same network, input resolutions aside, and was
+    trained on the same data (same fingerprint, so the same training / validation split): its
+    validation accuracy must stay a held-out figure.
     """
     start = load_model(model_dir)
-    if start.net.config.to_dict() != net.config.to_dict():
+    if not same_weights(start.net.config.to_dict(), net.config.to_dict()):
         raise ValueError(f"--init-from {model_dir}: its network differs from the configuration's")
     if start.card["dataset"]["fingerprint"] != splits.fingerprint():
         raise ValueError(f"--init-from {model_dir}: trained on other data (dataset fingerprint differs)")
