@@ -27,10 +27,13 @@ class NodeSpec:
     module: str  # python module of the node (its PARAMETERS and main)
     remappings: tuple[tuple[str, str], ...] = ()
     parameters: dict[str, object] = field(default_factory=dict)
+    namespace: str = ""  # relative, so that a launch file's PushRosNamespace still applies above it
 
     def command(self, params_file: Path | None = None, log_level: str = "info") -> list[str]:
         """The command line the local runner starts this node with."""
         cmd = [sys.executable, "-m", ENTRY_MODULE, self.executable, "--ros-args", "-r", f"__node:={self.name}"]
+        if self.namespace:
+            cmd += ["-r", f"__ns:=/{self.namespace}"]
         cmd += ["--log-level", log_level]
         if params_file is not None:
             cmd += ["--params-file", str(params_file)]
@@ -72,12 +75,29 @@ def tiny_model_dir() -> Path:
     return shipped_path(TINY_MODEL)
 
 
-# Topics between the nodes, by role, as seen from outside the nodes.
-RESOURCE_STATE_TOPIC = "/resource_monitor/state"
-PROFILES_TOPIC = "/profiler/profiles"
-SELECTION_TOPIC = "/selector/selection"
-CLASSIFICATION_TOPIC = "/elastic_inference/classification"
-DEFAULT_CAMERA_TOPIC = "/camera/image_raw"
+# Topics between the nodes, by role, as seen from outside the nodes. Relative: a graph started in a
+# namespace (one per robot) talks only within it, and a node in the same namespace finds them by these.
+RESOURCE_STATE_TOPIC = "resource_monitor/state"
+PROFILES_TOPIC = "profiler/profiles"
+SELECTION_TOPIC = "selector/selection"
+CLASSIFICATION_TOPIC = "elastic_inference/classification"
+DEFAULT_CAMERA_TOPIC = "camera/image_raw"  # /camera/image_raw, or /<namespace>/camera/image_raw
+BAG_CAMERA_TOPIC = f"/{DEFAULT_CAMERA_TOPIC}"  # what a camera bag names (a bag's topics are absolute)
+
+
+def check_namespace(namespace: str) -> str:
+    """``namespace`` without its leading and trailing slashes; ``ValueError`` unless it is a valid ROS
+    namespace (empty: none)."""
+    from rclpy.exceptions import InvalidNamespaceException
+    from rclpy.validate_namespace import validate_namespace
+
+    relative = namespace.strip("/")
+    if relative:
+        try:
+            validate_namespace(f"/{relative}")
+        except InvalidNamespaceException as exc:
+            raise ValueError(f"invalid namespace {namespace!r}: {str(exc).splitlines()[0]}") from None
+    return relative
 
 
 def node_graph(
@@ -85,19 +105,22 @@ def node_graph(
     model_dir: str = "",
     image_input: str = "",
     use_sim_time: bool | None = None,
+    namespace: str = "",
 ) -> list[NodeSpec]:
     """The nodes of the adaptation loop, in start order.
 
-    ``camera_topic`` is the raw image topic; compressed frames are read from
-    ``<camera_topic>/compressed`` (image_transport's naming) when the
-    inference node's ``input`` parameter says so. ``model_dir`` (for every node
-    that reads the model), ``image_input`` (raw or compressed) and
-    ``use_sim_time`` override the parameters file when given; empty or None
-    leaves its values.
+    ``camera_topic`` is the raw image topic (relative ones resolve in the
+    namespace); compressed frames are read from ``<camera_topic>/compressed``
+    (image_transport's naming) when the inference node's ``input`` parameter
+    says so. ``model_dir`` (for every node that reads the model),
+    ``image_input`` (raw or compressed) and ``use_sim_time`` override the
+    parameters file when given; empty or None leaves its values. ``namespace``
+    puts every node, and so every topic between them, under it.
     """
     if image_input not in ("", "raw", "compressed"):
         raise ValueError(f"input must be raw or compressed, got {image_input!r}")
-    specs = _graph(camera_topic)
+    relative = check_namespace(namespace)
+    specs = [replace(s, namespace=relative) for s in _graph(camera_topic)]
     if model_dir:
         specs = [with_parameters(s, model_dir=model_dir) if s.name in MODEL_READERS else s for s in specs]
     if image_input:

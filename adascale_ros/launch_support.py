@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from adascale_ros.bringup import DEFAULT_CAMERA_TOPIC, PACKAGE, default_params_file, node_graph
+from adascale_ros.bringup import BAG_CAMERA_TOPIC, DEFAULT_CAMERA_TOPIC, PACKAGE, default_params_file, node_graph
 
 
 def graph_arguments(camera_topic: str = DEFAULT_CAMERA_TOPIC) -> dict[str, tuple[str, str]]:
     """Launch arguments of the graph: name -> (default, description)."""
     return {
-        "camera_topic": (camera_topic, "raw image topic; compressed frames are read from <topic>/compressed"),
+        "camera_topic": (
+            camera_topic,
+            "raw image topic, a relative one in the namespace; compressed frames are read from <topic>/compressed",
+        ),
+        "namespace": ("", "run every node in this namespace (one per robot), below any pushed with PushRosNamespace"),
         "input": ("", "raw or compressed; empty: the parameters file's (raw)"),
         "model_dir": ("", "model directory; empty: the parameters file's (the embedded default model)"),
         "params_file": (str(default_params_file()), "ROS parameters of every node"),
@@ -42,6 +46,7 @@ def _graph_nodes(context: Any) -> list[Any]:
         model_dir=arg("model_dir"),
         image_input=arg("input"),
         use_sim_time=arg("use_sim_time").lower() in ("true", "1"),
+        namespace=arg("namespace"),
     )
 
     def ros_args(spec: Any) -> list[str]:
@@ -53,6 +58,7 @@ def _graph_nodes(context: Any) -> list[Any]:
             package=PACKAGE,
             executable=spec.executable,
             name=spec.name,
+            namespace=spec.namespace or None,  # relative: composes with PushRosNamespace
             parameters=[arg("params_file"), spec.parameters],
             remappings=list(spec.remappings),
             arguments=ros_args(spec),
@@ -98,7 +104,7 @@ def replay_launch_description() -> Any:
         "rate": ("1.0", "playback speed factor"),
         "loop": ("false", "play the bag again at its end"),
         "delay": ("2.0", "seconds before playing, so the nodes are up"),
-        **graph_arguments(),
+        **graph_arguments(BAG_CAMERA_TOPIC),  # the bag's own topic, whatever the namespace
     }
     return LaunchDescription(
         [*_declare(arguments), OpaqueFunction(function=_graph_nodes), OpaqueFunction(function=_bag_play)]

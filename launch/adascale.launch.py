@@ -1,12 +1,14 @@
 """Launch the adascale node graph on a ROS 2 install.
 
     ros2 launch adascale_ros adascale.launch.py \
-        [camera_topic:=/camera/image_raw] [input:=raw|compressed] [model_dir:=<dir>] \
-        [params_file:=<yaml>] [use_sim_time:=false] [log_level:=info]
+        [camera_topic:=camera/image_raw] [namespace:=<robot>] [input:=raw|compressed] \
+        [model_dir:=<dir>] [params_file:=<yaml>] [use_sim_time:=false] [log_level:=info]
 
 The nodes, parameters and remappings come from adascale_ros.bringup, the same
 definition `adascale run` uses. `input` and `model_dir` left empty keep the
-values of the parameters file.
+values of the parameters file. Every topic between the nodes is relative, so a
+namespace (the argument, or PushRosNamespace around an include of this file)
+keeps each robot's graph to itself.
 """
 
 from adascale_ros.launch_support import graph_launch_description

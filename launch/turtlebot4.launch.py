@@ -2,12 +2,12 @@
 
     ros2 launch adascale_ros turtlebot4.launch.py [input:=compressed] [model_dir:=...] [params_file:=...]
 
-The arguments are those of adascale.launch.py; only camera_topic's default differs.
-A namespaced robot (e.g. /robot1) passes camera_topic:=/robot1/oakd/rgb/preview/image_raw.
+The arguments are those of adascale.launch.py; only camera_topic's default differs. It is
+relative: with namespace:=robot1 (or under PushRosNamespace) the nodes read /robot1/oakd/rgb/preview/image_raw.
 """
 
 from adascale_ros.launch_support import graph_launch_description
 
 
 def generate_launch_description():  # noqa: ANN201 - launch.LaunchDescription
-    return graph_launch_description("/oakd/rgb/preview/image_raw")
+    return graph_launch_description("oakd/rgb/preview/image_raw")

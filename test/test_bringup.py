@@ -11,7 +11,7 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, spin_until
 
 from adascale_ros.bringup import (
     MODEL_DIR_VARIABLE,
@@ -23,6 +23,7 @@ from adascale_ros.bringup import (
 )
 from adascale_ros.model.files import card_resolutions, read_model_card
 from adascale_ros.profiling.predictor import LatencyPredictor, calibrated_threads
+from adascale_ros.tools.runner import unclean_exits
 
 
 def test_graph_nodes_are_runnable_and_configured():
@@ -74,10 +75,59 @@ def test_graph_overrides_reach_the_right_nodes():
         node_graph(image_input="jpeg")
 
 
-LAUNCH_FILES = {
-    "adascale.launch.py": "/camera/image_raw",
-    "turtlebot3.launch.py": "/camera/image_raw",
-    "turtlebot4.launch.py": "/oakd/rgb/preview/image_raw",
+def test_a_namespace_holds_every_node_and_every_topic_between_them():
+    for spec in node_graph(namespace="/robot1/"):
+        assert spec.namespace == "robot1" and "__ns:=/robot1" in spec.command()
+        # Remapped to relative names: they resolve in the node's namespace, not at the root.
+        assert all(not dst.startswith("/") for _, dst in spec.remappings), spec.remappings
+    assert all(s.namespace == "" and "__ns:=" not in " ".join(s.command()) for s in node_graph())
+    for bad in ("1robot", "robot one", "robot//one"):
+        with pytest.raises(ValueError, match="invalid namespace"):
+            node_graph(namespace=bad)
+
+
+@pytest.mark.ros
+def test_two_namespaced_graphs_on_one_domain_share_no_topic(ros_node, tmp_path):
+    """Two robots' graphs, both running: each answers its own camera and publishes only under its namespace."""
+    from sensor_msgs.msg import Image
+
+    from adascale_msgs.msg import ElasticClassification
+    from adascale_ros.tools.runner import GraphProcesses
+
+    robots = ("robot1", "robot2")
+    graphs = [GraphProcesses(node_graph(namespace=r), default_params_file()) for r in robots]
+    logs = {r: open(tmp_path / f"{r}.log", "w") for r in robots}
+    results: dict[str, list] = {r: [] for r in robots}
+    for r in robots:
+        ros_node.create_subscription(
+            ElasticClassification, f"/{r}/elastic_inference/classification", results[r].append, 10
+        )
+    camera = ros_node.create_publisher(Image, "/robot1/camera/image_raw", 10)  # only robot1 has a camera
+    frame = Image(height=28, width=28, encoding="mono8", step=28, data=bytes(range(28)) * 28)
+    ros_node.create_timer(0.1, lambda: camera.publish(frame))
+    try:
+        for graph, r in zip(graphs, robots, strict=True):
+            graph.start(logs[r])
+        assert spin_until(ros_node, lambda: len(results["robot1"]) >= 5, 90.0), (tmp_path / "robot1.log").read_text()
+        topics = {name for name, _ in ros_node.get_topic_names_and_types()}
+        ours = {t for t in topics if any(f"/{spec.name}/" in t for spec in node_graph())}
+        assert ours and all(t.startswith(("/robot1/", "/robot2/")) for t in ours), sorted(ours)
+        for r in robots:
+            for topic in ("resource_monitor/state", "profiler/profiles", "selector/selection"):
+                assert ros_node.count_publishers(f"/{r}/{topic}") == 1, (r, topic)
+            assert ros_node.count_subscribers(f"/{r}/profiler/profiles") == 1  # its own selector only
+        assert not results["robot2"] and all(not graph.exited() for graph in graphs)
+    finally:
+        for graph in graphs:
+            assert not unclean_exits(graph.stop())
+        for log in logs.values():
+            log.close()
+
+
+LAUNCH_FILES = {  # relative camera topics resolve in the robot's namespace; a bag names its topic in full
+    "adascale.launch.py": "camera/image_raw",
+    "turtlebot3.launch.py": "camera/image_raw",
+    "turtlebot4.launch.py": "oakd/rgb/preview/image_raw",
     "replay.launch.py": "/camera/image_raw",
 }
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from adascale_ros.bringup import DEFAULT_CAMERA_TOPIC
+from adascale_ros.bringup import BAG_CAMERA_TOPIC
 
 if TYPE_CHECKING:
     from adascale_ros.model.datasets import ImageSet
@@ -60,7 +60,7 @@ class BagSpec:
     width: int = 250  # a TurtleBot 4's OAK-D preview stream is 250 x 250
     height: int = 250
     rate_hz: float = 10.0
-    camera_topic: str = DEFAULT_CAMERA_TOPIC
+    camera_topic: str = BAG_CAMERA_TOPIC
     labels_topic: str = LABELS_TOPIC
     frame_id: str = "camera_optical_frame"
     start_ns: int = 1_700_000_000 * 10**9  # recording time of the first frame

@@ -6,13 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from adascale_ros.bringup import DEFAULT_CAMERA_TOPIC
+
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from adascale_ros.bringup import default_params_file, node_graph
     from adascale_ros.tools.runner import run_graph
 
     params_file = args.params_file or default_params_file()
-    return run_graph(node_graph(), params_file, args.duration, args.log_level)
+    specs = node_graph(args.camera_topic, namespace=args.namespace)
+    return run_graph(specs, params_file, args.duration, args.log_level)
 
 
 def _cmd_record_load(args: argparse.Namespace) -> int:
@@ -581,6 +584,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--params-file", type=Path, help="ROS parameters file (default: config/adascale.yaml)")
     run.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error"])
+    run.add_argument("--namespace", default="", help="run every node in this namespace (one per robot)")
+    run.add_argument(
+        "--camera-topic",
+        default=DEFAULT_CAMERA_TOPIC,
+        help=f"raw image topic; a relative one resolves in the namespace (default: {DEFAULT_CAMERA_TOPIC})",
+    )
     run.set_defaults(func=_cmd_run)
 
     rec = sub.add_parser("record-load", help="record the load index of this machine to a CSV trace")

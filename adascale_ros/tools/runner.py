@@ -151,7 +151,8 @@ def run_graph(
     # context is never shut down under a spin_once in progress.
     with stop_flag() as stop:
         rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
-        node = rclpy.create_node("adascale_run")
+        # In the graph's namespace, so that the topic names below resolve to its topics.
+        node = rclpy.create_node("adascale_run", namespace=f"/{specs[0].namespace}" if specs else None)
         latest: deque[ResourceState] = deque(maxlen=1)
         node.create_subscription(ResourceState, RESOURCE_STATE_TOPIC, lambda m: latest.append(m), 10)
         selection: deque[VariantSelection] = deque(maxlen=1)
