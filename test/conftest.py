@@ -62,10 +62,10 @@ def subscribe_diagnostics(node, node_name: str) -> list:
     """Collect, in the returned list, every /diagnostics status the named adascale node publishes."""
     from diagnostic_msgs.msg import DiagnosticArray
 
-    from adascale_ros.nodes.common import STATUS_PREFIX
+    from adascale_ros.nodes.common import status_name
 
     statuses: list = []
-    wanted = f"{STATUS_PREFIX}{node_name}"
+    wanted = status_name(node_name)
     node.create_subscription(
         DiagnosticArray, "/diagnostics", lambda m: statuses.extend(s for s in m.status if s.name == wanted), 10
     )

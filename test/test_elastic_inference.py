@@ -6,6 +6,7 @@ import math
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 
 import cv2
@@ -253,6 +254,36 @@ def test_follows_selections_and_publishes_an_overlay(ros_node, start_process, te
     assert overlays[-1].encoding == "bgr8" and overlays[-1].width >= 320
 
 
+def test_diagnostics_level_says_what_is_missing(ros_node, start_process, test_images):
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from adascale_ros.nodes.elastic_inference import NO_FRAME_WARN_S
+
+    images, _ = test_images
+    harness = InferenceHarness(ros_node, start_process)
+    status = lambda: harness.diagnostics[-1] if harness.diagnostics else None  # noqa: E731
+
+    def shows(level: bytes, text: str) -> Callable[[], bool]:
+        return lambda: status() is not None and status().level == level and text in status().message
+
+    # No camera (a mistyped topic looks the same): WARN, naming the topic the node listens on.
+    assert harness.spin_until(shows(DiagnosticStatus.WARN, f"no camera frame on {CAMERA}"), NO_FRAME_WARN_S + 5.0)
+    assert status().name == "elastic_inference: elastic inference" and status().hardware_id
+    # Frames, but no selection yet: WARN, the safe default runs.
+    frames = iter(range(10_000))
+    harness.classify(harness.frame(next(frames), camera_frame(images[0])))
+    assert harness.spin_until(shows(DiagnosticStatus.WARN, "no selection yet"), 5.0)
+    # Frames and a selection: OK.
+    harness.select("e0:res")
+
+    def serving() -> bool:
+        i = next(frames)
+        harness.classify(harness.frame(i, camera_frame(images[i % len(images)])))
+        return shows(DiagnosticStatus.OK, "running e0:res")()
+
+    assert harness.spin_until(serving, 5.0)
+
+
 def test_malformed_burst_and_flood_leave_the_node_serving(ros_node, start_process, test_images):
     from sensor_msgs.msg import Image
 
@@ -262,7 +293,7 @@ def test_malformed_burst_and_flood_leave_the_node_serving(ros_node, start_proces
     bad = [
         Image(height=224, width=224, encoding="rgb8", step=672, data=bytes(1000)),  # truncated
         Image(height=224, width=224, encoding="rgb8", step=100, data=bytes(22400)),  # step < row
-        Image(height=4, width=4, encoding="yuv422", step=8, data=bytes(32)),  # unsupported
+        Image(height=4, width=4, encoding="bayer_rggb8", step=4, data=bytes(16)),  # unsupported
         Image(height=0, width=0, encoding="mono8", step=0, data=b""),  # empty
         Image(height=400, width=400, encoding="mono8", step=400, data=bytes(160_000)),  # over the limit
     ]

@@ -83,7 +83,7 @@ def test_reads_a_jetson_board_from_its_sysfs_tree(tmp_path, ros_node, start_proc
     assert s.power_source == "jetson_ina" and s.power_w == pytest.approx(7.62, rel=1e-5)
 
     status = diagnostics[-1]
-    assert status.name == "adascale: resource_monitor" and status.level == DiagnosticStatus.OK
+    assert status.name == "resource_monitor: resource sensing" and status.level == DiagnosticStatus.OK
     values = {kv.key: kv.value for kv in status.values}
     assert values["sensor.jetson_gpu"] == "True" and values["sensor.rapl"] == "False"
     assert int(values["samples_published"]) >= 1

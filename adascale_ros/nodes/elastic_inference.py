@@ -8,7 +8,9 @@ Subscriptions
 Publications
   ~/classification    adascale_msgs/ElasticClassification, one per processed frame
   ~/overlay           sensor_msgs/Image (bgr8), only while someone subscribes
-  /diagnostics        diagnostic_msgs/DiagnosticArray at 1 Hz
+  /diagnostics        diagnostic_msgs/DiagnosticArray at 1 Hz: ERROR while the model fails on every
+                      frame; WARN with no camera frame for NO_FRAME_WARN_S (a mistyped topic shows
+                      here), frames skipped, or no selection in force; OK otherwise
 
 The subscription callback only drops the frame into a one-slot mailbox; a
 worker thread takes the newest frame, converts, pre-processes and runs it, so
@@ -35,6 +37,7 @@ from adascale_msgs.msg import ElasticClassification, VariantSelection
 from adascale_ros.bringup import default_model_dir
 from adascale_ros.model.files import card_input_shape, cheapest_variant, load_variant_table, read_model_card
 from adascale_ros.nodes.common import (
+    ERROR,
     OK,
     WARN,
     DiagnosticsPublisher,
@@ -57,6 +60,8 @@ from adascale_ros.runtime.images import (
 )
 from adascale_ros.runtime.overlay import draw_overlay
 from adascale_ros.runtime.preprocess import Preprocessor
+
+NO_FRAME_WARN_S = 3.0  # a camera at 1 Hz or faster is never this quiet
 
 PARAMETERS: dict[str, Param] = {
     "model_dir": Param("", "Model directory; empty: the embedded default model.", read_only=True),
@@ -158,6 +163,8 @@ class ElasticInference(Node):
         self.latencies_ms: deque[float] = deque(maxlen=200)
         self._rates_at = (time.monotonic(), 0, 0)
         self._errors_reported = 0
+        self._internal_reported = 0
+        self._last_frame_at = time.monotonic()  # start-up counts as a frame: the camera gets a grace period
         self._lock = threading.Lock()  # guards counts and errors between the two threads
 
         compressed = values["input"] == "compressed"
@@ -173,7 +180,7 @@ class ElasticInference(Node):
         self._result_pub = self.create_publisher(ElasticClassification, "~/classification", 10)
         self._overlay_pub = self.create_publisher(Image, "~/overlay", 1)
         self.add_on_set_parameters_callback(validating_callback(self, PARAMETERS, self._apply))
-        self._diagnostics = DiagnosticsPublisher(self, self._diagnostic_status)
+        self._diagnostics = DiagnosticsPublisher(self, "elastic_inference", self._diagnostic_status)
         self._timeout_timer = self.create_timer(0.25, self._check_selection_timeout)
         self._worker = threading.Thread(target=self._work, name="inference", daemon=True)
         self._worker.start()
@@ -193,6 +200,7 @@ class ElasticInference(Node):
     def _on_image(self, msg: Any) -> None:
         with self._lock:
             self.counts["received"] += 1
+        self._last_frame_at = time.monotonic()
         self.slot.put(msg)
 
     def _on_selection(self, msg: VariantSelection) -> None:
@@ -310,13 +318,19 @@ class ElasticInference(Node):
         now = time.monotonic()
         then, received_then, processed_then = self._rates_at
         self._rates_at = (now, counts["received"], counts["processed"])
-        total_errors = sum(errors.values())
-        new_errors = total_errors - self._errors_reported
-        self._errors_reported = total_errors
-        if new_errors:
+        total_errors, internal = sum(errors.values()), errors.get("internal", 0)
+        new_errors, new_internal = total_errors - self._errors_reported, internal - self._internal_reported
+        self._errors_reported, self._internal_reported = total_errors, internal
+        silent_s = now - self._last_frame_at
+        if new_internal and counts["processed"] == processed_then:
+            level, message = ERROR, f"the model fails on every frame ({new_internal} since the last status)"
+        elif silent_s >= NO_FRAME_WARN_S:
+            level, message = WARN, f"no camera frame on {self._image_sub.topic_name} for {silent_s:.0f} s"
+        elif new_errors:
             level, message = WARN, f"{new_errors} frames skipped: " + ", ".join(f"{k} {v}" for k, v in errors.items())
-        elif counts["selection_timeouts"] and self._selection_at is None:
-            level, message = WARN, f"selection timed out: running the safe default {self.variant}"
+        elif self._selection_at is None:
+            reason = "selection timed out" if counts["selection_timeouts"] else "no selection yet"
+            level, message = WARN, f"{reason}: running the safe default {self.variant}"
         else:
             level, message = OK, f"running {self.variant}"
         values: dict[str, Any] = {

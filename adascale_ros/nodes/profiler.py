@@ -153,7 +153,7 @@ class Profiler(Node):
         self.create_subscription(ElasticClassification, "~/classification", self._on_result, 10)
         self._timer = self.create_timer(1.0 / float(values["max_rate_hz"]), self._publish_profiles)
         self.add_on_set_parameters_callback(validating_callback(self, PARAMETERS, self._apply))
-        self._diagnostics = DiagnosticsPublisher(self, self._diagnostic_status)
+        self._diagnostics = DiagnosticsPublisher(self, "profiler", self._diagnostic_status)
         self.get_logger().info(
             f"{len(rows)} variants from {model_dir}; predictors: {self.predictor.mode} sum of "
             f"{', '.join(f'{k}={r.family}' for k, r in self.predictor.regressors.items())}; "

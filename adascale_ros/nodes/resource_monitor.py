@@ -109,7 +109,7 @@ class ResourceMonitor(Node):
         self._pub = self.create_publisher(ResourceState, "~/state", 10)
         self._timer = self.create_timer(period, self._tick)
         self.add_on_set_parameters_callback(validating_callback(self, PARAMETERS, self._apply))
-        self._diagnostics = DiagnosticsPublisher(self, self._diagnostic_status)
+        self._diagnostics = DiagnosticsPublisher(self, "resource_monitor", self._diagnostic_status)
         found = ", ".join(name for name, ok in self.sampler.sources.items() if ok) or "none"
         self.get_logger().info(
             f"publishing {self._pub.topic_name} at {1 / period:g} Hz; optional sensors found: {found}"

@@ -101,7 +101,7 @@ class Selector(Node):
         self._pub = self.create_publisher(VariantSelection, "~/selection", latched_qos())
         self._sub = self.create_subscription(VariantProfileArray, "~/profiles", self._on_profiles, 10)
         self.add_on_set_parameters_callback(validating_callback(self, PARAMETERS, self._apply))
-        self._diagnostics = DiagnosticsPublisher(self, self._diagnostic_status)
+        self._diagnostics = DiagnosticsPublisher(self, "selector", self._diagnostic_status)
         self._publish(self.core.in_force)
         if republish_s > 0.0:
             self._republish_timer = self.create_timer(republish_s, lambda: self._publish(self.core.in_force))
