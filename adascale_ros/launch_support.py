@@ -11,8 +11,8 @@ from typing import Any
 from adascale_ros.bringup import BAG_CAMERA_TOPIC, DEFAULT_CAMERA_TOPIC, PACKAGE, default_params_file, node_graph
 
 
-def graph_arguments(camera_topic: str = DEFAULT_CAMERA_TOPIC) -> dict[str, tuple[str, str]]:
-    """Launch arguments of the graph: name -> (default, description)."""
+def graph_arguments(camera_topic: str = DEFAULT_CAMERA_TOPIC) -> dict[str, tuple[str | None, str]]:
+    """Launch arguments of the graph: name -> (default, description); no default: required."""
     return {
         "camera_topic": (
             camera_topic,
@@ -28,10 +28,13 @@ def graph_arguments(camera_topic: str = DEFAULT_CAMERA_TOPIC) -> dict[str, tuple
     }
 
 
-def _declare(arguments: dict[str, tuple[str, str]]) -> list[Any]:
+def _declare(arguments: dict[str, tuple[str | None, str]]) -> list[Any]:
     from launch.actions import DeclareLaunchArgument
 
-    return [DeclareLaunchArgument(name, default_value=d, description=text) for name, (d, text) in arguments.items()]
+    return [
+        DeclareLaunchArgument(name, description=text, **({} if default is None else {"default_value": default}))
+        for name, (default, text) in arguments.items()
+    ]
 
 
 def _graph_nodes(context: Any) -> list[Any]:
@@ -100,7 +103,7 @@ def replay_launch_description() -> Any:
     from launch import LaunchDescription
 
     arguments = {
-        "bag": ("", "the bag to play (required): a directory written by adascale make-bag or ros2 bag record"),
+        "bag": (None, "the bag to play (required): a directory written by adascale make-bag or ros2 bag record"),
         "rate": ("1.0", "playback speed factor"),
         "loop": ("false", "play the bag again at its end"),
         "delay": ("2.0", "seconds before playing, so the nodes are up"),

@@ -94,3 +94,50 @@ def start_process() -> Iterator[Callable[..., subprocess.Popen[str]]]:
         if proc.poll() is None:
             proc.kill()
         proc.wait(5)
+
+
+def rosbags_qos(reliability: str, durability: str = "volatile"):
+    """A publisher's QoS as a rosbag2 storage file records it (keep last 10, no deadlines)."""
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+    never = QosTime(0, 0)
+    return Qos(
+        history=QosHistory.KEEP_LAST, depth=10, reliability=QosReliability[reliability.upper()],
+        durability=QosDurability[durability.upper()], deadline=never, lifespan=never,
+        liveliness=QosLiveliness.AUTOMATIC, liveliness_lease_duration=never, avoid_ros_namespace_conventions=False,
+    )  # fmt: skip
+
+
+def write_robot_recording(out: Path, frames, rate_hz: float, storage: str = "MCAP") -> Path:
+    """A camera recording as ``ros2 bag record`` leaves it: rgb8 ``frames`` (N, H, W, 3) from a best-effort
+    camera on /camera/image_raw, no labels, in ``storage`` (MCAP or SQLITE3), and a ``metadata.yaml`` whose
+    QoS differs from the storage file's, as in rosbag2's own test bags (``ros2 bag play`` reads the file's)."""
+    import yaml
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from adascale_ros.tools.bags import IMAGE, typestore
+
+    store = typestore()
+    header, stamp, image = (
+        store.types["std_msgs/msg/Header"],
+        store.types["builtin_interfaces/msg/Time"],
+        store.types[IMAGE],
+    )
+    with Writer(out, version=8, storage_plugin=StoragePlugin[storage]) as writer:
+        camera = writer.add_connection(
+            "/camera/image_raw", IMAGE, typestore=store, offered_qos_profiles=[rosbags_qos("best_effort")]
+        )
+        for index, pixels in enumerate(frames):
+            stamp_ns = 1_800_000_000 * 10**9 + round(index * 1e9 / rate_hz)
+            height, width = pixels.shape[:2]
+            msg = image(
+                header=header(stamp=stamp(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9), frame_id="camera"),
+                height=height, width=width, encoding="rgb8", is_bigendian=0, step=3 * width, data=pixels.reshape(-1),
+            )  # fmt: skip
+            writer.write(camera, stamp_ns, store.serialize_cdr(msg, IMAGE))
+    metadata = out / "metadata.yaml"
+    info = yaml.safe_load(metadata.read_text())
+    for topic in info["rosbag2_bagfile_information"]["topics_with_message_count"]:
+        topic["topic_metadata"]["offered_qos_profiles"] = []
+    metadata.write_text(yaml.safe_dump(info))
+    return out

@@ -151,10 +151,15 @@ def test_launch_files_build_the_same_graph(name):
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
     context = LaunchContext()
+    required = set()
     for entity in description.entities:
         if isinstance(entity, DeclareLaunchArgument):
-            context.launch_configurations[entity.name] = perform_substitutions(context, entity.default_value)
+            if entity.default_value is None:
+                required.add(entity.name)
+            else:
+                context.launch_configurations[entity.name] = perform_substitutions(context, entity.default_value)
     assert context.launch_configurations["camera_topic"] == LAUNCH_FILES[name]
+    assert required == ({"bag"} if name == "replay.launch.py" else set())  # no bag plays '' by default
     if name == "replay.launch.py":
         context.launch_configurations["bag"] = "/bags/b"
     actions = [a for e in description.entities if isinstance(e, OpaqueFunction) for a in e.execute(context)]

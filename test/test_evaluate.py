@@ -10,10 +10,10 @@ import time
 from dataclasses import asdict, replace
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, write_robot_recording
 
 from adascale_ros.bringup import default_params_file
-from adascale_ros.model.files import cheapest_variant, load_variant_table
+from adascale_ros.model.files import cheapest_variant, load_variant_table, reference_variants
 from adascale_ros.tools.evaluate import (
     DEFAULT_BUDGET_MS,
     EvaluationConfig,
@@ -21,6 +21,7 @@ from adascale_ros.tools.evaluate import (
     load_runs,
     measured_budget,
     policy_graph,
+    reference_answers,
     run_name,
     score,
     static_variants,
@@ -284,6 +285,40 @@ def small_bag(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def robot_recording(tmp_path_factory):
+    """40 Fashion-MNIST test images as a best-effort camera's 120 x 120 frames at 10 Hz, unlabelled, SQLite 3."""
+    from adascale_ros.model.datasets import DatasetSpec, load_splits
+    from adascale_ros.tools.bags import camera_frame
+
+    test = load_splits(DatasetSpec(limit_train=100, limit_test=40)).test
+    frames = [camera_frame(image, 120, 120) for image in test.images[:, 0].numpy()]
+    return write_robot_recording(tmp_path_factory.mktemp("rec") / "rec", frames, 10.0, "SQLITE3")
+
+
+def test_an_unlabelled_recording_is_scored_against_the_top_variant_offline(small_bag):
+    from adascale_ros.tools.bags import read_labels
+
+    truth = read_labels(small_bag)
+    answers, top = reference_answers(small_bag, "/camera/image_raw", DEFAULT_MODEL, say=lambda _: None)
+    assert top == reference_variants(load_variant_table(DEFAULT_MODEL))["top"]
+    assert set(answers) == set(truth)  # one answer per frame, by its header stamp
+    agreement = sum(answers[s] == truth[s] for s in truth) / len(truth)
+    assert agreement >= 0.8, agreement  # the top variant is ~92 % accurate on Fashion-MNIST
+
+
+def test_evaluate_refuses_a_recording_without_labels_before_running_anything(tmp_path, robot_recording, start_process):
+    args = ["-m", "adascale_ros.tools.cli", "evaluate", "--bag", str(robot_recording), "--out", str(tmp_path / "r")]
+    args += ["--policies", "static-smallest", "--budget-ms", "5"]
+    proc = start_process(args)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "no labels on /camera/labels" in out and "--unlabelled" in out, out
+    assert "starting" not in out and not (tmp_path / "r" / "logs").exists()
+    proc = start_process([*args, "--unlabelled", "--camera-topic", "/oops"])
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "no topic /oops" in out and "Traceback" not in out, out
+
+
 def test_repeats_are_scored_one_by_one_and_pooled(tmp_path, small_bag):
     from adascale_ros.tools.bags import read_labels
 
@@ -375,6 +410,27 @@ def test_adascale_evaluate_scores_every_policy_end_to_end(tmp_path, small_bag, s
     restdout, _ = again.communicate(timeout=120)
     assert again.returncode == 0, restdout
     assert json.loads(restdout)["policies"] == report["policies"]
+
+
+@pytest.mark.ros
+def test_adascale_evaluate_scores_a_robot_recording_without_labels(tmp_path, robot_recording, start_process):
+    out = tmp_path / "report"
+    args = ["-m", "adascale_ros.tools.cli", "evaluate", "--bag", str(robot_recording), "--unlabelled"]
+    args += ["--trace", str(short_trace(tmp_path)), "--policies", "static-largest", "static-smallest"]
+    args += ["--budget-ms", "5", "--out", str(out), "--json"]
+    proc = start_process(args)
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stdout
+    report = json.loads(stdout[stdout.index("{\n") :])
+    top = reference_variants(load_variant_table(DEFAULT_MODEL))["top"]
+    assert report["config"]["accuracy_against"].startswith(f"agreement with {top}")
+    assert f"agreement with {top}" in (out / "evaluation.md").read_text()
+    for name, m in report["policies"].items():
+        print(f"unlabelled recording, {name}: {m['frames']} frames, agreement {m['accuracy']:.3f}")
+        assert 50 <= m["frames"] <= 62, (name, m)  # 6 s at 10 Hz from a best-effort camera, replayed so
+        assert m["classified"] >= 0.9 * m["frames"], (name, m)
+    assert report["policies"]["static-largest"]["accuracy"] >= 0.8  # the deepest exit mostly agrees with the top
+    assert report["policies"]["static-smallest"]["accuracy"] < 1.0
 
 
 @pytest.mark.ros

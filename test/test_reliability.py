@@ -39,9 +39,18 @@ SAFE_DEFAULT = cheapest_variant(load_variant_table(REPO_ROOT / "models" / "defau
 SELECTION_TIMEOUT_S = 3.0
 STALE_AFTER_S = 2.0  # the profiler's state_timeout_s and the selector's profile_timeout_s (defaults)
 BACK_IN_LOOP_S = 2.0
+# A restart's start-up (Python imports, the model) takes 0.8-2 s here, idle or under two CPU hogs; its
+# time is printed, not pinned (it measures the machine). The bound tells a hang from a slow start.
+START_UP_S = 10.0
 # Fast DDS (default settings) takes 0.1 to 3 s here to match a new participant's endpoints with
-# those already running: the retransmission of lost discovery data waits for a heartbeat period.
-DDS_MATCH_S = 3.0
+# those already running: the retransmission of lost discovery data waits for a heartbeat period
+# (3 s). Under CPU load a retransmission can be lost too (5.4 s seen under stress-ng --cpu 2), and
+# each of a restarted node's peers is matched on its own: a bound of two periods.
+DDS_MATCH_S = 6.0
+# A reliable sample lost under CPU load (a full shared-memory queue) is sent again after the
+# writer's next heartbeat (3 s), and the samples behind it wait for it: messages of a running
+# node can pause that long, and a bound on "the next message" is one such repair.
+DDS_REPAIR_S = 3.5
 
 
 class RunningGraph:
@@ -197,7 +206,7 @@ def assert_still_in_loop(graph: RunningGraph, variant: str, since: float, killed
 
 
 def assert_back_in_loop(times: dict[str, float]) -> None:
-    assert times["ready"] <= BACK_IN_LOOP_S
+    assert times["ready"] <= START_UP_S
     # From ready to the first message: DDS matching of the new participant and its first output.
     assert times["first"] - times["ready"] <= BACK_IN_LOOP_S + DDS_MATCH_S
 
@@ -209,7 +218,7 @@ def test_resource_monitor_killed_profiler_goes_on_at_the_last_state(graph):
     stale_from = time.monotonic()
     print("profiler:", graph.diagnostics["profiler"]["message"])
     # Profiles go on (at the last state), so the selection and the stream stay as they were.
-    assert graph.wait_for(lambda: graph.first_after(graph.profiles, stale_from) is not None, 2.0)
+    assert graph.wait_for(lambda: graph.first_after(graph.profiles, stale_from) is not None, DDS_REPAIR_S)
     assert_still_in_loop(graph, chosen, killed, "resource_monitor")
 
     assert_back_in_loop(graph.restart("resource_monitor", graph.states))
@@ -226,7 +235,8 @@ def test_profiler_killed_selector_keeps_its_choice_and_flags_stale(graph):
     assert_still_in_loop(graph, chosen, killed, "profiler")
 
     assert_back_in_loop(graph.restart("profiler", graph.profiles))
-    assert graph.wait_for(lambda: "stale" not in graph.diagnostics["selector"]["message"], 3.0)
+    # The selector matches the new profiler on its own, then reports at 1 Hz.
+    assert graph.wait_for(lambda: "stale" not in graph.diagnostics["selector"]["message"], DDS_MATCH_S + 1.5)
 
 
 def test_selector_killed_inference_falls_back_to_the_safe_default_after_its_timeout(graph):
@@ -249,7 +259,8 @@ def test_selector_killed_inference_falls_back_to_the_safe_default_after_its_time
     times = graph.restart("selector", graph.selections, lambda m: m.variant_id == chosen)
     assert_back_in_loop(times)
     chose_again = graph.started_at["selector"] + times["first"]
-    assert graph.wait_for(lambda: chosen in graph.results_since(chose_again), BACK_IN_LOOP_S)
+    # This process saw the new selector's choice; inference matches the new publisher on its own.
+    assert graph.wait_for(lambda: chosen in graph.results_since(chose_again), DDS_MATCH_S)
 
 
 def test_inference_killed_restart_picks_up_the_selection_in_force(graph):
@@ -257,18 +268,19 @@ def test_inference_killed_restart_picks_up_the_selection_in_force(graph):
     killed = graph.kill("elastic_inference")
     # Nothing upstream depends on the results: the loop above inference keeps running.
     graph.wait_for(lambda: False, 2.0)
-    assert graph.first_after(graph.profiles, killed + 1.0) is not None
+    assert graph.wait_for(lambda: graph.first_after(graph.profiles, killed + 1.0) is not None, DDS_REPAIR_S)
     assert graph.selected() == chosen and not graph.results_since(killed + 0.5)
     assert all(code is None for name, code in graph.alive().items() if name != "elastic_inference"), graph.alive()
 
-    started = time.monotonic()
+    started, logged = time.monotonic(), len(graph.log("elastic_inference"))
     times = graph.restart("elastic_inference", graph.results)
-    assert_back_in_loop(times)  # its ONNX modules come from the cache its first start filled
-    # The selection in force reaches it by transient-local durability, not by a new publication: it
-    # answers with it within 2 s of its first result (frames that race ahead of the selection's
-    # delivery run the safe default, as before any selection).
+    assert_back_in_loop(times)
+    assert "ONNX modules from the cache" in graph.log("elastic_inference")[logged:]  # as its first start left them
+    # The selection in force reaches it by transient-local durability once its subscription matches
+    # the selector's publisher, which DDS does apart from the camera's and the results' (frames that
+    # race ahead of the selection's delivery run the safe default, as before any selection).
     first = started + times["first"]
-    assert graph.wait_for(lambda: chosen in graph.results_since(first), BACK_IN_LOOP_S)
+    assert graph.wait_for(lambda: chosen in graph.results_since(first), DDS_MATCH_S)
     ahead = graph.results_since(first).index(chosen)
     print(f"elastic_inference restarted: {ahead} frames before the selection in force ({chosen}) was picked up")
     assert set(graph.results_since(first)[:ahead]) <= {SAFE_DEFAULT}
@@ -304,6 +316,8 @@ def test_sros2_policy_allows_exactly_what_each_running_node_uses(graph):
             actual = {camera.get(topic, topic) for topic, _ in used[access]}
             allowed = policy_names(profile, kind, access, name)
             assert actual <= allowed, f"{name} {access}: uses {sorted(actual - allowed)}, not allowed"
-            # Nothing more, but /clock (use_sim_time, bag replay) and the compressed input (input: compressed).
+            # Nothing more, but /clock (use_sim_time, bag replay), the compressed input (input: compressed)
+            # and the vision_msgs output (published where vision_msgs is installed).
             unused = allowed - actual
-            assert unused <= {"/clock", "/camera/image_raw/compressed"}, f"{name} {access}: {sorted(unused)} unused"
+            optional = {"/clock", "/camera/image_raw/compressed", "/elastic_inference/vision_classification"}
+            assert unused <= optional, f"{name} {access}: {sorted(unused)} unused"

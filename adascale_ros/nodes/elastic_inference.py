@@ -1,12 +1,15 @@
 """elastic_inference: classifies the camera stream with the variant the selector chose.
 
 Subscriptions
-  ~/image             sensor_msgs/Image (input: raw), SensorDataQoS by default
+  ~/image             sensor_msgs/Image (input: raw), depth 1, reliability as the camera offers
   ~/image/compressed  sensor_msgs/CompressedImage (input: compressed), same QoS
   ~/selection         adascale_msgs/VariantSelection, reliable + transient local; after
                       ``selection_timeout_s`` without one the safe default runs again
 Publications
   ~/classification    adascale_msgs/ElasticClassification, one per processed frame
+  ~/vision_classification
+                      vision_msgs/Classification, the same top-k (class_id: the label), when
+                      vision_msgs is installed (it is on a ROS 2 install)
   ~/overlay           sensor_msgs/Image (bgr8), only while someone subscribes
   /diagnostics        diagnostic_msgs/DiagnosticArray at 1 Hz: ERROR while the model fails on every
                       frame; WARN with no camera frame for NO_FRAME_WARN_S (a mistyped topic shows
@@ -30,12 +33,12 @@ from typing import Any
 import numpy as np
 from cv_bridge import CvBridge
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 
 from adascale_msgs.msg import ElasticClassification, VariantSelection
 from adascale_ros.bringup import default_model_dir
 from adascale_ros.model.files import card_input_shape, cheapest_variant, load_variant_table, read_model_card
+from adascale_ros.nodes.camera_subscription import RELIABILITY_SETTINGS, CameraSubscription
 from adascale_ros.nodes.common import (
     ERROR,
     OK,
@@ -74,7 +77,12 @@ PARAMETERS: dict[str, Param] = {
         read_only=True,
     ),
     "qos_depth": Param(1, "Image subscription history depth (>= 1).", read_only=True),
-    "qos_reliability": Param("best_effort", "Image subscription reliability: best_effort or reliable.", read_only=True),
+    "qos_reliability": Param(
+        "auto",
+        "Image subscription reliability: auto (reliable when every camera publisher offers it, else best"
+        " effort; followed as publishers come and go), reliable or best_effort.",
+        read_only=True,
+    ),
     "early_exit_threshold": Param(
         0.9, "Answer at an earlier exit whose top score >= this, in [0, 1]; 0: off (`adascale early-exit`)."
     ),
@@ -111,21 +119,25 @@ def _validate(values: dict[str, Any]) -> None:
         raise ValueError(f"input must be raw or compressed, got {values['input']!r}")
     if values["backend"] not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {values['backend']!r}")
-    if values["qos_reliability"] not in ("best_effort", "reliable"):
-        raise ValueError(f"qos_reliability must be best_effort or reliable, got {values['qos_reliability']!r}")
+    if values["qos_reliability"] not in RELIABILITY_SETTINGS:
+        raise ValueError(
+            f"qos_reliability must be one of {', '.join(RELIABILITY_SETTINGS)}, got {values['qos_reliability']!r}"
+        )
+
+
+def vision_msgs_types() -> tuple[Any, Any] | None:
+    """(Classification, ObjectHypothesis) of vision_msgs, the standard classification output; None when
+    vision_msgs is not installed (a venv without ROS 2 packages beyond rclpy)."""
+    try:
+        from vision_msgs.msg import Classification, ObjectHypothesis
+    except ImportError:
+        return None
+    return Classification, ObjectHypothesis
 
 
 def inference_threads(requested: int, model_dir: str) -> int:
     """The backend's intra-op threads: as requested, or (0) as the model was calibrated with, else 1."""
     return requested or calibrated_threads(Path(model_dir)) or 1
-
-
-def image_qos(depth: int, reliability: str) -> QoSProfile:
-    """SensorDataQoS (best effort, volatile) with the configured depth and reliability."""
-    qos = QoSProfile(depth=depth)
-    qos.history, qos.durability = qos_profile_sensor_data.history, qos_profile_sensor_data.durability
-    qos.reliability = ReliabilityPolicy.RELIABLE if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
-    return qos
 
 
 class ElasticInference(Node):
@@ -168,17 +180,22 @@ class ElasticInference(Node):
         self._lock = threading.Lock()  # guards counts and errors between the two threads
 
         compressed = values["input"] == "compressed"
-        self._image_sub = self.create_subscription(
+        self._image_sub = CameraSubscription(
+            self,
             CompressedImage if compressed else Image,
             "~/image/compressed" if compressed else "~/image",
             self._on_image,
-            image_qos(int(values["qos_depth"]), values["qos_reliability"]),
+            int(values["qos_depth"]),
+            values["qos_reliability"],
         )
         self._selection_sub = self.create_subscription(
             VariantSelection, "~/selection", self._on_selection, latched_qos()
         )
         self._result_pub = self.create_publisher(ElasticClassification, "~/classification", 10)
         self._overlay_pub = self.create_publisher(Image, "~/overlay", 1)
+        self._vision = vision_msgs_types()
+        if self._vision is not None:
+            self._vision_pub = self.create_publisher(self._vision[0], "~/vision_classification", 10)
         self.add_on_set_parameters_callback(validating_callback(self, PARAMETERS, self._apply))
         self._diagnostics = DiagnosticsPublisher(self, "elastic_inference", self._diagnostic_status)
         self._timeout_timer = self.create_timer(0.25, self._check_selection_timeout)
@@ -293,6 +310,12 @@ class ElasticInference(Node):
         now_ns = self.get_clock().now().nanoseconds
         out.age_ms = (now_ns - stamp_ns) / 1e6 if stamp_ns > 0 else math.nan
         self._result_pub.publish(out)
+        if self._vision is not None:
+            classification, hypothesis = self._vision
+            standard = classification(header=header)
+            pairs = zip(out.labels, out.scores, strict=True)
+            standard.results = [hypothesis(class_id=label, score=float(score)) for label, score in pairs]
+            self._vision_pub.publish(standard)
 
     def _publish_overlay(
         self, header: Any, image: np.ndarray, encoding: str, variant_id: str, result: Inference, latency_ms: float
@@ -338,6 +361,7 @@ class ElasticInference(Node):
             "selection_age_s": now - self._selection_at if self._selection_at is not None else math.nan,
             "backend": self.settings["backend"],
             "threads": self.threads,
+            "camera_reliability": self._image_sub.reliability.name.lower(),
             "input_rate_hz": (counts["received"] - received_then) / (now - then),
             "processed_rate_hz": (counts["processed"] - processed_then) / (now - then),
             "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies is not None else math.nan,

@@ -256,30 +256,54 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     import time
 
     import rclpy
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from rclpy.signals import SignalHandlerOptions
 
-    from adascale_ros.tools.bags import ReplaySpec, read_bag, replay
+    from adascale_ros.tools.bags import ReplaySpec, bag_messages, bag_topics, replay, replay_offer
     from adascale_ros.tools.signals import stop_flag
 
     spec = ReplaySpec(rate=args.rate, loop=args.loop, start_offset_s=args.start_offset)
-    topics, messages = read_bag(args.bag)
+    if args.clock is not None and not args.clock > 0:
+        raise ValueError(f"--clock must be > 0 Hz, got {args.clock}")
+    topics = bag_topics(args.bag)
     if args.topics:
         missing = set(args.topics) - set(topics)
         if missing:
             raise ValueError(f"{args.bag}: no topics {sorted(missing)}; it has {sorted(topics)}")
         topics = {t: topics[t] for t in args.topics}
-        messages = [m for m in messages if m.topic in topics]
+    if not topics:
+        raise ValueError(f"{args.bag}: the bag has no topics")
     # Our own signal handling: a flag ends the replay, then the context shuts down (exit 0).
     with stop_flag() as stop:
         rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
         node = rclpy.create_node("adascale_replay")
         try:
-            publishers = {}
-            for topic, msgtype in topics.items():
-                package, _, name = msgtype.split("/")
+            publishers, offers = {}, []
+            for topic in topics.values():
+                package, _, name = topic.msgtype.split("/")
                 message_class = getattr(importlib.import_module(f"{package}.msg"), name)
-                publishers[topic] = node.create_publisher(message_class, topic, 10)
-            print(f"{args.bag}: {len(messages)} messages on {', '.join(sorted(topics))} at x{args.rate:g}", flush=True)
+                reliability, durability = replay_offer(topic)
+                qos = QoSProfile(
+                    depth=10,
+                    reliability=ReliabilityPolicy[reliability.upper()],
+                    durability=DurabilityPolicy[durability.upper()],
+                )
+                publishers[topic.name] = node.create_publisher(message_class, topic.name, qos)
+                offers.append(f"{topic.name} ({reliability})")
+            clock = None
+            if args.clock:
+                from rosgraph_msgs.msg import Clock
+
+                clock_publisher = node.create_publisher(
+                    Clock, "/clock", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+                )
+
+                def clock(bag_ns: int) -> None:
+                    msg = Clock()
+                    msg.clock.sec, msg.clock.nanosec = divmod(bag_ns, 10**9)
+                    clock_publisher.publish(msg)
+
+            print(f"{args.bag}: {', '.join(sorted(offers))} at x{args.rate:g}", flush=True)
             deadline = time.monotonic() + SUBSCRIBER_WAIT_S
             while (
                 not stop.is_set()
@@ -288,7 +312,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             ):
                 time.sleep(0.05)
             stop.wait(args.delay)  # discovery: let subscribers match before the first message
-            count = replay(messages, lambda m: publishers[m.topic].publish(m.data), spec, stop.is_set)
+            count = replay(
+                lambda: bag_messages(args.bag, publishers),
+                lambda m: publishers[m.topic].publish(m.data),
+                spec,
+                stop.is_set,
+                clock=clock,
+                clock_hz=args.clock or 40.0,
+            )
             print(f"published {count} messages{' (stopped)' if stop.is_set() else ''}", flush=True)
         finally:
             node.destroy_node()
@@ -319,6 +350,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         camera_topic=args.camera_topic,
         repeats=args.repeats,
+        unlabelled=args.unlabelled,
     )
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     if args.rescore:
@@ -712,6 +744,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--topics", nargs="+", help="only these topics (default: all)")
     rep.add_argument("--delay", type=float, default=0.0, help="seconds to wait before playing (as ros2 bag play -d)")
     rep.add_argument(
+        "--clock",
+        type=float,
+        nargs="?",
+        const=40.0,
+        metavar="HZ",
+        help="publish the bag's time on /clock at HZ (default 40), as ros2 bag play --clock, for use_sim_time",
+    )
+    rep.add_argument(
         "--wait-for-subscribers",
         type=int,
         default=0,
@@ -725,8 +765,11 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--loop", action="store_true", help="start over at the end, until Ctrl-C")
     load.set_defaults(func=_cmd_load)
 
-    evl = sub.add_parser("evaluate", help="replay a labelled bag under a load trace once per policy and score it")
-    evl.add_argument("--bag", type=Path, required=True, help="a labelled camera bag (adascale make-bag)")
+    evl = sub.add_parser("evaluate", help="replay a camera bag under a load trace once per policy and score it")
+    evl.add_argument(
+        "--bag", type=Path, required=True,
+        help="a labelled camera bag (adascale make-bag), or any camera recording with --unlabelled",
+    )  # fmt: skip
     evl.add_argument("--trace", default="step", help="a trace YAML, or a shipped one (default: step)")
     evl.add_argument(
         "--policies",
@@ -750,6 +793,12 @@ def build_parser() -> argparse.ArgumentParser:
     evl.add_argument("--model-dir", type=Path, help="default: the embedded default model")
     evl.add_argument("--params-file", type=Path, help="ROS parameters file (default: config/adascale.yaml)")
     evl.add_argument("--camera-topic", default="/camera/image_raw")
+    evl.add_argument(
+        "--unlabelled",
+        action="store_true",
+        help="a recording without labels (e.g. ros2 bag record on the robot): accuracy is agreement with the top "
+        "variant's answers, computed offline before the runs",
+    )
     evl.add_argument("--rescore", action="store_true", help="score the runs saved in --out again; run nothing")
     evl.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
     evl.set_defaults(func=_cmd_evaluate)

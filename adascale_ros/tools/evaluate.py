@@ -41,6 +41,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from adascale_ros.bringup import (
     CLASSIFICATION_TOPIC,
     RESOURCE_STATE_TOPIC,
@@ -99,6 +101,7 @@ class EvaluationConfig:
     duration_s: float | None = None  # per policy; default: the trace's duration
     camera_topic: str = "/camera/image_raw"
     repeats: int = 1  # runs per policy, interleaved (policy order within each round)
+    unlabelled: bool = False  # score against the top variant's offline answers instead of the bag's labels
 
     def __post_init__(self) -> None:
         unknown = set(self.policies) - set(POLICIES)
@@ -127,6 +130,56 @@ class EvaluationConfig:
         if self.budget_ms is None:
             graphs.sort(key=lambda p: p != "static-largest")
         return tuple(graphs)
+
+
+def reference_answers(
+    bag: Path, camera_topic: str, model_dir: Path, say: Callable[[str], None] = print
+) -> tuple[dict[int, int], str]:
+    """The top variant's answer to every decodable frame of ``bag``, run offline one frame at a time
+    without early exit or deadline: header stamp [ns] -> class id; and that variant's id. The truth of
+    an unlabelled recording: accuracy against it is agreement with what the best variant would say."""
+    from adascale_ros.model.files import card_input_shape, load_variant_table, read_model_card, reference_variants
+    from adascale_ros.runtime.engine import ElasticEngine
+    from adascale_ros.runtime.preprocess import Preprocessor
+    from adascale_ros.tools.bags import camera_images
+
+    card = read_model_card(model_dir)
+    engine = ElasticEngine.from_model_dir(model_dir, card_input_shape(card))
+    top = engine.check_variant(reference_variants(load_variant_table(model_dir))["top"])
+    preprocess = Preprocessor.from_card(card)
+    answers: dict[int, int] = {}
+    skipped = 0
+    for stamp, decoded in camera_images(bag, camera_topic):
+        if decoded is None:
+            skipped += 1
+            continue
+        answers[stamp] = int(np.argmax(engine.run(preprocess(*decoded, top.resolution), top).probabilities))
+    if not answers:
+        raise ValueError(f"{bag}: no decodable frames on {camera_topic} ({skipped} skipped)")
+    say(f"{bag}: {top.id} answered {len(answers)} frames offline ({skipped} undecodable): the reference")
+    return answers, top.id
+
+
+def camera_offer(config: EvaluationConfig) -> str:
+    """The reliability the replay offers the camera topic with (``ValueError`` when the bag lacks it)."""
+    from adascale_ros.tools.bags import bag_topics, replay_offer
+
+    topics = bag_topics(config.bag)
+    if config.camera_topic not in topics:
+        raise ValueError(f"{config.bag}: no topic {config.camera_topic} (it has {', '.join(sorted(topics))})")
+    return replay_offer(topics[config.camera_topic])[0]
+
+
+def ground_truth(config: EvaluationConfig, say: Callable[[str], None] = print) -> tuple[dict[int, int], str]:
+    """What results are scored against (header stamp [ns] -> class id) and a phrase saying what it is:
+    the bag's labels, or with ``unlabelled`` the top variant's offline answers. Called before any
+    policy runs, so a bag without labels fails in seconds, not after the runs."""
+    from adascale_ros.tools.bags import read_labels
+
+    if not config.unlabelled:
+        return read_labels(config.bag), "the bag's labels"
+    answers, top = reference_answers(config.bag, config.camera_topic, config.model_dir, say)
+    return answers, f"agreement with {top} run offline (the bag has no labels)"
 
 
 def measured_budget(run: PolicyRun, step_ms: float = 0.1) -> float:
@@ -188,7 +241,8 @@ def image_stamp_ns(cdr: bytes) -> int:
 class Recorder:
     """Subscriptions of the evaluation, collecting what one run needs (receive times: monotonic)."""
 
-    def __init__(self, node: Any, camera_topic: str) -> None:
+    def __init__(self, node: Any, camera_topic: str, camera_reliability: str = "reliable") -> None:
+        """``camera_reliability``: what the replay offers on the camera topic (the recording's publisher's)."""
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
@@ -198,7 +252,8 @@ class Recorder:
 
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.reset()
-        node.create_subscription(Image, camera_topic, self._on_frame, reliable, raw=True)
+        camera = QoSProfile(depth=100, reliability=ReliabilityPolicy[camera_reliability.upper()])
+        node.create_subscription(Image, camera_topic, self._on_frame, camera, raw=True)
         node.create_subscription(ElasticClassification, CLASSIFICATION_TOPIC, self._on_result, reliable)
         node.create_subscription(ResourceState, RESOURCE_STATE_TOPIC, self._on_state, 10)
         node.create_subscription(VariantSelection, SELECTION_TOPIC, self._on_selection, latched_qos())
@@ -389,6 +444,7 @@ def score(
     runs: dict[str, list[PolicyRun]],
     variants: dict[str, str],
     budgets_ms: Sequence[float] | None = None,
+    truth: tuple[dict[int, int], str] | None = None,
 ) -> dict[str, Any]:
     """Metrics per policy (and the oracle), target checks, report files; returns the report.
 
@@ -398,9 +454,8 @@ def score(
     repeats, and each target says in how many repeats it was met.
     """
     from adascale_ros.model.files import load_variant_table
-    from adascale_ros.tools.bags import read_labels
 
-    truth = read_labels(config.bag)
+    truth_by_stamp, scored_against = truth if truth is not None else ground_truth(config)
     table = load_variant_table(config.model_dir)
     accuracy = {row["variant_id"]: float(row["val_accuracy"]) for row in table["variants"]}
     energy_of = _energy_estimator(config.model_dir)
@@ -418,7 +473,7 @@ def score(
         metrics = {}
         for policy, policy_runs in runs.items():
             run = policy_runs[r]
-            got, lost = frame_outcomes(run, truth, energy_of)
+            got, lost = frame_outcomes(run, truth_by_stamp, energy_of)
             outcomes[policy].append(got)
             phases[policy].append(run.phases)
             unmatched[policy] += lost
@@ -444,6 +499,7 @@ def score(
             "budgets_ms": budgets,
             "model_dir": str(config.model_dir),
             "policies": list(config.policies),
+            "accuracy_against": scored_against,
         },
         "variants": {p: v for p, v in variants.items() if p in pooled},
         "policies": pooled,
@@ -485,6 +541,8 @@ def evaluate(config: EvaluationConfig, stop: threading.Event, say: Callable[[str
     from adascale_ros.model.files import load_variant_table
 
     variants = static_variants(load_variant_table(config.model_dir))
+    camera_reliability = camera_offer(config)
+    truth = ground_truth(config, say)
     runs_dir = config.out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
 
@@ -498,7 +556,7 @@ def evaluate(config: EvaluationConfig, stop: threading.Event, say: Callable[[str
     node = rclpy.create_node("adascale_evaluate")
     runs: dict[str, list[PolicyRun]] = {p: [] for p in config.runnable}
     try:
-        recorder = Recorder(node, config.camera_topic)
+        recorder = Recorder(node, config.camera_topic, camera_reliability)
         # Round by round, every policy once per round: slow drift of the machine spreads
         # over all policies instead of landing on the ones run last.
         for repeat in range(config.repeats):
@@ -521,7 +579,7 @@ def evaluate(config: EvaluationConfig, stop: threading.Event, say: Callable[[str
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
-    return score(config, runs, variants, budgets)
+    return score(config, runs, variants, budgets, truth)
 
 
 def load_runs(config: EvaluationConfig) -> dict[str, list[PolicyRun]]:

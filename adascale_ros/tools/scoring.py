@@ -447,7 +447,9 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         "# Evaluation",
         "",
         f"Bag `{config['bag']}`, trace `{config['trace']}` ({config['duration_s']:g} s per policy{pooled}), "
-        f"latency budget {budget_text(config)}, model `{config['model_dir']}`.",
+        f"latency budget {budget_text(config)}, model `{config['model_dir']}`; accuracy is against "
+        + config.get("accuracy_against", "the bag's labels")
+        + ".",
         "",
         markdown_table(report["policies"], report["variants"]),
         "",
