@@ -28,7 +28,7 @@ ROSDEP_KEYS = {
 }
 ROS_PACKAGES = {
     "rclpy", "rcl_interfaces", "ament_index_python", "std_msgs", "sensor_msgs", "diagnostic_msgs",
-    "cv_bridge", "launch", "launch_ros",
+    "rosgraph_msgs", "vision_msgs", "cv_bridge", "launch", "launch_ros",
 }  # fmt: skip
 # Import name -> the pip distribution requirements-robot.txt names (rosdep has no key, or no usable one).
 PIP_ONLY = {"torch": "torch", "torchvision": "torchvision", "onnx": "onnx", "BTrees": "BTrees"}
