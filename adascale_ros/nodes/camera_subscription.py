@@ -24,6 +24,12 @@ RELIABILITY_SETTINGS = ("auto", "reliable", "best_effort")
 RECHECK_PERIOD_S = 1.0
 
 
+def check_reliability_setting(setting: str) -> None:
+    """``ValueError`` unless ``setting`` is one of ``RELIABILITY_SETTINGS``."""
+    if setting not in RELIABILITY_SETTINGS:
+        raise ValueError(f"qos_reliability must be one of {', '.join(RELIABILITY_SETTINGS)}, got {setting!r}")
+
+
 def matching_reliability(offered: Iterable[ReliabilityPolicy]) -> ReliabilityPolicy | None:
     """Reliable when every publisher offers it, best effort when one does not; None without publishers."""
     offered = list(offered)
@@ -48,14 +54,12 @@ class CameraSubscription:
     def __init__(
         self, node: Node, msg_type: Any, topic: str, callback: Callable[[Any], None], depth: int, setting: str
     ) -> None:
-        if setting not in RELIABILITY_SETTINGS:
-            raise ValueError(f"qos_reliability must be one of {', '.join(RELIABILITY_SETTINGS)}, got {setting!r}")
+        check_reliability_setting(setting)
         self._node, self._msg_type, self._callback, self._depth = node, msg_type, callback, depth
         fixed = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
         self.reliability = fixed.get(setting, ReliabilityPolicy.BEST_EFFORT)  # best effort matches any publisher
         self._subscription = node.create_subscription(msg_type, topic, callback, image_qos(depth, self.reliability))
         self.topic_name: str = self._subscription.topic_name
-        self.changes = 0
         if setting == "auto":
             self.follow_publishers()
             self._timer = node.create_timer(RECHECK_PERIOD_S, self.follow_publishers)
@@ -70,5 +74,4 @@ class CameraSubscription:
         self.reliability = wanted
         qos = image_qos(self._depth, wanted)
         self._subscription = self._node.create_subscription(self._msg_type, self.topic_name, self._callback, qos)
-        self.changes += 1
         self._node.get_logger().info(f"camera on {self.topic_name} offers {wanted.name.lower()}: subscribed so")

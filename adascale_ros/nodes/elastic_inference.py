@@ -38,7 +38,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from adascale_msgs.msg import ElasticClassification, VariantSelection
 from adascale_ros.bringup import default_model_dir
 from adascale_ros.model.files import card_input_shape, cheapest_variant, load_variant_table, read_model_card
-from adascale_ros.nodes.camera_subscription import RELIABILITY_SETTINGS, CameraSubscription
+from adascale_ros.nodes.camera_subscription import CameraSubscription, check_reliability_setting
 from adascale_ros.nodes.common import (
     ERROR,
     OK,
@@ -60,6 +60,7 @@ from adascale_ros.runtime.images import (
     FrameError,
     compressed_to_array,
     image_to_array,
+    stamp_ns,
 )
 from adascale_ros.runtime.overlay import draw_overlay
 from adascale_ros.runtime.preprocess import Preprocessor
@@ -119,10 +120,7 @@ def _validate(values: dict[str, Any]) -> None:
         raise ValueError(f"input must be raw or compressed, got {values['input']!r}")
     if values["backend"] not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {values['backend']!r}")
-    if values["qos_reliability"] not in RELIABILITY_SETTINGS:
-        raise ValueError(
-            f"qos_reliability must be one of {', '.join(RELIABILITY_SETTINGS)}, got {values['qos_reliability']!r}"
-        )
+    check_reliability_setting(values["qos_reliability"])
 
 
 def vision_msgs_types() -> tuple[Any, Any] | None:
@@ -306,9 +304,9 @@ class ElasticInference(Node):
         out.class_ids, out.scores = result.top_k(top_k)
         out.labels = [self.labels[i] for i in out.class_ids]
         out.latency_ms = latency_ms
-        stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+        stamp = stamp_ns(header.stamp)
         now_ns = self.get_clock().now().nanoseconds
-        out.age_ms = (now_ns - stamp_ns) / 1e6 if stamp_ns > 0 else math.nan
+        out.age_ms = (now_ns - stamp) / 1e6 if stamp > 0 else math.nan
         self._result_pub.publish(out)
         if self._vision is not None:
             classification, hypothesis = self._vision

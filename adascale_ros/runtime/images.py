@@ -39,6 +39,11 @@ MAX_IMAGE_PIXELS = 16_777_216  # default limits on one frame (the inference node
 MAX_COMPRESSED_BYTES = 20_000_000
 
 
+def stamp_ns(stamp: Any) -> int:
+    """A ``builtin_interfaces/Time`` (an rclpy message or its rosbags twin) in nanoseconds."""
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
 class FrameError(ValueError):
     """A frame that cannot be used; ``kind`` is a short category for counting."""
 

@@ -255,6 +255,7 @@ def camera_images(path: Path, topic: str) -> Iterator[tuple[int, tuple[np.ndarra
         FrameError,
         compressed_to_array,
         image_to_array,
+        stamp_ns,
     )
 
     topics = bag_topics(path)
@@ -264,7 +265,7 @@ def camera_images(path: Path, topic: str) -> Iterator[tuple[int, tuple[np.ndarra
     store = typestore()
     for message in bag_messages(path, {topic}):
         msg = store.deserialize_cdr(message.data, message.msgtype)
-        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        stamp = stamp_ns(msg.header.stamp)
         try:
             if message.msgtype == IMAGE:
                 yield stamp, image_to_array(msg, MAX_IMAGE_PIXELS)
@@ -276,11 +277,13 @@ def camera_images(path: Path, topic: str) -> Iterator[tuple[int, tuple[np.ndarra
 
 def read_labels(path: Path, labels_topic: str = LABELS_TOPIC) -> dict[int, int]:
     """Ground truth of a labelled bag: header stamp [ns] -> class id (``ValueError`` when it has none)."""
+    from adascale_ros.runtime.images import stamp_ns
+
     store = typestore()
     truth = {}
     for m in bag_messages(path, {labels_topic}):
         label = store.deserialize_cdr(m.data, FRAME_LABEL)
-        truth[label.header.stamp.sec * 10**9 + label.header.stamp.nanosec] = int(label.class_id)
+        truth[stamp_ns(label.header.stamp)] = int(label.class_id)
     if not truth:
         raise ValueError(
             f"{path}: no labels on {labels_topic} (a bag `adascale make-bag` wrote has them; for a robot's own"

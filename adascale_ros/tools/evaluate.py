@@ -294,13 +294,12 @@ class Recorder:
         phases: list[tuple[float, int]],
         node_cpu: dict[str, float],
     ) -> PolicyRun:
-        def stamp(header: Any) -> int:
-            return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+        from adascale_ros.runtime.images import stamp_ns
 
         frames = [FrameRecord(t - t0, s) for t, s in self.frames if t0 <= t <= t0 + duration_s]
         results = [
             ResultRecord(
-                t - t0, stamp(m.header), m.variant_id, int(m.exit_index),
+                t - t0, stamp_ns(m.header.stamp), m.variant_id, int(m.exit_index),
                 int(m.class_ids[0]) if len(m.class_ids) else -1, float(m.latency_ms), bool(m.early_exited),
                 bool(m.deadline_exited),
             )
