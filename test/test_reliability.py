@@ -38,15 +38,17 @@ CAMERA = "/reliability/image_raw"
 SAFE_DEFAULT = cheapest_variant(load_variant_table(REPO_ROOT / "models" / "default"))
 SELECTION_TIMEOUT_S = 3.0
 STALE_AFTER_S = 2.0  # the profiler's state_timeout_s and the selector's profile_timeout_s (defaults)
+# A restarted inference node answers a frame this soon after it arrives (the first result's age).
 BACK_IN_LOOP_S = 2.0
 # A restart's start-up (Python imports, the model) takes 0.8-2 s here, idle or under two CPU hogs; its
 # time is printed, not pinned (it measures the machine). The bound tells a hang from a slow start.
 START_UP_S = 10.0
 # Fast DDS (default settings) takes 0.1 to 3 s here to match a new participant's endpoints with
-# those already running: the retransmission of lost discovery data waits for a heartbeat period
-# (3 s). Under CPU load a retransmission can be lost too (5.4 s seen under stress-ng --cpu 2), and
-# each of a restarted node's peers is matched on its own: a bound of two periods.
-DDS_MATCH_S = 6.0
+# those already running, and longer when discovery data is lost: its retransmission waits for a
+# heartbeat period (3 s), and under CPU load a retransmission can be lost too (5 s seen under
+# stress-ng --cpu 2, 8 s once in a full test run). Matching is the middleware's, not the node's:
+# printed, and bounded by Fast DDS's participant lease (20 s), beyond which it is a hang.
+DDS_MATCH_S = 20.0
 # A reliable sample lost under CPU load (a full shared-memory queue) is sent again after the
 # writer's next heartbeat (3 s), and the samples behind it wait for it: messages of a running
 # node can pause that long, and a bound on "the next message" is one such repair.
@@ -207,8 +209,8 @@ def assert_still_in_loop(graph: RunningGraph, variant: str, since: float, killed
 
 def assert_back_in_loop(times: dict[str, float]) -> None:
     assert times["ready"] <= START_UP_S
-    # From ready to the first message: DDS matching of the new participant and its first output.
-    assert times["first"] - times["ready"] <= BACK_IN_LOOP_S + DDS_MATCH_S
+    # From ready to the first message: DDS matching of the new participant, then its first output.
+    assert times["first"] - times["ready"] <= DDS_MATCH_S + BACK_IN_LOOP_S
 
 
 def test_resource_monitor_killed_profiler_goes_on_at_the_last_state(graph):
@@ -275,6 +277,10 @@ def test_inference_killed_restart_picks_up_the_selection_in_force(graph):
     started, logged = time.monotonic(), len(graph.log("elastic_inference"))
     times = graph.restart("elastic_inference", graph.results)
     assert_back_in_loop(times)
+    # However long matching took, the node answers a frame promptly once frames reach it.
+    age_ms = next(msg.age_ms for at, msg in list(graph.results) if at >= started)
+    print(f"elastic_inference restarted: its first result was {age_ms:.0f} ms after its frame's stamp")
+    assert age_ms <= BACK_IN_LOOP_S * 1e3
     assert "ONNX modules from the cache" in graph.log("elastic_inference")[logged:]  # as its first start left them
     # The selection in force reaches it by transient-local durability once its subscription matches
     # the selector's publisher, which DDS does apart from the camera's and the results' (frames that
