@@ -106,6 +106,8 @@ def node_graph(
     image_input: str = "",
     use_sim_time: bool | None = None,
     namespace: str = "",
+    latency_budget_ms: float | None = None,
+    budget_fraction_of_frame_period: float | None = None,
 ) -> list[NodeSpec]:
     """The nodes of the adaptation loop, in start order.
 
@@ -114,8 +116,10 @@ def node_graph(
     (image_transport's naming) when the inference node's ``input`` parameter
     says so. ``model_dir`` (for every node that reads the model),
     ``image_input`` (raw or compressed) and ``use_sim_time`` override the
-    parameters file when given; empty or None leaves its values. ``namespace``
-    puts every node, and so every topic between them, under it.
+    parameters file when given; empty or None leaves its values, as do
+    ``latency_budget_ms`` and ``budget_fraction_of_frame_period`` (the
+    selector's deadline) when None. ``namespace`` puts every node, and so every
+    topic between them, under it.
     """
     if image_input not in ("", "raw", "compressed"):
         raise ValueError(f"input must be raw or compressed, got {image_input!r}")
@@ -127,6 +131,13 @@ def node_graph(
         specs = [with_parameters(s, input=image_input) if s.name == "elastic_inference" else s for s in specs]
     if use_sim_time is not None:
         specs = [with_parameters(s, use_sim_time=use_sim_time) for s in specs]
+    deadline = {
+        "latency_budget_ms": latency_budget_ms,
+        "budget_fraction_of_frame_period": budget_fraction_of_frame_period,
+    }
+    deadline = {name: float(value) for name, value in deadline.items() if value is not None}
+    if deadline:
+        specs = [with_parameters(s, **deadline) if s.name == "selector" else s for s in specs]
     return specs
 
 

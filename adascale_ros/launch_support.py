@@ -21,6 +21,15 @@ def graph_arguments(camera_topic: str = DEFAULT_CAMERA_TOPIC) -> dict[str, tuple
         "namespace": ("", "run every node in this namespace (one per robot), below any pushed with PushRosNamespace"),
         "input": ("", "raw or compressed; empty: the parameters file's (raw)"),
         "model_dir": ("", "model directory; empty: the parameters file's (the embedded default model)"),
+        "latency_budget_ms": (
+            "",
+            "the selector's latency budget [ms]; empty: the parameters file's (0: from the camera)",
+        ),
+        "budget_fraction_of_frame_period": (
+            "",
+            "with no latency budget, this fraction of the camera's frame period is the budget; empty: the"
+            " parameters file's (0.5)",
+        ),
         "params_file": (str(default_params_file()), "ROS parameters of every node"),
         "use_sim_time": ("false", "use /clock (true when a bag is played with --clock)"),
         "log_level": ("info", "debug, info, warn or error"),
@@ -37,6 +46,16 @@ def _declare(arguments: dict[str, tuple[str | None, str]]) -> list[Any]:
     ]
 
 
+def _number(text: str) -> float | None:
+    """A numeric launch argument; None when empty (the parameters file decides)."""
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected a number, got {text!r}") from None
+
+
 def _graph_nodes(context: Any) -> list[Any]:
     from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import Node
@@ -50,6 +69,8 @@ def _graph_nodes(context: Any) -> list[Any]:
         image_input=arg("input"),
         use_sim_time=arg("use_sim_time").lower() in ("true", "1"),
         namespace=arg("namespace"),
+        latency_budget_ms=_number(arg("latency_budget_ms")),
+        budget_fraction_of_frame_period=_number(arg("budget_fraction_of_frame_period")),
     )
 
     def ros_args(spec: Any) -> list[str]:

@@ -2,11 +2,13 @@
 
     ros2 launch adascale_ros adascale.launch.py \
         [camera_topic:=camera/image_raw] [namespace:=<robot>] [input:=raw|compressed] \
-        [model_dir:=<dir>] [params_file:=<yaml>] [use_sim_time:=false] [log_level:=info]
+        [model_dir:=<dir>] [params_file:=<yaml>] [use_sim_time:=false] [log_level:=info] \
+        [latency_budget_ms:=<ms>] [budget_fraction_of_frame_period:=<0..1>]
 
 The nodes, parameters and remappings come from adascale_ros.bringup, the same
-definition `adascale run` uses. `input` and `model_dir` left empty keep the
-values of the parameters file. Every topic between the nodes is relative, so a
+definition `adascale run` uses. `input`, `model_dir` and the two deadline
+arguments left empty keep the values of the parameters file (by default the
+latency budget is half the camera's measured frame period). Every topic between the nodes is relative, so a
 namespace (the argument, or PushRosNamespace around an include of this file)
 keeps each robot's graph to itself.
 """

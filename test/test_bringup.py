@@ -71,6 +71,9 @@ def test_graph_overrides_reach_the_right_nodes():
     assert all(s.parameters["use_sim_time"] is True for s in specs.values())
     assert "use_sim_time:=true" in inference.command()
     assert all(s.parameters == {} for s in node_graph())  # nothing given: the parameters file decides
+    deadline = {s.name: s.parameters for s in node_graph(latency_budget_ms=0, budget_fraction_of_frame_period=0.3)}
+    assert deadline.pop("selector") == {"latency_budget_ms": 0.0, "budget_fraction_of_frame_period": 0.3}
+    assert all(parameters == {} for parameters in deadline.values())
     with pytest.raises(ValueError, match="raw or compressed"):
         node_graph(image_input="jpeg")
 

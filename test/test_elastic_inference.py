@@ -252,6 +252,10 @@ def test_a_vga_camera_is_answered_frame_by_frame_with_the_shipped_qos(ros_node, 
     print(f"640x480 rgb8 at {rate_hz} Hz, reliable publisher, {reliability} subscription: {answered} of 150 answered")
     if reliability == "auto":
         assert answered >= 0.95 * 150
+        # The camera's frame period as the node measured it (the selector's default budget rests on it).
+        period_ms = harness.results[-1].frame_period_ms
+        print(f"frame period measured by the node: {period_ms:.1f} ms (published every {1e3 / rate_hz:.1f} ms)")
+        assert period_ms == pytest.approx(1e3 / rate_hz, rel=0.15)
     else:  # it matches and receives; how many frames survive fragmentation is the network's affair
         assert answered >= 1
 

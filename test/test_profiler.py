@@ -612,7 +612,10 @@ def test_node_publishes_profiles_that_follow_load_forecast_and_measurements(fitt
     # Measured latencies twice the prediction: the correction doubles the next predictions.
     idle_ms = dict(zip(idle.variant_ids, idle.predicted_latency_ms, strict=True))
     variant = "e1:res-fac"
-    result = ElasticClassification(variant_id=variant, exit_index=1, latency_ms=2.0 * idle_ms[variant])
+    assert math.isnan(current[-1].frame_period_ms)  # no result yet: the camera's period is unknown
+    result = ElasticClassification(
+        variant_id=variant, exit_index=1, latency_ms=2.0 * idle_ms[variant], frame_period_ms=66.7
+    )
     count = len(current)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -627,6 +630,7 @@ def test_node_publishes_profiles_that_follow_load_forecast_and_measurements(fitt
     index = list(latest.variant_ids).index(variant)
     assert latest.predicted_latency_ms[index] == pytest.approx(2.0 * idle_ms[variant], rel=0.1)
     assert latest.measured_latency_ms[index] == pytest.approx(2.0 * idle_ms[variant], rel=1e-5)
+    assert latest.frame_period_ms == pytest.approx(66.7)  # passed on to the selector
     assert proc.poll() is None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from adascale_ros.model.artifacts import load_model
 from adascale_ros.model.elastic import Variant
 from adascale_ros.model.evaluation import Normalization
 from adascale_ros.runtime.engine import ElasticEngine, SegmentTimes, softmax
-from adascale_ros.runtime.frames import LatestSlot
+from adascale_ros.runtime.frames import FramePeriod, LatestSlot
 from adascale_ros.runtime.images import FrameError, compressed_to_array, image_to_array
 from adascale_ros.runtime.overlay import draw_overlay
 from adascale_ros.runtime.preprocess import MIN_BLOCK, Preprocessor, shrink_by_area
@@ -185,6 +186,21 @@ def test_shrink_by_area_is_exact_inter_area_for_small_frames_and_whole_blocks():
         np.testing.assert_array_equal(
             shrink_by_area(frame, 28, 28), cv2.resize(frame, (28, 28), interpolation=cv2.INTER_AREA)
         )
+
+
+def test_frame_period_is_the_median_interval_and_ignores_a_lost_frame():
+    period = FramePeriod(window=5)
+    assert math.isnan(period.period_ms())
+    period.add(0.0)
+    assert math.isnan(period.period_ms())  # one arrival is no interval
+    for t in (0.066, 0.133, 0.266, 0.333):  # a 15 Hz camera, one frame lost on the way
+        period.add(t)
+    assert period.period_ms() == pytest.approx(66.5, abs=0.6)
+    for t in (0.366, 0.399, 0.432, 0.465):  # now 30 Hz: the window forgets the old rate
+        period.add(t)
+    assert period.period_ms() == pytest.approx(33.0, abs=0.1)
+    with pytest.raises(ValueError, match="window"):
+        FramePeriod(window=1)
 
 
 def test_latest_slot_keeps_only_the_newest():

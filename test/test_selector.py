@@ -35,6 +35,7 @@ PARAMS = {
     "latency_headroom": 0.0,
     "use_forecast": True,
     "profile_timeout_s": 2.0,
+    "budget_fraction_of_frame_period": 0.0,
 }
 
 
@@ -46,8 +47,10 @@ def selector(**overrides) -> VariantSelector:
     return VariantSelector(VariantTables(entries()), SelectorConfig.from_values(PARAMS | overrides), "e0:res")
 
 
-def profile(at_s: float, load: float, predictions: dict, measured: dict | None = None) -> Profile:
-    return Profile(at_s, load, predictions, measured or {})
+def profile(
+    at_s: float, load: float, predictions: dict, measured: dict | None = None, frame_period_ms: float = math.nan
+) -> Profile:
+    return Profile(at_s, load, predictions, measured or {}, frame_period_ms)
 
 
 def test_config_from_parameters_validates_with_a_reason():
@@ -61,6 +64,8 @@ def test_config_from_parameters_validates_with_a_reason():
         ({"profile_timeout_s": 0.0}, "profile_timeout_s"),
         ({"dwell_s": -0.5}, "dwell_s"),
         ({"latency_headroom": 1.0}, "latency_headroom"),
+        ({"budget_fraction_of_frame_period": 1.5}, "budget_fraction_of_frame_period"),
+        ({"budget_fraction_of_frame_period": -0.1}, "budget_fraction_of_frame_period"),
     ]:
         with pytest.raises(ValueError, match=word):
             SelectorConfig.from_values(PARAMS | bad)
@@ -120,6 +125,37 @@ def test_budget_changes_take_effect_at_once_and_are_republished():
     assert none.choice.variant_id == "e0:res" and not none.choice.feasible
 
 
+def test_without_a_budget_the_budget_follows_the_camera():
+    core = selector(budget_fraction_of_frame_period=0.5)
+    # No frame period measured yet: no latency budget, the most accurate variant.
+    first = core.on_profile(profile(0.0, 0.2, IDLE), is_forecast=False)
+    assert first.choice.variant_id == "e2:res-res-res" and math.isinf(first.budgets.latency_ms)
+    assert first.budget_source == "none until the camera's frame period is measured"
+    # A 20 ms camera: 10 ms, e2 (9 ms) keeps up; a budget that appears is published at once.
+    known = core.on_profile(profile(0.1, 0.2, IDLE, frame_period_ms=20.0), is_forecast=False)
+    assert known.choice.variant_id == "e2:res-res-res" and known.budgets.latency_ms == 10.0
+    assert known.budget_source == "0.5 x the camera's 20.0 ms frame period"
+    # The camera's jitter is no new budget: nothing to publish, the budget in force stays.
+    assert core.on_profile(profile(0.2, 0.2, IDLE, frame_period_ms=20.6), is_forecast=False) is None
+    assert core.in_force.budgets.latency_ms == 10.0
+    # A faster camera (12 ms) leaves 6 ms: e1 (5 ms).
+    faster = core.on_profile(profile(0.3, 0.2, IDLE, frame_period_ms=12.0), is_forecast=False)
+    assert faster.choice.variant_id == "e1:res-res" and faster.budgets.latency_ms == 6.0
+
+
+def test_a_configured_budget_overrides_the_camera_and_a_zero_fraction_means_none():
+    fixed = selector(latency_budget_ms=6.0, budget_fraction_of_frame_period=0.5)
+    chosen = fixed.on_profile(profile(0.0, 0.2, IDLE, frame_period_ms=40.0), is_forecast=False)
+    assert chosen.choice.variant_id == "e1:res-res" and chosen.budgets.latency_ms == 6.0
+    assert chosen.budget_source == "latency_budget_ms"
+    # A fixed budget's small change is still a new budget.
+    moved = fixed.reconfigure(SelectorConfig.from_values(PARAMS | {"latency_budget_ms": 6.1}), 0.1)
+    assert moved is not None and moved.budgets.latency_ms == 6.1
+    off = selector(budget_fraction_of_frame_period=0.0)
+    chosen = off.on_profile(profile(0.0, 0.2, IDLE, frame_period_ms=4.0), is_forecast=False)
+    assert chosen.choice.variant_id == "e2:res-res-res" and chosen.budget_source == "none"
+
+
 def test_staleness():
     core = selector()
     assert not core.stale(100.0)  # nothing received yet: not stale, just waiting
@@ -152,12 +188,19 @@ def write_model_dir(tmp_path):
     return tmp_path
 
 
-def profile_array(load: float, predictions: dict, forecast: bool = False, measured: dict | None = None):
+def profile_array(
+    load: float,
+    predictions: dict,
+    forecast: bool = False,
+    measured: dict | None = None,
+    frame_period_ms: float = math.nan,
+):
     from adascale_msgs.msg import VariantProfileArray
 
     return VariantProfileArray(
         load_index=load,
         load_is_forecast=forecast,
+        frame_period_ms=frame_period_ms,
         variant_ids=list(predictions),
         predicted_latency_ms=[float(latency) for latency, _ in predictions.values()],
         predicted_energy_mj=[float(energy) for _, energy in predictions.values()],
@@ -245,6 +288,23 @@ def test_node_follows_load_and_budgets(tmp_path, ros_node, start_process):
     forecast = profile_array(0.8, LOADED, forecast=True)
     assert harness.publish_until(forecast, latest("e1:res-res"))
     assert "forecast" in selections[-1].reason and selections[-1].load_index == pytest.approx(0.8)
+
+    # Budget 0: half the camera's frame period (the shipped default fraction), 12 ms from a 24 ms camera.
+    assert harness.set(latency_budget_ms=0.0).successful
+    camera = profile_array(0.1, IDLE, frame_period_ms=24.0)
+    # (once the forecast above is older than the profile timeout: e2 at 9 ms keeps up)
+    in_budget = latest("e2:res-res-res")
+    assert harness.publish_until(camera, lambda: in_budget() and selections[-1].latency_budget_ms == 12.0)
+
+    def budget_source() -> str:
+        return (
+            {kv.key: kv.value for kv in harness.diagnostics[-1].values}.get("budget_source", "")
+            if harness.diagnostics
+            else ""
+        )
+
+    assert spin_until(ros_node, lambda: "camera" in budget_source(), timeout_s=5.0)
+    print("selector diagnostics: budget", budget_source())
 
 
 @pytest.mark.ros

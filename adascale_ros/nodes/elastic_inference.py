@@ -53,7 +53,7 @@ from adascale_ros.nodes.common import (
 )
 from adascale_ros.profiling.predictor import calibrated_threads
 from adascale_ros.runtime.engine import BACKENDS, ElasticEngine, Inference
-from adascale_ros.runtime.frames import LatestSlot
+from adascale_ros.runtime.frames import FramePeriod, LatestSlot
 from adascale_ros.runtime.images import (
     MAX_COMPRESSED_BYTES,
     MAX_IMAGE_PIXELS,
@@ -160,6 +160,7 @@ class ElasticInference(Node):
 
         self.bridge = CvBridge()
         self.slot: LatestSlot[Any] = LatestSlot()
+        self.frame_period = FramePeriod()
         self.counts = {
             "received": 0,
             "processed": 0,
@@ -213,9 +214,10 @@ class ElasticInference(Node):
     # -- callbacks: never wait for a frame's inference (a switch warms its variant, about 1 ms) --
 
     def _on_image(self, msg: Any) -> None:
+        self._last_frame_at = time.monotonic()
         with self._lock:
             self.counts["received"] += 1
-        self._last_frame_at = time.monotonic()
+            self.frame_period.add(self._last_frame_at)
         self.slot.put(msg)
 
     def _on_selection(self, msg: VariantSelection) -> None:
@@ -307,6 +309,8 @@ class ElasticInference(Node):
         stamp = stamp_ns(header.stamp)
         now_ns = self.get_clock().now().nanoseconds
         out.age_ms = (now_ns - stamp) / 1e6 if stamp > 0 else math.nan
+        with self._lock:
+            out.frame_period_ms = self.frame_period.period_ms()
         self._result_pub.publish(out)
         if self._vision is not None:
             classification, hypothesis = self._vision
@@ -335,6 +339,7 @@ class ElasticInference(Node):
         with self._lock:
             counts, errors = dict(self.counts), dict(self.errors)
             latencies = np.array(self.latencies_ms) if self.latencies_ms else None
+            period_ms = self.frame_period.period_ms()
         counts["dropped"] = self.slot.dropped
         now = time.monotonic()
         then, received_then, processed_then = self._rates_at
@@ -361,6 +366,7 @@ class ElasticInference(Node):
             "threads": self.threads,
             "camera_reliability": self._image_sub.reliability.name.lower(),
             "input_rate_hz": (counts["received"] - received_then) / (now - then),
+            "frame_period_ms": period_ms,
             "processed_rate_hz": (counts["processed"] - processed_then) / (now - then),
             "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies is not None else math.nan,
             "latency_p95_ms": float(np.percentile(latencies, 95)) if latencies is not None else math.nan,

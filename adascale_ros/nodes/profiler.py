@@ -139,6 +139,7 @@ class Profiler(Node):
         rows = {row["variant_id"]: row for row in table["variants"]}
         self._messages = {False: self._profile_array(rows), True: self._profile_array(rows)}
         self.measured_ms = np.full(len(self.predictor.variant_ids), math.nan)  # median of the recent results
+        self.frame_period_ms = math.nan  # the camera's, from the latest result that knew it
         self._recent: dict[int, deque[tuple[float, float]]] = {}  # variant -> (time [s], latency [ms])
         self._raw_latency = np.full(len(self.predictor.variant_ids), math.nan)  # last uncorrected prediction
         self._state: np.ndarray | None = None  # the latest valid resource state, kept when states stop
@@ -172,6 +173,7 @@ class Profiler(Node):
             storage_bytes=[int(row["storage_bytes"]) for row in table],
             memory_accesses=[int(row["memory_accesses"]) for row in table],
             measured_latency_ms=[math.nan] * len(table),
+            frame_period_ms=math.nan,
         )
 
     def _now_s(self) -> float:
@@ -203,6 +205,9 @@ class Profiler(Node):
 
     def _on_result(self, msg: ElasticClassification) -> None:
         self.counts["results"] += 1
+        period = float(msg.frame_period_ms)
+        if math.isfinite(period) and period > 0.0:  # passed on to the selector (its default budget)
+            self.frame_period_ms = period
         try:
             index = self.predictor.variant_index(msg.variant_id)
         except KeyError:
@@ -255,6 +260,7 @@ class Profiler(Node):
             msg.predicted_latency_ms = float32_array(row)
             msg.predicted_energy_mj = float32_array(energy)
             msg.measured_latency_ms = float32_array(self.measured_ms)
+            msg.frame_period_ms = self.frame_period_ms
             self._pub.publish(msg)
             self.counts["profiles"] += 1
         self._predict_ms.append((time.perf_counter() - start) * 1e3)

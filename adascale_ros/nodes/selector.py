@@ -42,7 +42,14 @@ from adascale_ros.selection.tables import VariantTables
 PARAMETERS: dict[str, Param] = {
     "model_dir": Param("", "Model directory with variants.json; empty: the embedded default model.", read_only=True),
     "objective": Param("max_accuracy", "max_accuracy (best accuracy within budgets) or min_cost (eq. 7: min J)."),
-    "latency_budget_ms": Param(0.0, "Latency budget T [ms]; 0: none; negative is rejected."),
+    "latency_budget_ms": Param(
+        0.0, "Latency budget T [ms]; 0: budget_fraction_of_frame_period decides; negative is rejected."
+    ),
+    "budget_fraction_of_frame_period": Param(
+        0.5,
+        "With latency_budget_ms 0: the budget is this fraction of the camera's measured frame period, in"
+        " [0, 1]; 0: no latency budget.",
+    ),
     "energy_budget_mj": Param(0.0, "Energy budget E_b per inference [mJ]; 0: none; negative is rejected."),
     "min_accuracy": Param(0.0, "Minimum validation accuracy Acc_min, in [0, 1]."),
     "alpha": Param(1.0, "Weight of latency in J = alpha*L + beta*E [1/ms] (>= 0)."),
@@ -147,7 +154,7 @@ class Selector(Node):
                 f"{invalid} latency predictions are NaN, infinite or negative", throttle_duration_sec=5.0
             )
         measured = dict(zip(ids, msg.measured_latency_ms, strict=True))
-        profile = Profile(self._now_s(), float(msg.load_index), predictions, measured)
+        profile = Profile(self._now_s(), float(msg.load_index), predictions, measured, float(msg.frame_period_ms))
         start = time.perf_counter()
         selection = self.core.on_profile(profile, bool(msg.load_is_forecast))
         self._decision_us.append((time.perf_counter() - start) * 1e6)
@@ -179,6 +186,8 @@ class Selector(Node):
             "reason": selection.choice.reason,
             "load_index": selection.load_index,
             "load_is_forecast": selection.load_is_forecast,
+            "latency_budget_ms": selection.budgets.latency_ms,
+            "budget_source": selection.budget_source,
             "profiles_received": self.profiles_received,
             "profiles_rejected": self.profiles_rejected,
             "unknown_variant_ids": self.unknown_ids,

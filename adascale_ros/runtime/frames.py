@@ -1,9 +1,14 @@
-"""Newest frame wins: a one-slot mailbox between the subscription callback and the inference thread."""
+"""Newest frame wins: a one-slot mailbox between the subscription callback and the inference thread;
+and the camera's frame period, measured from the frames' arrivals."""
 
 from __future__ import annotations
 
+import math
 import threading
+from collections import deque
 from typing import Generic, TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 
@@ -46,3 +51,27 @@ class LatestSlot(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+class FramePeriod:
+    """The camera's frame period: the median interval between the last ``window`` frames' arrivals.
+
+    Arrival times, not header stamps: a replay or a driver that stamps frames at exposure still
+    delivers them at the rate the CPU has to keep up with. The median ignores a lost frame (one
+    double interval) and scheduling jitter.
+    """
+
+    def __init__(self, window: int = 31) -> None:
+        if window < 2:
+            raise ValueError(f"window must be >= 2 arrivals, got {window}")
+        self._arrivals: deque[float] = deque(maxlen=window)
+
+    def add(self, arrived_s: float) -> None:
+        """Record one frame's arrival (a monotonic time in seconds)."""
+        self._arrivals.append(arrived_s)
+
+    def period_ms(self) -> float:
+        """The median interval [ms]; NaN before two arrivals."""
+        if len(self._arrivals) < 2:
+            return math.nan
+        return 1e3 * float(np.median(np.diff(np.asarray(self._arrivals))))

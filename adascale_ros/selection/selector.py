@@ -6,6 +6,11 @@ forecast when it is worse than the current load, so the switch happens
 before the load arrives), and asks ``StableSelector`` for the choice.
 Before any profile it answers with the configured safe default; when
 profiles stop, it keeps the last tables and reports them stale.
+
+The latency budget in force is ``latency_budget_ms`` when one is set, else
+``budget_fraction_of_frame_period`` of the camera's frame period the profiles
+carry (classification keeps up with the camera and leaves the rest of each
+period to the robot's other work), else none.
 """
 
 from __future__ import annotations
@@ -18,8 +23,18 @@ from typing import Any
 from adascale_ros.selection.policy import Budgets, Choice, Objective, StableSelector
 from adascale_ros.selection.tables import VariantTables
 
+# A latency budget from the camera within this fraction of the one in force is the same budget.
+BUDGET_TOLERANCE = 0.05
+
 # Parameters whose value 0 means "no budget".
 _BUDGETS = ("latency_budget_ms", "energy_budget_mj")
+
+
+def _same_latency(new_ms: float, old_ms: float) -> bool:
+    """Within ``BUDGET_TOLERANCE`` of each other, or both no budget (inf)."""
+    if math.isinf(new_ms) or math.isinf(old_ms):
+        return new_ms == old_ms
+    return abs(new_ms - old_ms) <= BUDGET_TOLERANCE * old_ms
 
 
 @dataclass(frozen=True)
@@ -31,6 +46,7 @@ class SelectorConfig:
     latency_headroom: float = 0.0
     use_forecast: bool = True
     profile_timeout_s: float = 2.0
+    budget_fraction_of_frame_period: float = 0.0  # 0: no budget from the camera
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> SelectorConfig:
@@ -49,6 +65,9 @@ class SelectorConfig:
                 raise ValueError(f"{name} must be >= 0, got {values[name]}")
         if not 0.0 <= float(values["latency_headroom"]) < 1.0:
             raise ValueError(f"latency_headroom must be in [0, 1), got {values['latency_headroom']}")
+        fraction = float(values["budget_fraction_of_frame_period"])
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"budget_fraction_of_frame_period must be in [0, 1] (0: off), got {fraction}")
         return cls(
             budgets=Budgets(limits["latency_budget_ms"], limits["energy_budget_mj"], float(values["min_accuracy"])),
             objective=Objective(str(values["objective"]), float(values["alpha"]), float(values["beta"])),
@@ -57,7 +76,21 @@ class SelectorConfig:
             latency_headroom=float(values["latency_headroom"]),
             use_forecast=bool(values["use_forecast"]),
             profile_timeout_s=timeout,
+            budget_fraction_of_frame_period=fraction,
         )
+
+    def budgets_for(self, frame_period_ms: float) -> tuple[Budgets, str]:
+        """The budgets in force given the camera's frame period (NaN: unknown), and where the latency
+        budget came from."""
+        if math.isfinite(self.budgets.latency_ms):
+            return self.budgets, "latency_budget_ms"
+        fraction = self.budget_fraction_of_frame_period
+        if fraction == 0.0:
+            return self.budgets, "none"
+        if not (math.isfinite(frame_period_ms) and frame_period_ms > 0.0):
+            return self.budgets, "none until the camera's frame period is measured"
+        budgets = replace(self.budgets, latency_ms=fraction * frame_period_ms)
+        return budgets, f"{fraction:g} x the camera's {frame_period_ms:.1f} ms frame period"
 
 
 @dataclass(frozen=True)
@@ -68,6 +101,7 @@ class Profile:
     load_index: float  # NaN: unknown
     predictions: dict[str, tuple[float, float]]  # id -> (latency ms, energy mJ)
     measured_latency_ms: dict[str, float] = field(default_factory=dict)
+    frame_period_ms: float = math.nan  # the camera's; NaN: unknown
 
 
 @dataclass(frozen=True)
@@ -78,6 +112,7 @@ class Selection:
     budgets: Budgets
     load_index: float
     load_is_forecast: bool
+    budget_source: str = ""  # where budgets.latency_ms came from
 
 
 class VariantSelector:
@@ -89,6 +124,7 @@ class VariantSelector:
         self.stable = StableSelector(config.dwell_s, config.margin, config.latency_headroom)
         self.current: Profile | None = None
         self.forecast: Profile | None = None
+        budgets, source = config.budgets_for(math.nan)
         self.in_force = Selection(
             Choice(
                 variant_id=safe_default,
@@ -99,18 +135,18 @@ class VariantSelector:
                 energy_mj=math.nan,
                 accuracy=tables.accuracy[safe_default],
             ),
-            config.budgets,
-            math.nan,
-            False,
+            budgets,
+            load_index=math.nan,
+            load_is_forecast=False,
+            budget_source=source,
         )
 
     def reconfigure(self, config: SelectorConfig, now_s: float) -> Selection | None:
         """New parameters take effect at once; returns the new selection when it changed."""
-        budgets_changed = config.budgets != self.config.budgets
         self.config = config
         self.stable.dwell_s, self.stable.margin = config.dwell_s, config.margin
         self.stable.headroom = config.latency_headroom
-        return self._decide(now_s, force_publish=budgets_changed)
+        return self._decide(now_s)
 
     def on_profile(self, profile: Profile, is_forecast: bool) -> Selection | None:
         """Take in one profile; returns the new selection when the choice changed."""
@@ -138,11 +174,30 @@ class VariantSelector:
         """True once profiles were received but none within the timeout (NaN compares false)."""
         return now_s - self.last_profile_s() > self.config.profile_timeout_s
 
-    def _decide(self, now_s: float, force_publish: bool = False) -> Selection | None:
+    def _budgets(self) -> tuple[Budgets, str, bool]:
+        """The budgets in force and their source, and whether they differ from the selection's in force
+        (a budget from the camera within ``BUDGET_TOLERANCE`` of it is the same: the camera's jitter)."""
+        newest = max(
+            (p for p in (self.current, self.forecast) if p is not None), key=lambda p: p.received_s, default=None
+        )
+        budgets, source = self.config.budgets_for(newest.frame_period_ms if newest else math.nan)
+        old = self.in_force.budgets
+        follows_camera = math.isinf(self.config.budgets.latency_ms)
+        same = (budgets.energy_mj, budgets.min_accuracy) == (old.energy_mj, old.min_accuracy) and (
+            _same_latency(budgets.latency_ms, old.latency_ms)
+            if follows_camera
+            else budgets.latency_ms == old.latency_ms
+        )
+        if same:
+            return old, self.in_force.budget_source, False
+        return budgets, source, True
+
+    def _decide(self, now_s: float) -> Selection | None:
         profile, is_forecast = self.acting_profile(now_s)
+        budgets, source, force_publish = self._budgets()
         if profile is None:
             if force_publish:
-                self.in_force = replace(self.in_force, budgets=self.config.budgets)
+                self.in_force = replace(self.in_force, budgets=budgets, budget_source=source)
                 return self.in_force
             return None
         self.tables.update_predictions(profile.predictions)
@@ -153,7 +208,7 @@ class VariantSelector:
         choice = self.stable.update(
             now_s,
             self.tables,
-            self.config.budgets,
+            budgets,
             self.config.objective,
             measured if math.isfinite(measured) else None,
         )
@@ -164,5 +219,5 @@ class VariantSelector:
             return None
         if is_forecast:
             choice = replace(choice, reason=f"{choice.reason} (acting on forecast load {profile.load_index:.2f})")
-        self.in_force = Selection(choice, self.config.budgets, profile.load_index, is_forecast)
+        self.in_force = Selection(choice, budgets, profile.load_index, is_forecast, source)
         return self.in_force

@@ -14,7 +14,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from adascale_ros.tools.runner import run_graph
 
     params_file = args.params_file or default_params_file()
-    specs = node_graph(args.camera_topic, namespace=args.namespace)
+    specs = node_graph(
+        args.camera_topic,
+        namespace=args.namespace,
+        latency_budget_ms=args.latency_budget_ms,
+        budget_fraction_of_frame_period=args.budget_fraction_of_frame_period,
+    )
     return run_graph(specs, params_file, args.duration, args.log_level)
 
 
@@ -621,6 +626,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--camera-topic",
         default=DEFAULT_CAMERA_TOPIC,
         help=f"raw image topic; a relative one resolves in the namespace (default: {DEFAULT_CAMERA_TOPIC})",
+    )
+    run.add_argument(
+        "--latency-budget-ms", type=float, help="the selector's latency budget [ms] (default: the parameters file's)"
+    )
+    run.add_argument(
+        "--budget-fraction-of-frame-period",
+        type=float,
+        help="with no latency budget, this fraction of the camera's frame period is the budget (default: the"
+        " parameters file's)",
     )
     run.set_defaults(func=_cmd_run)
 
