@@ -26,7 +26,7 @@ from adascale_ros.profiling.calibration import (
     variant_module_keys,
 )
 from adascale_ros.profiling.energy import EnergyProfile, cache_hit_rate, energy_mj, fit_power_coefficients
-from adascale_ros.profiling.fitting import fit_and_report, report_markdown
+from adascale_ros.profiling.fitting import camera_rate_report, fit_and_report, report_markdown
 from adascale_ros.profiling.predictor import (
     LatencyCorrection,
     LatencyPredictor,
@@ -264,6 +264,22 @@ def test_the_shipped_calibration_refits_to_a_predictor_monotone_in_load():
     worst = float((np.diff(sweep, axis=0) / sweep[:-1]).min())
     assert worst >= -1e-9, f"a variant predicted {-worst:.1%} faster one step up the load sweep"
     assert report["auto_selected"]["variant_mode"]["scaled_coefficients"]["cpu_x_sum"] >= 0.0
+
+
+def test_camera_rate_report_gives_each_reference_its_median_p90_and_slowdown_per_level():
+    levels = [{"name": "idle", "idle": True}, {"name": "cpu2", "idle": False}]
+    rows = [("e1:a", "idle", ms) for ms in (4.0, 5.0, 6.0, 5.0, 5.0)] + [("e1:a", "cpu2", ms) for ms in (10.0,) * 5]
+    data = CalibrationData(
+        device={"reference_variants": {"top": "e1:a", "fastest": "e0:b"}},
+        levels=levels,
+        camera_rate={k: [r[i] for r in rows] for i, k in enumerate(("variant_id", "level", "latency_ms"))},
+    )
+    report = camera_rate_report(data)
+    idle = report["top"]["levels"]["idle"]
+    assert (idle["median_ms"], idle["p90_ms"], idle["slowdown"]) == (5.0, pytest.approx(5.6), 1.0)
+    assert report["top"]["levels"]["cpu2"]["slowdown"] == 2.0
+    assert report["fastest"] == {"variant_id": "e0:b", "levels": {}}  # not timed: nothing made up
+    assert camera_rate_report(CalibrationData(device={}, levels=levels)) == {}  # a dataset from before
 
 
 def test_slowdown_by_level_is_the_median_over_variants_of_their_ratio_to_idle():
@@ -535,6 +551,14 @@ def test_calibrate_and_predict_commands_on_the_real_model(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "auto-selected" in run.stdout and (model_dir / "calibration_report.json").exists()
     assert not _stress_ng_running()
+    # The reference variants one camera frame at a time, at every level: what a deadline is set from.
+    report = json.loads((model_dir / "calibration_report.json").read_text())
+    levels = [level["name"] for level in report["levels"]]
+    for role in ("top", "largest", "fastest"):
+        figures = report["camera_rate"][role]["levels"]
+        assert list(figures) == levels and figures[levels[0]]["slowdown"] == 1.0
+        assert all(0 < f["median_ms"] <= f["p90_ms"] for f in figures.values())
+    assert "At camera rate" in (model_dir / "calibration_report.md").read_text()
     run = subprocess.run(
         [*cli, "predict", str(model_dir), "--load-index", "0.5", "--json"], capture_output=True, text=True
     )

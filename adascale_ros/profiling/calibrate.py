@@ -137,6 +137,7 @@ def measure(model_dir: Path, options: CalibrateOptions, progress: bool) -> Calib
         variants_per_exit=8 if options.quick else 30,
         seed=options.seed,
         always=tuple(Variant.parse(v) for v in dict.fromkeys(references.values())),
+        camera_frames=5 if options.quick else 30,
     )
     device = {
         **device_fingerprint(),

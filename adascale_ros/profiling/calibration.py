@@ -135,6 +135,9 @@ class CalibrationData:
     variants: dict[str, list] = field(default_factory=dict)  # variant_id, level, round, latency_ms, *STATE
     cache: dict[str, list] = field(default_factory=dict)  # key, level, cold_ms, warm_ms, load_index
     energy: dict[str, list] = field(default_factory=dict)  # variant_id, energy_mj (where a power sensor exists)
+    # The reference variants one camera frame at a time (``CalibrationPlan.camera_gap_s`` apart), as the
+    # inference node runs them: variant_id, level, latency_ms. Absent from datasets made before it.
+    camera_rate: dict[str, list] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
         data = {"format_version": CALIBRATION_FORMAT, **asdict(self)}
@@ -261,10 +264,29 @@ class CalibrationPlan:
     variants_per_exit: int = 30
     seed: int = 0
     always: tuple[Variant, ...] = ()  # measured whole at every level besides the sample (the top variant)
+    camera_frames: int = 30  # per reference variant and level, one camera frame at a time
+    camera_gap_s: float = 1 / 15  # between those frames: a 15 Hz camera
 
 
 ModuleCalls = dict[str, Callable[[], object]]
 VariantCall = Callable[[Variant], object]
+
+
+def measure_camera_rate(
+    variants: Sequence[Variant], run_variant: VariantCall, plan: CalibrationPlan, level: str, table: dict[str, list]
+) -> None:
+    """Time each of ``variants`` on ``plan.camera_frames`` frames ``plan.camera_gap_s`` apart.
+
+    Back to back (the module and whole-variant timings) the caches stay warm and
+    the inference threads awake; a frame that comes after a camera's gap finds
+    neither, and under load it competes with the load's threads for a core it
+    has to wake up on. That is the latency a deadline is about.
+    """
+    for variant in variants:
+        run_variant(variant)  # its sessions warm, as the inference node warms a variant it switches to
+        for _ in range(plan.camera_frames):
+            time.sleep(plan.camera_gap_s)
+            _append(table, variant_id=variant.id, level=level, latency_ms=_time_ms(lambda v=variant: run_variant(v)))
 
 
 def run_calibration(
@@ -339,6 +361,7 @@ def run_calibration(
                     if progress is not None:
                         level_left = max(0.0, level_end - time.monotonic())
                         progress(done_s + plan.seconds_per_level - level_left)
+                measure_camera_rate(references, run_variant, plan, level.name, data.camera_rate)
                 done_s += plan.seconds_per_level
                 level_load = float(np.nanmean(data.modules["load_index"][-len(keys) :]))
                 for key in keys:

@@ -353,6 +353,7 @@ def fit_and_report(
             f"{role} ({variant_id})": slowdown_by_level([g for g in all_groups if g.id == variant_id], data.levels)
             for role, variant_id in data.device.get("reference_variants", {}).items()
         },
+        "camera_rate": camera_rate_report(data),
         "regressors": per_family,
         "auto_selected": {"per_kind": selection, "variant_mode": mode, "variants": auto_scores},
         "ablation_without_state": {
@@ -373,6 +374,29 @@ def fit_and_report(
     return predictor, report
 
 
+def camera_rate_report(data: CalibrationData) -> dict[str, dict[str, dict[str, float]]]:
+    """Each reference variant's latency one camera frame at a time, per load level: median and p90 [ms]
+    and the median's slowdown over idle. Empty for a dataset made before these were measured."""
+    table = data.table("camera_rate")
+    if not table:
+        return {}
+    idle = [level["name"] for level in data.levels if level["idle"]]
+    report: dict[str, dict[str, dict[str, float]]] = {}
+    for role, variant_id in data.device.get("reference_variants", {}).items():
+        per_level = {}
+        for level in data.levels:
+            mask = (table["variant_id"] == variant_id) & (table["level"] == level["name"])
+            if mask.any():
+                ms = table["latency_ms"][mask]
+                per_level[level["name"]] = {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90))}
+        if idle and idle[0] in per_level:
+            base = per_level[idle[0]]["median_ms"]
+            for figures in per_level.values():
+                figures["slowdown"] = figures["median_ms"] / base
+        report[role] = {"variant_id": variant_id, "levels": per_level}
+    return report
+
+
 def _fit_energy(predictor: LatencyPredictor, data: CalibrationData, profile: EnergyProfile) -> dict[str, Any]:
     energy = data.table("energy")
     rows = np.array([predictor.variant_index(v) for v in energy["variant_id"]], np.int64)
@@ -383,6 +407,26 @@ def _fit_energy(predictor: LatencyPredictor, data: CalibrationData, profile: Ene
     predictor.energy_profile = fitted
     predicted = predictor.energy_mj(predictor.state_mean)[rows]
     return {"source": source, "profile": fitted.to_dict(), "fit": asdict(Score.of(predicted, energy["energy_mj"]))}
+
+
+def _camera_rate_lines(camera_rate: dict[str, Any], levels: list[str]) -> list[str]:
+    if not camera_rate:
+        return []
+    lines = [
+        "At camera rate (one frame at a time, a 15 Hz camera's gap before each; pre-processing of the"
+        " frame included), median / p90 ms and the median's slowdown over idle:",
+        "",
+        "| variant | " + " | ".join(levels) + " |",
+        "|---|" + "---:|" * len(levels),
+    ]
+    for role, entry in camera_rate.items():
+        cells = []
+        for level in levels:
+            f = entry["levels"].get(level)
+            slowdown = f" ({f['slowdown']:.2f}x)" if f and "slowdown" in f else ""
+            cells.append(f"{f['median_ms']:.2f} / {f['p90_ms']:.2f}{slowdown}" if f else "n/a")
+        lines.append(f"| {role} `{entry['variant_id']}` | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def report_markdown(report: dict[str, Any]) -> str:
@@ -416,6 +460,7 @@ def report_markdown(report: dict[str, Any]) -> str:
             for role, levels in report.get("reference_slowdown_by_level", {}).items()
         ),
         "",
+        *_camera_rate_lines(report.get("camera_rate", {}), [level["name"] for level in report["levels"]]),
         f"Held out: {report['split']}; {report['samples']['held_out_groups']} held-out (variant, level) pairs. "
         "Whole-variant prediction = sum of the predicted modules at the pair's median state; accurate when "
         "within +-10 % of the measured median latency (nn-Meter's metric).",

@@ -155,8 +155,8 @@ def _cmd_early_exit(args: argparse.Namespace) -> int:
     from adascale_ros.tools.evaluate import static_variants
 
     model = load_model(args.model_dir)
-    largest = static_variants(load_variant_table(args.model_dir))["static-largest"]
-    variant = Variant.parse(args.variant or largest)
+    top = static_variants(load_variant_table(args.model_dir))["static-top"]
+    variant = Variant.parse(args.variant or top)
     model.net.check_variant(variant)
     splits = load_splits(card_dataset(model.card))
     inputs = None
@@ -337,21 +337,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from adascale_ros.bringup import default_model_dir, default_params_file
-    from adascale_ros.tools.evaluate import EvaluationConfig, evaluate, load_runs, score
+    from adascale_ros.tools.evaluate import EvaluationConfig, calibrated_deadline, evaluate, load_runs, score
     from adascale_ros.tools.scoring import markdown_table, target_line
     from adascale_ros.tools.signals import stop_flag
     from adascale_ros.tools.traces import LoadTrace, resolve_trace
 
     if not args.bag.exists():
         raise FileNotFoundError(f"{args.bag}: no such bag (write one with `adascale make-bag`)")
+    model_dir = args.model_dir or default_model_dir()
+    budget = (args.budget_ms, "--budget-ms") if args.budget_ms != "auto" else calibrated_deadline(model_dir)
     config = EvaluationConfig(
         bag=args.bag,
         trace=LoadTrace.from_yaml(resolve_trace(args.trace)),
         policies=tuple(dict.fromkeys(args.policies)),
         out=args.out,
-        model_dir=args.model_dir or default_model_dir(),
+        model_dir=model_dir,
         params_file=args.params_file or default_params_file(),
-        budget_ms=None if args.budget_ms == "auto" else args.budget_ms,
+        budget_ms=budget[0],
+        budget_source=budget[1],
         duration_s=args.duration,
         camera_topic=args.camera_topic,
         repeats=args.repeats,
@@ -399,7 +402,7 @@ def _cmd_soak(args: argparse.Namespace) -> int:
     import json
 
     from adascale_ros.bringup import default_model_dir, default_params_file
-    from adascale_ros.tools.evaluate import DEFAULT_BUDGET_MS, EvaluationConfig
+    from adascale_ros.tools.evaluate import EvaluationConfig, calibrated_deadline
     from adascale_ros.tools.signals import stop_flag
     from adascale_ros.tools.soak import soak
     from adascale_ros.tools.traces import LoadTrace, resolve_trace
@@ -408,14 +411,17 @@ def _cmd_soak(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.bag}: no such bag (write one with `adascale make-bag`)")
     if not args.minutes > 0:
         raise ValueError(f"--minutes must be > 0, got {args.minutes}")
+    model_dir = args.model_dir or default_model_dir()
+    budget = (args.budget_ms, "--budget-ms") if args.budget_ms is not None else calibrated_deadline(model_dir)
     config = EvaluationConfig(
         bag=args.bag,
         trace=LoadTrace.from_yaml(resolve_trace(args.trace)),
         policies=("adascale",),
         out=args.out,
-        model_dir=args.model_dir or default_model_dir(),
+        model_dir=model_dir,
         params_file=args.params_file or default_params_file(),
-        budget_ms=DEFAULT_BUDGET_MS if args.budget_ms is None else args.budget_ms,
+        budget_ms=budget[0],
+        budget_source=budget[1],
         duration_s=args.minutes * 60.0,
     )
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
@@ -710,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ee = sub.add_parser("early-exit", help="accuracy and exit shares of confidence early exit per threshold")
     ee.add_argument("model_dir", type=Path)
-    ee.add_argument("--variant", help="variant id (default: static-largest, the most accurate of the deepest exit)")
+    ee.add_argument("--variant", help="variant id (default: static-top, the most accurate variant)")
     ee.add_argument("--thresholds", type=float, nargs="+", default=[0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999])
     ee.add_argument("--max-loss", type=float, default=0.1, help="accuracy points on val a threshold may lose")
     ee.add_argument("--json", action="store_true")
@@ -788,16 +794,16 @@ def build_parser() -> argparse.ArgumentParser:
     evl.add_argument(
         "--policies",
         nargs="+",
-        default=["adascale", "static-largest", "static-smallest", "static-mid", "reactive", "oracle"],
-        help="adascale static-largest static-smallest static-mid reactive oracle (default: all)",
+        default=["adascale", "static-top", "static-smallest", "static-mid", "reactive", "oracle"],
+        help="adascale static-top static-smallest static-mid reactive oracle (default: all)",
     )
     evl.add_argument("--out", type=Path, required=True, help="report folder")
     evl.add_argument(
         "--budget-ms",
         type=_budget,
         default="auto",
-        help="latency budget per frame [ms], or auto: static-largest runs first in each round and its median "
-        "latency, rounded down to 0.1 ms, is that round's budget (default: auto)",
+        help="latency budget per frame [ms], or auto: 1.25 x static-top's idle p90 at camera rate in the model's"
+        " calibration report, fixed before anything runs (default: auto)",
     )
     evl.add_argument("--duration", type=float, help="seconds per policy (default: the trace's duration)")
     evl.add_argument(
@@ -833,7 +839,9 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--bag", type=Path, default=Path("build/bags/fashion-mnist-test"), help="a labelled camera bag")
     soak.add_argument("--trace", default="bursty", help="a trace YAML, or a shipped one (default: bursty)")
     soak.add_argument("--out", type=Path, default=Path("build/soak"), help="report folder (default: build/soak)")
-    soak.add_argument("--budget-ms", type=float, help="latency budget per frame [ms] (default: 1.4)")
+    soak.add_argument(
+        "--budget-ms", type=float, help="latency budget per frame [ms] (default: as adascale evaluate's auto)"
+    )
     soak.add_argument("--model-dir", type=Path, help="default: the embedded default model")
     soak.add_argument("--params-file", type=Path, help="ROS parameters file (default: config/adascale.yaml)")
     soak.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")

@@ -13,7 +13,8 @@ Policies
   reactive         AdaptiveNet's monitor: the profiler predicts at the calibration's
                    idle state and corrects only by measured/predicted latency (no
                    resource sensing, no forecast); same selector and budget
-  static-largest   the most accurate variant of the deepest exit, always
+  static-top       the most accurate variant (validation), always: what one would deploy
+                   without adaptation
   static-mid       the most accurate variant of the middle exit, always
   static-smallest  the variant with the fewest FLOPs, always
                    (static: no confidence early exit either; the two
@@ -29,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import signal
-import statistics
 import struct
 import subprocess
 import sys
@@ -37,7 +37,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,16 +53,18 @@ from adascale_ros.bringup import (
 )
 from adascale_ros.tools.runner import GraphProcesses, status_line, unclean_exits
 from adascale_ros.tools.scoring import (
+    TOP_ACCURACY_SLACK,
     FrameOutcome,
     FrameRecord,
     PolicyRun,
     ResultRecord,
     StateRecord,
-    check_targets,
+    adaptation_targets,
     frame_outcomes,
     markdown_report,
     mean_node_cpu,
     oracle_outcomes,
+    phase_groups,
     phase_metrics,
     plot_report,
     policy_metrics,
@@ -70,16 +72,12 @@ from adascale_ros.tools.scoring import (
 )
 from adascale_ros.tools.traces import LoadTrace, play_trace
 
-POLICIES = ("adascale", "static-largest", "static-smallest", "static-mid", "reactive", "oracle")
-STATIC = {"static-largest", "static-mid", "static-smallest"}
-# The deadline per frame, by default measured in the evaluation itself (``measured_budget``):
-# static-largest runs first in each round and the other policies of that round get its median
-# latency at camera rate, rounded down to 0.1 ms, so that it misses about half its deadlines. On
-# the 2-core development VM that median drifts by 20 % between hours (1.17-1.6 ms with the fused
-# segments) and by 10 % between rounds minutes apart, so a constant chosen once, or one round's
-# median for all rounds, stops meaning "half the largest variant's deadlines". A fixed budget
-# (``--budget-ms``) is for a device with a real deadline; this one is the soak's default.
-DEFAULT_BUDGET_MS = 1.4
+POLICIES = ("adascale", "static-top", "static-smallest", "static-mid", "reactive", "oracle")
+STATIC = {"static-top", "static-mid", "static-smallest"}
+# The default deadline: this multiple of static-top's idle p90 at camera rate in the model's
+# calibration report, fixed before anything runs (``calibrated_deadline``): static-top meets it
+# when the machine is idle and misses it when load slows it by more than the margin.
+DEADLINE_FACTOR = 1.25
 READY_TIMEOUT_S = 120.0  # four nodes importing torch and exporting ONNX on a busy 2-core machine
 # The replay waits for its two subscribers (the inference node and this recorder), then this
 # long, so frame 0 reaches both: the replay's writer seeing a reader does not mean the reader has
@@ -97,7 +95,8 @@ class EvaluationConfig:
     out: Path
     model_dir: Path
     params_file: Path
-    budget_ms: float | None = DEFAULT_BUDGET_MS  # None: measured from static-largest, round by round
+    budget_ms: float
+    budget_source: str = "--budget-ms"  # where the deadline came from, for the report
     duration_s: float | None = None  # per policy; default: the trace's duration
     camera_topic: str = "/camera/image_raw"
     repeats: int = 1  # runs per policy, interleaved (policy order within each round)
@@ -109,10 +108,7 @@ class EvaluationConfig:
             raise ValueError(f"unknown policies {sorted(unknown)}; known: {', '.join(POLICIES)}")
         if not self.policies or set(self.policies) == {"oracle"}:
             raise ValueError("give at least one policy to run (the oracle is computed from the others)")
-        if self.budget_ms is None:
-            if "static-largest" not in self.policies:
-                raise ValueError("a measured budget needs static-largest among the policies; or give --budget-ms")
-        elif not (math.isfinite(self.budget_ms) and self.budget_ms > 0):
+        if not (math.isfinite(self.budget_ms) and self.budget_ms > 0):
             raise ValueError(f"--budget-ms must be > 0, got {self.budget_ms}")
         if self.duration_s is not None and not self.duration_s > 0:
             raise ValueError(f"--duration must be > 0, got {self.duration_s}")
@@ -125,11 +121,8 @@ class EvaluationConfig:
 
     @property
     def runnable(self) -> tuple[str, ...]:
-        """The policies that run a graph (all but the oracle); static-largest first when it sets the budget."""
-        graphs = [p for p in self.policies if p != "oracle"]
-        if self.budget_ms is None:
-            graphs.sort(key=lambda p: p != "static-largest")
-        return tuple(graphs)
+        """The policies that run a graph (all but the oracle)."""
+        return tuple(p for p in self.policies if p != "oracle")
 
 
 def reference_answers(
@@ -182,13 +175,32 @@ def ground_truth(config: EvaluationConfig, say: Callable[[str], None] = print) -
     return answers, f"agreement with {top} run offline (the bag has no labels)"
 
 
-def measured_budget(run: PolicyRun, step_ms: float = 0.1) -> float:
-    """The budget a static-largest run sets: its median latency, rounded down to ``step_ms`` (at least one step)."""
-    latencies = [r.latency_ms for r in run.results if math.isfinite(r.latency_ms)]
-    if not latencies:
-        raise RuntimeError(f"{run.policy}: no results to measure the budget from")
-    median = statistics.median(latencies)
-    return max(step_ms, round(math.floor(median / step_ms + 1e-9) * step_ms, 6))
+def calibrated_deadline(model_dir: Path) -> tuple[float, str]:
+    """The default deadline [ms], ``DEADLINE_FACTOR`` x static-top's idle p90 at camera rate in the
+    model's calibration report, and the sentence that says where it came from; ``ValueError`` when
+    the report has no such timing (a calibration made before camera-rate timing was measured)."""
+    from adascale_ros.model.files import load_variant_table
+
+    top = static_variants(load_variant_table(model_dir))["static-top"]
+    path = Path(model_dir) / "calibration_report.json"
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read the calibration report ({exc}); run `adascale calibrate`") from exc
+    idle = next((level["name"] for level in report.get("levels", []) if level.get("idle")), None)
+    timed = [e for e in report.get("camera_rate", {}).values() if e.get("variant_id") == top]
+    if idle is None or not timed or idle not in timed[0]["levels"]:
+        raise ValueError(
+            f"{path} has no camera-rate timing of {top} at idle: run `adascale calibrate {model_dir}` again,"
+            " or give --budget-ms"
+        )
+    p90 = float(timed[0]["levels"][idle]["p90_ms"])
+    budget = round(DEADLINE_FACTOR * p90, 2)
+    created = report.get("meta", {}).get("created", "?")
+    return budget, (
+        f"{DEADLINE_FACTOR:g} x static-top's ({top}) idle p90 at camera rate, {p90:.2f} ms, in the model's"
+        f" calibration report of {created}"
+    )
 
 
 def run_name(policy: str, repeat: int, repeats: int) -> str:
@@ -198,13 +210,13 @@ def run_name(policy: str, repeat: int, repeats: int) -> str:
 
 def static_variants(table: dict[str, Any]) -> dict[str, str]:
     """The fixed variant of each static policy, from the variant table."""
-    from adascale_ros.model.files import cheapest_variant
+    from adascale_ros.model.files import cheapest_variant, reference_variants
     from adascale_ros.model.pipeline import best_per_exit
 
     best = best_per_exit(table["variants"], "val_accuracy")
     deepest = max(best)
     return {
-        "static-largest": best[deepest]["variant_id"],
+        "static-top": reference_variants(table)["top"],
         "static-mid": best[(deepest + 1) // 2]["variant_id"],
         "static-smallest": cheapest_variant(table),
     }
@@ -457,6 +469,9 @@ def score(
     truth_by_stamp, scored_against = truth if truth is not None else ground_truth(config)
     table = load_variant_table(config.model_dir)
     accuracy = {row["variant_id"]: float(row["val_accuracy"]) for row in table["variants"]}
+    top_accuracy = {v for v, a in accuracy.items() if a >= max(accuracy.values()) - TOP_ACCURACY_SLACK}
+    idle_phases = [phase.spec.idle for phase in config.trace.phases]
+
     energy_of = _energy_estimator(config.model_dir)
     repeats = min(len(r) for r in runs.values()) if runs else 0
     budgets = list(budgets_ms) if budgets_ms is not None else [float(config.budget_ms)] * repeats
@@ -483,10 +498,15 @@ def score(
             phases.setdefault("oracle", []).append(next(iter(runs.values()))[r].phases)
             metrics["oracle"] = policy_metrics(chosen, budgets[r], run_s)
         metrics = {p: metrics[p] for p in config.policies if p in metrics}  # the order asked for
-        per_repeat.append({"policies": metrics, "targets": [asdict(c) for c in check_targets(metrics)]})
+        adaptation = phase_groups(outcomes, phases, budgets, idle_phases, top_accuracy, slice(r, r + 1))
+        targets_met = [asdict(c) for c in adaptation_targets(metrics, adaptation)]
+        per_repeat.append({"policies": metrics, **adaptation, "targets": targets_met})
     pooled = {p: pooled_metrics(outcomes[p], budgets, run_s) for p in config.policies if p in outcomes}
+    adaptation = phase_groups(outcomes, phases, budgets, idle_phases, top_accuracy, slice(0, repeats))
     met = [t["name"] for rep in per_repeat for t in rep["targets"] if t["passed"]]
-    targets = [{**asdict(c), "met_in_runs": met.count(c.name), "runs": repeats} for c in check_targets(pooled)]
+    targets = [
+        {**asdict(c), "met_in_runs": met.count(c.name), "runs": repeats} for c in adaptation_targets(pooled, adaptation)
+    ]
     report = {
         "config": {
             "bag": str(config.bag),
@@ -496,6 +516,7 @@ def score(
             "repeats": repeats,
             "budget_ms": budgets[0] if budgets else config.budget_ms,  # the first round's: the timeline's
             "budgets_ms": budgets,
+            "budget_source": config.budget_source,
             "model_dir": str(config.model_dir),
             "policies": list(config.policies),
             "accuracy_against": scored_against,
@@ -504,6 +525,7 @@ def score(
         "policies": pooled,
         "results_without_frame": unmatched,
         "targets": targets,
+        **adaptation,
         "repeats": per_repeat,
         "phases": {p: phase_metrics(list(zip(outcomes[p], phases[p], budgets, strict=True))) for p in pooled},
         "node_cpu": {p: mean_node_cpu(runs[p]) for p in config.policies if p in runs},
@@ -545,7 +567,7 @@ def evaluate(config: EvaluationConfig, stop: threading.Event, say: Callable[[str
     runs_dir = config.out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
 
-    budgets: list[float] = []  # one per round, as each round's static-largest sets it
+    budgets: list[float] = []  # one per round (the same one: fixed before anything ran)
 
     def save_config() -> None:
         saved = {"budgets_ms": budgets, "variants": variants, "repeats": config.repeats}
@@ -559,21 +581,17 @@ def evaluate(config: EvaluationConfig, stop: threading.Event, say: Callable[[str
         # Round by round, every policy once per round: slow drift of the machine spreads
         # over all policies instead of landing on the ones run last.
         for repeat in range(config.repeats):
-            round_config = config  # with a measured budget once this round's static-largest ran
             for policy in config.runnable:
                 name = run_name(policy, repeat, config.repeats)
-                specs = policy_graph(policy, round_config, variants)
-                run = run_policy(policy, specs, round_config, node, recorder, stop, say, name=name)
+                specs = policy_graph(policy, config, variants)
+                run = run_policy(policy, specs, config, node, recorder, stop, say, name=name)
                 if run is None:
                     say("interrupted: no report written")
                     return None
                 run.save(runs_dir / f"{name}.json.gz")
                 runs[policy].append(run)
                 say(f"[{name}] {len(run.frames)} frames, {len(run.results)} results recorded")
-                if round_config.budget_ms is None:  # static-largest, first of its round
-                    round_config = replace(config, budget_ms=measured_budget(run))
-                    say(f"[{name}] latency budget {round_config.budget_ms:g} ms: its median, rounded down to 0.1 ms")
-            budgets.append(float(round_config.budget_ms))
+            budgets.append(float(config.budget_ms))
             save_config()
     finally:
         node.destroy_node()
