@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO_ROOT, write_robot_recording
 
 from adascale_ros.bringup import default_params_file
+from adascale_ros.load.traces import LoadTrace, resolve_trace
 from adascale_ros.model.files import cheapest_variant, load_variant_table, reference_variants
 from adascale_ros.tools.evaluate import (
     DEADLINE_FACTOR,
@@ -44,7 +45,6 @@ from adascale_ros.tools.scoring import (
     policy_metrics,
     pooled_metrics,
 )
-from adascale_ros.tools.traces import LoadTrace, resolve_trace
 
 DEFAULT_MODEL = REPO_ROOT / "models" / "default"
 ROBOT_MODEL = REPO_ROOT / "models" / "lite0-fashion-mnist"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import DATA_DIR
 
+from adascale_ros.load.recorded import evaluate_forecasters, read_load_trace
 from adascale_ros.resources import ARForecaster
-from adascale_ros.tools.load_trace import evaluate_forecasters, read_load_trace
 
 
 def ar2_series(n: int, seed: int = 0, noise: float = 0.02) -> np.ndarray:

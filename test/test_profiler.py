@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, spin_until, subscribe_diagnostics
 
+from adascale_ros.load.stress import StressSpec
 from adascale_ros.model.elastic import Variant
 from adascale_ros.model.files import ModelLoadError, load_variant_table
 from adascale_ros.profiling.calibration import (
@@ -42,7 +43,6 @@ from adascale_ros.profiling.regressors import (
     Score,
     auto_select,
 )
-from adascale_ros.tools.stress import StressSpec
 
 DEFAULT_MODEL = REPO_ROOT / "models" / "default"
 PROFILE = EnergyProfile("test", cpu_w=10.0, gpu_w=0.0, mem_w=2.0, cpu_mhz=2000.0, gpu_mhz=0.0, mem_mhz=1000.0)

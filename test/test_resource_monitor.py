@@ -11,7 +11,7 @@ from conftest import REPO_ROOT, spin_until
 from test_sensors import make_jetson_orin, write
 
 from adascale_ros.bringup import RESOURCE_STATE_TOPIC
-from adascale_ros.tools.stress import StressNg, StressSpec
+from adascale_ros.load.stress import StressNg, StressSpec
 
 pytestmark = pytest.mark.ros
 MODULE = "adascale_ros.nodes.resource_monitor"

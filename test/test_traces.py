@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import REPO_ROOT
 
-from adascale_ros.tools.traces import LoadTrace, play_trace
+from adascale_ros.load.traces import LoadTrace, play_trace
 
 SHIPPED = sorted((REPO_ROOT / "config" / "load_traces").glob("*.yaml"))
 

@@ -24,7 +24,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 
-from adascale_ros.tools.signals import stop_flag
+from adascale_ros.signals import stop_flag
 
 # DiagnosticStatus levels (single bytes in the generated Python class).
 OK = DiagnosticStatus.OK

@@ -37,13 +37,13 @@ from typing import Any
 
 import numpy as np
 
+from adascale_ros.load.stress import StressNg, StressSpec
 from adascale_ros.model.elastic import Variant
 from adascale_ros.model.metrics import module_keys, resolution_suffix
 from adascale_ros.profiling.predictor import STATE_FEATURES
 from adascale_ros.profiling.timing import summarize
 from adascale_ros.resources import ARForecaster, LoadIndexWeights, ResourceSampler
 from adascale_ros.resources.load_index import load_index
-from adascale_ros.tools.stress import StressNg, StressSpec
 
 CALIBRATION_FORMAT = 1
 FIXED = "fixed"  # the per-frame cost outside the network's modules

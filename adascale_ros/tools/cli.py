@@ -24,14 +24,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_record_load(args: argparse.Namespace) -> int:
-    from adascale_ros.tools.load_trace import record_load_trace
+    from adascale_ros.load.recorded import record_load_trace
 
     record_load_trace(args.out, args.seconds, args.rate_hz, args.bursty, args.seed)
     return 0
 
 
 def _cmd_forecast_eval(args: argparse.Namespace) -> int:
-    from adascale_ros.tools.load_trace import evaluate_forecasters, read_load_trace
+    from adascale_ros.load.recorded import evaluate_forecasters, read_load_trace
 
     trace = read_load_trace(args.trace)
     report = evaluate_forecasters(trace, order=args.order, window=args.window, horizon=args.horizon)
@@ -217,8 +217,8 @@ def _cmd_compare_training(args: argparse.Namespace) -> int:
 def _cmd_load(args: argparse.Namespace) -> int:
     import time
 
-    from adascale_ros.tools.signals import stop_flag
-    from adascale_ros.tools.traces import LoadTrace, play_trace, resolve_trace
+    from adascale_ros.load.traces import LoadTrace, play_trace, resolve_trace
+    from adascale_ros.signals import stop_flag
 
     trace = LoadTrace.from_yaml(resolve_trace(args.trace))
     print(f"{trace.name}: {trace.description} ({trace.duration_s:g} s{', looping' if args.loop else ''})", flush=True)
@@ -264,8 +264,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from rclpy.signals import SignalHandlerOptions
 
+    from adascale_ros.signals import stop_flag
     from adascale_ros.tools.bags import ReplaySpec, bag_messages, bag_topics, replay, replay_offer
-    from adascale_ros.tools.signals import stop_flag
 
     spec = ReplaySpec(rate=args.rate, loop=args.loop, start_offset_s=args.start_offset)
     if args.clock is not None and not args.clock > 0:
@@ -337,10 +337,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from adascale_ros.bringup import default_model_dir, default_params_file
+    from adascale_ros.load.traces import LoadTrace, resolve_trace
+    from adascale_ros.signals import stop_flag
     from adascale_ros.tools.evaluate import EvaluationConfig, calibrated_deadline, evaluate, load_runs, score
     from adascale_ros.tools.scoring import markdown_table, target_line
-    from adascale_ros.tools.signals import stop_flag
-    from adascale_ros.tools.traces import LoadTrace, resolve_trace
 
     if not args.bag.exists():
         raise FileNotFoundError(f"{args.bag}: no such bag (write one with `adascale make-bag`)")
@@ -402,10 +402,10 @@ def _cmd_soak(args: argparse.Namespace) -> int:
     import json
 
     from adascale_ros.bringup import default_model_dir, default_params_file
+    from adascale_ros.load.traces import LoadTrace, resolve_trace
+    from adascale_ros.signals import stop_flag
     from adascale_ros.tools.evaluate import EvaluationConfig, calibrated_deadline
-    from adascale_ros.tools.signals import stop_flag
     from adascale_ros.tools.soak import soak
-    from adascale_ros.tools.traces import LoadTrace, resolve_trace
 
     if not args.bag.exists():
         raise FileNotFoundError(f"{args.bag}: no such bag (write one with `adascale make-bag`)")
@@ -438,8 +438,8 @@ def _cmd_campaign(args: argparse.Namespace) -> int:
     import json
 
     from adascale_ros.bringup import default_model_dir
+    from adascale_ros.signals import stop_flag
     from adascale_ros.tools.campaign import run_campaign, write_report
-    from adascale_ros.tools.signals import stop_flag
 
     if args.messages < 1:
         raise ValueError(f"--messages must be >= 1, got {args.messages}")
@@ -461,7 +461,7 @@ def _cmd_campaign(args: argparse.Namespace) -> int:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from adascale_ros.profiling.calibrate import REPORT, CalibrateOptions, calibrate_model
-    from adascale_ros.tools.signals import stop_on_sigterm
+    from adascale_ros.signals import stop_on_sigterm
 
     options = CalibrateOptions(
         quick=args.quick,

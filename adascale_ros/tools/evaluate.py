@@ -51,6 +51,7 @@ from adascale_ros.bringup import (
     node_graph,
     with_parameters,
 )
+from adascale_ros.load.traces import LoadTrace, play_trace
 from adascale_ros.tools.runner import GraphProcesses, status_line, unclean_exits
 from adascale_ros.tools.scoring import (
     TOP_ACCURACY_SLACK,
@@ -70,7 +71,6 @@ from adascale_ros.tools.scoring import (
     policy_metrics,
     pooled_metrics,
 )
-from adascale_ros.tools.traces import LoadTrace, play_trace
 
 POLICIES = ("adascale", "static-top", "static-smallest", "static-mid", "reactive", "oracle")
 STATIC = {"static-top", "static-mid", "static-smallest"}

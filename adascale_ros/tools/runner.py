@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from adascale_ros.bringup import RESOURCE_STATE_TOPIC, SELECTION_TOPIC, NodeSpec
-from adascale_ros.tools.signals import stop_flag
+from adascale_ros.signals import stop_flag
 
 # Grace before SIGKILL. Nodes end in well under 2 s on their own; four nodes
 # stopping at once on a busy 2-core machine have been seen to need more.

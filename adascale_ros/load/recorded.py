@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from adascale_ros.load.stress import StressNg, StressSpec
 from adascale_ros.resources import ARForecaster, LoadIndexWeights, ResourceSampler
-from adascale_ros.tools.stress import StressNg, StressSpec
 
 TRACE_COLUMNS = ("t_s", "load_index", "cpu_util", "mem_util")
 

@@ -1,0 +1,1 @@
+"""Load generation: real stress-ng load, scripted load traces, and recorded load."""
