@@ -97,6 +97,19 @@ def test_reads_a_jetson_board_from_its_sysfs_tree(tmp_path, ros_node, start_proc
     assert states and math.isnan(states[-1].gpu_util)
 
 
+def test_a_parameter_range_is_numeric_and_bounded_on_the_sides_given():
+    from adascale_ros.nodes.common import INT64_MAX, Param
+
+    fraction = Param(0.5, "a fraction", low=0.0, high=1.0).descriptor().floating_point_range[0]
+    assert (fraction.from_value, fraction.to_value, fraction.step) == (0.0, 1.0, 0.0)
+    count = Param(3, "a count", low=1).descriptor().integer_range[0]
+    assert (count.from_value, count.to_value) == (1, INT64_MAX)
+    assert not Param(1.0, "free").descriptor().floating_point_range
+    for bad in ("text", True):
+        with pytest.raises(TypeError, match="numeric"):
+            Param(bad, "not a number", low=0).descriptor()
+
+
 def test_parameters_are_validated_at_runtime(tmp_path, ros_node, start_process):
     from rclpy.parameter import Parameter
     from rclpy.parameter_client import AsyncParameterClient
@@ -125,6 +138,13 @@ def test_parameters_are_validated_at_runtime(tmp_path, ros_node, start_process):
     assert not bad_window.successful and "window" in bad_window.reason
     read_only = set_params(Parameter("sys_root", value="/tmp"))
     assert not read_only.successful
+    # Ranges are in the descriptors: `ros2 param describe` shows them and rclpy refuses a value outside.
+    described = client.describe_parameters(["cpu_weight", "forecast_order"])
+    assert spin_until(ros_node, described.done, timeout_s=10.0)
+    weight, order = described.result().descriptors
+    assert weight.floating_point_range[0].from_value == 0.0 and order.integer_range[0].from_value == 1
+    negative = set_params(Parameter("cpu_weight", value=-0.5))
+    assert not negative.successful, negative.reason
 
     faster = set_params(Parameter("rate_hz", value=20.0))
     assert faster.successful

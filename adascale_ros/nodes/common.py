@@ -7,6 +7,7 @@ small part of it we need (one status per node, published periodically on
 
 from __future__ import annotations
 
+import math
 import socket
 import sys
 import threading
@@ -17,7 +18,8 @@ from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -32,22 +34,42 @@ WARN = DiagnosticStatus.WARN
 ERROR = DiagnosticStatus.ERROR
 
 
+INT64_MAX = 2**63 - 1
+
+
 @dataclass(frozen=True)
 class Param:
-    """A declared parameter: default value, description, and whether it may change at runtime."""
+    """A declared parameter: default value, description, whether it may change at runtime, and the
+    inclusive range of its values (``low``/``high``; None: unbounded on that side), which
+    ``ros2 param describe`` shows and rclpy enforces on every set. A node's own validation adds
+    what a range cannot say (NaN, an open end, a relation between parameters)."""
 
     default: Any
     description: str
     read_only: bool = False
+    low: float | None = None
+    high: float | None = None
+
+    def descriptor(self) -> ParameterDescriptor:
+        descriptor = ParameterDescriptor(description=self.description, read_only=self.read_only)
+        if self.low is None and self.high is None:
+            return descriptor
+        if isinstance(self.default, bool) or not isinstance(self.default, int | float):
+            raise TypeError(f"a range needs a numeric parameter, not {type(self.default).__name__}")
+        if isinstance(self.default, int):
+            low = int(self.low) if self.low is not None else -INT64_MAX - 1
+            high = int(self.high) if self.high is not None else INT64_MAX
+            descriptor.integer_range = [IntegerRange(from_value=low, to_value=high, step=1)]
+        else:
+            low = float(self.low) if self.low is not None else -math.inf
+            high = float(self.high) if self.high is not None else math.inf
+            descriptor.floating_point_range = [FloatingPointRange(from_value=low, to_value=high, step=0.0)]
+        return descriptor
 
 
 def declare_parameters(node: Node, params: Mapping[str, Param]) -> None:
     for name, spec in params.items():
-        node.declare_parameter(
-            name,
-            spec.default,
-            ParameterDescriptor(description=spec.description, read_only=spec.read_only),
-        )
+        node.declare_parameter(name, spec.default, spec.descriptor())
 
 
 def latched_qos() -> QoSProfile:
@@ -172,7 +194,7 @@ def spin_node(
                 executor.spin_once(timeout_sec=0.1)
         except ExternalShutdownException:
             pass
-        except (ValueError, ImportError) as exc:  # a bad setting or model, or a missing optional package
+        except (ValueError, ImportError, ParameterException) as exc:  # a bad setting or model, a missing package
             print(f"error: {exc}", file=sys.stderr)
             return 2
         finally:

@@ -77,7 +77,7 @@ PARAMETERS: dict[str, Param] = {
         " with (1 for a model without one), so the predicted latencies describe what runs.",
         read_only=True,
     ),
-    "qos_depth": Param(1, "Image subscription history depth (>= 1).", read_only=True),
+    "qos_depth": Param(1, "Image subscription history depth.", read_only=True, low=1),
     "qos_reliability": Param(
         "auto",
         "Image subscription reliability: auto (reliable when every camera publisher offers it, else best"
@@ -85,16 +85,19 @@ PARAMETERS: dict[str, Param] = {
         read_only=True,
     ),
     "early_exit_threshold": Param(
-        0.9, "Answer at an earlier exit whose top score >= this, in [0, 1]; 0: off (`adascale early-exit`)."
+        0.9,
+        "Answer at an earlier exit whose top score >= this; 0: off (`adascale early-exit`).",
+        low=0.0,
+        high=1.0,
     ),
     "deadline_guard": Param(
         True,
         "Answer at the last exit reached when the next stage would overrun the selection's latency budget"
         " (timed from the frame's decoding); false: always run to the selected exit.",
     ),
-    "top_k": Param(3, "Classes reported per frame (>= 1)."),
-    "max_image_pixels": Param(MAX_IMAGE_PIXELS, "Frames with more pixels are rejected (>= 1)."),
-    "max_compressed_bytes": Param(MAX_COMPRESSED_BYTES, "Compressed frames larger than this are rejected [B] (>= 1)."),
+    "top_k": Param(3, "Classes reported per frame.", low=1),
+    "max_image_pixels": Param(MAX_IMAGE_PIXELS, "Frames with more pixels are rejected.", low=1),
+    "max_compressed_bytes": Param(MAX_COMPRESSED_BYTES, "Compressed frames larger than this are rejected [B].", low=1),
     "safe_default_variant": Param(
         "", "Variant run before any selection arrives and after the selection timeout; empty: the fewest FLOPs."
     ),

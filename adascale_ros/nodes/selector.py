@@ -47,15 +47,17 @@ PARAMETERS: dict[str, Param] = {
     ),
     "budget_fraction_of_frame_period": Param(
         0.5,
-        "With latency_budget_ms 0: the budget is this fraction of the camera's measured frame period, in"
-        " [0, 1]; 0: no latency budget.",
+        "With latency_budget_ms 0: the budget is this fraction of the camera's measured frame period;"
+        " 0: no latency budget.",
+        low=0.0,
+        high=1.0,
     ),
     "energy_budget_mj": Param(0.0, "Energy budget E_b per inference [mJ]; 0: none; negative is rejected."),
-    "min_accuracy": Param(0.0, "Minimum validation accuracy Acc_min, in [0, 1]."),
-    "alpha": Param(1.0, "Weight of latency in J = alpha*L + beta*E [1/ms] (>= 0)."),
-    "beta": Param(0.0, "Weight of energy in J [1/mJ] (>= 0)."),
-    "dwell_s": Param(2.0, "An upgrade must stay available this long before it is taken [s] (>= 0)."),
-    "margin": Param(0.005, "An upgrade must beat the running variant's score by this much (>= 0)."),
+    "min_accuracy": Param(0.0, "Minimum validation accuracy Acc_min.", low=0.0, high=1.0),
+    "alpha": Param(1.0, "Weight of latency in J = alpha*L + beta*E [1/ms].", low=0.0),
+    "beta": Param(0.0, "Weight of energy in J [1/mJ].", low=0.0),
+    "dwell_s": Param(2.0, "An upgrade must stay available this long before it is taken [s].", low=0.0),
+    "margin": Param(0.005, "An upgrade must beat the running variant's score by this much.", low=0.0),
     "latency_headroom": Param(
         0.05, "A new choice must be predicted within (1 - this) x the latency budget, in [0, 1); kept up to it."
     ),
