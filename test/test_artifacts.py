@@ -137,3 +137,17 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert cli(["variants", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error" in err
+
+
+def test_the_cheapest_variant_is_the_fastest_one_that_classifies():
+    from adascale_ros.model.files import USEFUL_ACCURACY_SHARE, cheapest_variant
+
+    rows = [("e0:chance", 1, 0.10), ("e1:ok", 2, 0.86), ("e2:top", 3, 0.95)]
+    table = {"variants": [{"variant_id": v, "flops": f, "val_accuracy": a} for v, f, a in rows]}
+    assert cheapest_variant(table) == "e1:ok"  # the one branch that did not learn is never the safe default
+    robot = load_variant_table(REPO_ROOT / "models" / "lite0-fashion-mnist")["variants"]
+    chosen = next(r for r in robot if r["variant_id"] == cheapest_variant({"variants": robot}))
+    best = max(r["val_accuracy"] for r in robot)
+    assert chosen["val_accuracy"] >= USEFUL_ACCURACY_SHARE * best
+    assert all(r["flops"] >= chosen["flops"] for r in robot if r["val_accuracy"] >= USEFUL_ACCURACY_SHARE * best)
+    print(f"robot model's safe default: {chosen['variant_id']}, {chosen['val_accuracy']:.1%} on validation")

@@ -330,7 +330,7 @@ def test_follows_selections_and_publishes_an_overlay(ros_node, start_process, te
         i = next(frames)
         return harness.classify(harness.frame(i, camera_frame(images[i]))).variant_id
 
-    # Before any selection: the safe default (fewest FLOPs).
+    # Before any selection: the safe default (the cheapest variant that classifies).
     assert answer() == cheapest_variant(DEFAULT_TABLE)
     harness.select("e0:res")
     assert harness.spin_until(lambda: answer() == "e0:res", 5.0)

@@ -398,6 +398,20 @@ def test_latency_correction_tracks_a_quantile_of_the_measured_ratio():
         LatencyCorrection(window=10, tail_window=0)
 
 
+def test_forgetting_what_a_load_taught_returns_to_the_raw_predictions():
+    incidence = np.array([[1.0, 0.0], [1.0, 1.0]])
+    correction = LatencyCorrection(window=10, incidence=incidence, min_samples=5, variant_min_samples=3)
+    for _ in range(12):  # variant 1 under load: 3 ms over its prediction, and slow tails
+        correction.update(7.0, 4.0, 1)
+    loaded = correction.corrected(np.array([2.0, 4.0]))
+    assert loaded[1] >= 7.0 and loaded[0] > 2.0  # variant 0 shares the offset through its module
+    correction.forget_measured()
+    assert correction.ratio == 1.0 and not correction.measured_offsets
+    assert correction.corrected(np.array([2.0, 4.0])).tolist() == [2.0, 4.0]
+    correction.update(4.5, 4.0, 1)  # learning again from the next results
+    assert correction.updates == 13
+
+
 def test_the_tail_can_be_taken_over_more_results_than_the_offsets():
     correction = LatencyCorrection(window=10, quantile=0.9, min_samples=3, tail_window=40)
     for _ in range(40):

@@ -437,3 +437,33 @@ def test_a_variant_resolution_is_prepared_as_training_prepared_it():
         # OpenCV's and torch's bilinear enlargement agree to within a grey level or so.
         assert np.abs(x - expected).max() < 2.5 / 255 / LITE_STD[0]
     assert pre(digit, "mono8").shape == (1, 3, 224, 224)
+
+
+def test_inference_stats_say_what_is_missing_and_count_across_threads():
+    from adascale_ros.runtime.stats import ERROR, NO_FRAME_WARN_S, OK, WARN, InferenceStats, Situation
+
+    stats = InferenceStats(now_s=0.0)
+    waiting = Situation("e0:pre", "/camera/image_raw", selection_in_force=False, dropped=0)
+    level, message, _ = stats.status(NO_FRAME_WARN_S + 0.5, waiting)
+    assert level == WARN and message == "no camera frame on /camera/image_raw for 4 s"
+    threads = [
+        threading.Thread(target=lambda: [stats.frame_received(4.0 + i / 1e4) for i in range(500)]) for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats.frame_processed(5.0, early_exited=True, deadline_exited=False)
+    level, message, values = stats.status(5.0, waiting)
+    assert (level, message) == (WARN, "no selection yet: running the safe default e0:pre")
+    assert values["frames_received"] == 2000 and values["early_exits"] == 1 and values["latency_p50_ms"] == 5.0
+    running = Situation("e2:pre-pre-pre", "/camera/image_raw", selection_in_force=True, dropped=3)
+    level, message, values = stats.status(6.0, running)
+    assert (level, message, values["frames_dropped"]) == (OK, "running e2:pre-pre-pre", 3)
+    stats.frame_skipped("internal")  # the model failed and nothing was processed since the last status
+    level, message, values = stats.status(6.5, running)
+    assert level == ERROR and "fails on every frame" in message and values["skipped.internal"] == 1
+    stats.frame_skipped("decode")
+    stats.frame_processed(4.0, early_exited=False, deadline_exited=False)
+    level, message, _ = stats.status(7.0, running)
+    assert level == WARN and message.startswith("1 frames skipped")

@@ -72,7 +72,7 @@ def load_variant_table(directory: Path | str) -> dict[str, Any]:
 def reference_variants(table: dict[str, Any]) -> dict[str, str]:
     """The variants a benchmark or a calibration always measures: ``top`` (the most accurate on
     validation, the more FLOPs on a tie), ``largest`` (the most FLOPs, the more accurate on a tie: the
-    whole network) and ``fastest`` (the fewest FLOPs)."""
+    whole network) and ``fastest`` (``cheapest_variant``: the fewest FLOPs among those that classify)."""
     rows = table["variants"]
     if not rows:
         raise ModelLoadError("the variant table has no variants")
@@ -81,9 +81,18 @@ def reference_variants(table: dict[str, Any]) -> dict[str, str]:
     return {"top": top["variant_id"], "largest": largest["variant_id"], "fastest": cheapest_variant(table)}
 
 
+# A variant whose validation accuracy is below this share of the most accurate one's does not
+# classify (a generated branch that did not learn answers near chance): never a safe choice.
+USEFUL_ACCURACY_SHARE = 0.9
+
+
 def cheapest_variant(table: dict[str, Any]) -> str:
-    """The variant with the fewest FLOPs (ties: lowest id): the default safe choice under any load."""
+    """The variant with the fewest FLOPs (ties: lowest id) among those that classify, with at least
+    ``USEFUL_ACCURACY_SHARE`` of the most accurate one's validation accuracy: the default safe choice
+    under any load, and the fastest variant a benchmark measures."""
     rows = table["variants"]
     if not rows:
         raise ModelLoadError("the variant table has no variants")
-    return min(rows, key=lambda row: (row.get("flops", 0), row["variant_id"]))["variant_id"]
+    best = max(float(row.get("val_accuracy", 0.0)) for row in rows)
+    useful = [row for row in rows if float(row.get("val_accuracy", 0.0)) >= USEFUL_ACCURACY_SHARE * best]
+    return min(useful, key=lambda row: (row.get("flops", 0), row["variant_id"]))["variant_id"]

@@ -104,6 +104,56 @@ def validating_callback(
     return callback
 
 
+class AdascaleNode(Node):
+    """The start-up every adascale node shares.
+
+    The constructor declares the node's parameter table (``Param``, with its
+    descriptors), reads the values into ``settings`` and checks them with
+    ``check`` (a ``ValueError`` refuses to start). Once the subclass has built
+    its state it calls ``serve()``: from then on every parameter change is
+    validated as a whole and put into effect by ``apply`` (which raises
+    ``ValueError`` to refuse it), and ``diagnostic_status()`` is published on
+    /diagnostics at 1 Hz.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        parameters: Mapping[str, Param],
+        check: Callable[[dict[str, Any]], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(kind, **kwargs)
+        self.kind = kind
+        self.parameter_table = parameters
+        declare_parameters(self, parameters)
+        self.settings: dict[str, Any] = current_values(self, parameters)
+        if check is not None:
+            check(self.settings)
+
+    def model_dir(self) -> str:
+        """The ``model_dir`` parameter, or the embedded default model when it is empty."""
+        from adascale_ros.bringup import default_model_dir
+
+        return self.settings["model_dir"] or str(default_model_dir())
+
+    def serve(self) -> None:
+        self.add_on_set_parameters_callback(validating_callback(self, self.parameter_table, self._change))
+        self._diagnostics = DiagnosticsPublisher(self, self.kind, self.diagnostic_status)
+
+    def _change(self, values: dict[str, Any]) -> None:
+        self.apply(values)
+        self.settings = values  # a new dict: a thread reading the old one keeps a consistent snapshot
+
+    def apply(self, values: dict[str, Any]) -> None:
+        """Put a validated change into effect; raise ``ValueError`` to refuse it."""
+        raise NotImplementedError
+
+    def diagnostic_status(self) -> tuple[bytes, str, Mapping[str, Any]]:
+        """(level, message, values) of the node's status now."""
+        raise NotImplementedError
+
+
 # diagnostic_updater names a status "<node name>: <task>"; each adascale node has one task, named
 # after its part of AdaScale, so a status is ours whatever the node was renamed to.
 TASKS = {

@@ -26,34 +26,25 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from cv_bridge import CvBridge
-from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 
 from adascale_msgs.msg import ElasticClassification, VariantSelection
-from adascale_ros.bringup import default_model_dir
 from adascale_ros.model.files import card_input_shape, cheapest_variant, load_variant_table, read_model_card
 from adascale_ros.nodes.camera_subscription import CameraSubscription, check_reliability_setting
 from adascale_ros.nodes.common import (
-    ERROR,
-    OK,
-    WARN,
-    DiagnosticsPublisher,
+    AdascaleNode,
     Param,
-    current_values,
-    declare_parameters,
     latched_qos,
     spin_node,
-    validating_callback,
 )
 from adascale_ros.profiling.predictor import calibrated_threads
 from adascale_ros.runtime.engine import BACKENDS, ElasticEngine, Inference
-from adascale_ros.runtime.frames import FramePeriod, LatestSlot
+from adascale_ros.runtime.frames import LatestSlot
 from adascale_ros.runtime.images import (
     MAX_COMPRESSED_BYTES,
     MAX_IMAGE_PIXELS,
@@ -64,8 +55,7 @@ from adascale_ros.runtime.images import (
 )
 from adascale_ros.runtime.overlay import draw_overlay
 from adascale_ros.runtime.preprocess import Preprocessor
-
-NO_FRAME_WARN_S = 3.0  # a camera at 1 Hz or faster is never this quiet
+from adascale_ros.runtime.stats import InferenceStats, Situation
 
 PARAMETERS: dict[str, Param] = {
     "model_dir": Param("", "Model directory; empty: the embedded default model.", read_only=True),
@@ -99,7 +89,8 @@ PARAMETERS: dict[str, Param] = {
     "max_image_pixels": Param(MAX_IMAGE_PIXELS, "Frames with more pixels are rejected.", low=1),
     "max_compressed_bytes": Param(MAX_COMPRESSED_BYTES, "Compressed frames larger than this are rejected [B].", low=1),
     "safe_default_variant": Param(
-        "", "Variant run before any selection arrives and after the selection timeout; empty: the fewest FLOPs."
+        "",
+        "Run before any selection arrives and after the selection timeout; empty: the cheapest that classifies.",
     ),
     "selection_timeout_s": Param(
         3.0, "Without a valid selection for this long the safe default runs again [s] (>= 0; 0: never)."
@@ -141,13 +132,11 @@ def inference_threads(requested: int, model_dir: str) -> int:
     return requested or calibrated_threads(Path(model_dir)) or 1
 
 
-class ElasticInference(Node):
+class ElasticInference(AdascaleNode):
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__("elastic_inference", **kwargs)
-        declare_parameters(self, PARAMETERS)
-        values = current_values(self, PARAMETERS)
-        _validate(values)
-        model_dir = values["model_dir"] or str(default_model_dir())
+        super().__init__("elastic_inference", PARAMETERS, _validate, **kwargs)
+        values = self.settings
+        model_dir = self.model_dir()
         card = read_model_card(model_dir)
         self.labels = list(card["classes"])
         self.preprocess = Preprocessor.from_card(card)
@@ -159,27 +148,10 @@ class ElasticInference(Node):
         self.selection_load = math.nan
         self.latency_budget_ms = math.nan  # of the selection in force; NaN: none (no deadline)
         self._selection_at: float | None = None  # monotonic time of the last valid selection; None: none in force
-        self.settings = values
 
         self.bridge = CvBridge()
         self.slot: LatestSlot[Any] = LatestSlot()
-        self.frame_period = FramePeriod()
-        self.counts = {
-            "received": 0,
-            "processed": 0,
-            "early_exits": 0,
-            "deadline_exits": 0,
-            "selections_received": 0,
-            "rejected_selections": 0,
-            "selection_timeouts": 0,
-        }
-        self.errors: dict[str, int] = {}
-        self.latencies_ms: deque[float] = deque(maxlen=200)
-        self._rates_at = (time.monotonic(), 0, 0)
-        self._errors_reported = 0
-        self._internal_reported = 0
-        self._last_frame_at = time.monotonic()  # start-up counts as a frame: the camera gets a grace period
-        self._lock = threading.Lock()  # guards counts and errors between the two threads
+        self.stats = InferenceStats(time.monotonic())  # shared by the callbacks and the inference thread
 
         compressed = values["input"] == "compressed"
         self._image_sub = CameraSubscription(
@@ -198,8 +170,7 @@ class ElasticInference(Node):
         self._vision = vision_msgs_types()
         if self._vision is not None:
             self._vision_pub = self.create_publisher(self._vision[0], "~/vision_classification", 10)
-        self.add_on_set_parameters_callback(validating_callback(self, PARAMETERS, self._apply))
-        self._diagnostics = DiagnosticsPublisher(self, "elastic_inference", self._diagnostic_status)
+        self.serve()
         self._timeout_timer = self.create_timer(0.25, self._check_selection_timeout)
         self._worker = threading.Thread(target=self._work, name="inference", daemon=True)
         self._worker.start()
@@ -210,27 +181,21 @@ class ElasticInference(Node):
             f"input {self._image_sub.topic_name}"
         )
 
-    def _apply(self, values: dict[str, Any]) -> None:
+    def apply(self, values: dict[str, Any]) -> None:
         _validate(values)
-        self.settings = values
 
     # -- callbacks: never wait for a frame's inference (a switch warms its variant, about 1 ms) --
 
     def _on_image(self, msg: Any) -> None:
-        self._last_frame_at = time.monotonic()
-        with self._lock:
-            self.counts["received"] += 1
-            self.frame_period.add(self._last_frame_at)
+        self.stats.frame_received(time.monotonic())
         self.slot.put(msg)
 
     def _on_selection(self, msg: VariantSelection) -> None:
-        with self._lock:
-            self.counts["selections_received"] += 1
+        self.stats.count("selections_received")
         try:
             variant = self.engine.check_variant(msg.variant_id)
         except ValueError as exc:
-            with self._lock:
-                self.counts["rejected_selections"] += 1
+            self.stats.count("rejected_selections")
             self.get_logger().warning(f"ignored selection: {exc}; still running {self.variant}")
             return
         if variant != self.variant:
@@ -252,8 +217,7 @@ class ElasticInference(Node):
         )
         self.variant, self.selection_load, self._selection_at = self.safe_default, math.nan, None
         self.latency_budget_ms = math.nan
-        with self._lock:
-            self.counts["selection_timeouts"] += 1
+        self.stats.count("selection_timeouts")
 
     # -- the inference thread ------------------------------------------------------------------
 
@@ -270,8 +234,7 @@ class ElasticInference(Node):
                 self._count_error("internal", f"{type(exc).__name__}: {exc}")
 
     def _count_error(self, kind: str, message: str) -> None:
-        with self._lock:
-            self.errors[kind] = self.errors.get(kind, 0) + 1
+        self.stats.frame_skipped(kind)
         self.get_logger().warning(f"frame skipped ({kind}): {message}", throttle_duration_sec=2.0)
 
     @staticmethod
@@ -291,11 +254,7 @@ class ElasticInference(Node):
         result = self.engine.run(x, variant, threshold, deadline)
         latency_ms = (time.perf_counter() - start) * 1e3
         self._publish(msg.header, variant.id, result, latency_ms, int(settings["top_k"]))
-        with self._lock:
-            self.counts["processed"] += 1
-            self.counts["early_exits"] += result.early_exited
-            self.counts["deadline_exits"] += result.deadline_exited
-            self.latencies_ms.append(latency_ms)
+        self.stats.frame_processed(latency_ms, result.early_exited, result.deadline_exited)
         if self._overlay_pub.get_subscription_count() > 0:
             self._publish_overlay(msg.header, image, encoding, variant.id, result, latency_ms)
 
@@ -312,8 +271,7 @@ class ElasticInference(Node):
         stamp = stamp_ns(header.stamp)
         now_ns = self.get_clock().now().nanoseconds
         out.age_ms = (now_ns - stamp) / 1e6 if stamp > 0 else math.nan
-        with self._lock:
-            out.frame_period_ms = self.frame_period.period_ms()
+        out.frame_period_ms = self.stats.frame_period_ms()
         self._result_pub.publish(out)
         if self._vision is not None:
             classification, hypothesis = self._vision
@@ -338,46 +296,20 @@ class ElasticInference(Node):
 
     # -- diagnostics ---------------------------------------------------------------------------
 
-    def _diagnostic_status(self) -> tuple[bytes, str, dict[str, Any]]:
-        with self._lock:
-            counts, errors = dict(self.counts), dict(self.errors)
-            latencies = np.array(self.latencies_ms) if self.latencies_ms else None
-            period_ms = self.frame_period.period_ms()
-        counts["dropped"] = self.slot.dropped
+    def diagnostic_status(self) -> tuple[bytes, str, dict[str, Any]]:
         now = time.monotonic()
-        then, received_then, processed_then = self._rates_at
-        self._rates_at = (now, counts["received"], counts["processed"])
-        total_errors, internal = sum(errors.values()), errors.get("internal", 0)
-        new_errors, new_internal = total_errors - self._errors_reported, internal - self._internal_reported
-        self._errors_reported, self._internal_reported = total_errors, internal
-        silent_s = now - self._last_frame_at
-        if new_internal and counts["processed"] == processed_then:
-            level, message = ERROR, f"the model fails on every frame ({new_internal} since the last status)"
-        elif silent_s >= NO_FRAME_WARN_S:
-            level, message = WARN, f"no camera frame on {self._image_sub.topic_name} for {silent_s:.0f} s"
-        elif new_errors:
-            level, message = WARN, f"{new_errors} frames skipped: " + ", ".join(f"{k} {v}" for k, v in errors.items())
-        elif self._selection_at is None:
-            reason = "selection timed out" if counts["selection_timeouts"] else "no selection yet"
-            level, message = WARN, f"{reason}: running the safe default {self.variant}"
-        else:
-            level, message = OK, f"running {self.variant}"
+        in_force = self._selection_at is not None
+        situation = Situation(self.variant.id, self._image_sub.topic_name, in_force, self.slot.dropped)
+        level, message, counted = self.stats.status(now, situation)
         values: dict[str, Any] = {
             "variant": self.variant.id,
-            "selection_age_s": now - self._selection_at if self._selection_at is not None else math.nan,
+            "selection_age_s": now - self._selection_at if in_force else math.nan,
             "backend": self.settings["backend"],
             "threads": self.threads,
             "camera_reliability": self._image_sub.reliability.name.lower(),
-            "input_rate_hz": (counts["received"] - received_then) / (now - then),
-            "frame_period_ms": period_ms,
-            "processed_rate_hz": (counts["processed"] - processed_then) / (now - then),
-            "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies is not None else math.nan,
-            "latency_p95_ms": float(np.percentile(latencies, 95)) if latencies is not None else math.nan,
-            **{f"frames_{k}" if k in ("received", "processed", "dropped") else k: v for k, v in counts.items()},
-            "frames_skipped": total_errors,
-            **{f"skipped.{kind}": n for kind, n in errors.items()},
+            **counted,
         }
-        return level, message, values
+        return bytes([level]), message, values
 
     def destroy_node(self) -> None:
         # Also called for a node whose constructor failed half-way (rclpy destroys it when collected).

@@ -25,20 +25,15 @@ from statistics import median
 from typing import Any
 
 import numpy as np
-from rclpy.node import Node
 
 from adascale_msgs.msg import ElasticClassification, ResourceState, VariantProfileArray
-from adascale_ros.bringup import default_model_dir
 from adascale_ros.model.files import load_variant_table
 from adascale_ros.nodes.common import (
     OK,
     WARN,
-    DiagnosticsPublisher,
+    AdascaleNode,
     Param,
-    current_values,
-    declare_parameters,
     spin_node,
-    validating_callback,
 )
 from adascale_ros.profiling.predictor import LatencyCorrection, LatencyPredictor, device_fingerprint, latency_sample
 
@@ -46,6 +41,9 @@ from adascale_ros.profiling.predictor import LatencyCorrection, LatencyPredictor
 # of at least 3 (the first frame after a switch meets the variant's weights cold: a median of that
 # one result broke the budget of a variant the selector had just upgraded to), and only of recent
 # ones: what a variant measured before the load changed says nothing now.
+# A load index this far below the highest since the last reset means the load has ended (a load
+# step comes and goes by more): what the correction learnt under it is forgotten.
+LOAD_DROP = 0.25
 MEASURED_WINDOW = 5
 MEASURED_MIN_RESULTS = 3
 MEASURED_MAX_AGE_S = 2.0
@@ -54,21 +52,30 @@ PARAMETERS: dict[str, Param] = {
     "model_dir": Param(
         "", "Model directory with variants.json and profiler/ (adascale calibrate); empty: the default.", read_only=True
     ),
-    "max_rate_hz": Param(5.0, "Profiles are published at most this often [Hz], in (0, 100]."),
+    "max_rate_hz": Param(5.0, "Profiles are published at most this often [Hz], above 0.", low=0.0, high=100.0),
     "publish_forecast": Param(True, "Also publish the profile at the forecast load when it is known."),
     "correction_window": Param(
         30,
-        "Results each variant's offset is the median of (>= 0; 0: no correction).",
+        "Results each variant's offset is the median of; 0: no correction.",
         read_only=True,
+        low=0,
     ),
     "correction_tail_window": Param(
-        100, "Results the tail (the quantile of measured / corrected prediction) is taken over (>= 1).", read_only=True
+        100,
+        "Results the tail (the quantile of measured / corrected prediction) is taken over.",
+        read_only=True,
+        low=1,
     ),
     "correction_quantile": Param(
-        0.9, "Quantile of those ratios applied, in [0, 1]: predictions then describe that latency quantile."
+        0.9,
+        "Quantile of those ratios applied: predictions then describe that latency quantile.",
+        low=0.0,
+        high=1.0,
     ),
     "state_timeout_s": Param(
-        2.0, "A resource state older than this is stale: predictions continue at it, flagged in diagnostics [s] (> 0)."
+        2.0,
+        "A resource state older than this is stale: predictions continue at it, flagged in diagnostics [s], above 0.",
+        low=0.0,
     ),
     "resource_aware": Param(
         True,
@@ -110,13 +117,12 @@ def state_of(msg: ResourceState) -> np.ndarray:
     return np.array([cpu, load, *readings])
 
 
-class Profiler(Node):
+class Profiler(AdascaleNode):
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__("profiler", **kwargs)
-        declare_parameters(self, PARAMETERS)
-        values = current_values(self, PARAMETERS)
+        super().__init__("profiler", PARAMETERS, _validate, **kwargs)
+        values = self.settings
         _validate(values)
-        model_dir = values["model_dir"] or str(default_model_dir())
+        model_dir = self.model_dir()
         table = load_variant_table(model_dir)
         self.predictor = LatencyPredictor.load(model_dir)
         self.warnings = self.predictor.check_against(table, device_fingerprint())
@@ -146,6 +152,8 @@ class Profiler(Node):
         self._forecast = math.nan
         self._last_state_s = -math.inf
         self.counts = {"states": 0, "states_rejected": 0, "results": 0, "results_rejected": 0, "profiles": 0}
+        self.counts["corrections_reset"] = 0  # load drops that ended what the correction had learnt
+        self._load_peak = 0.0  # the highest load index since the correction was last reset
         self.last_error = ""
         self._predict_ms: deque[float] = deque(maxlen=200)
 
@@ -153,8 +161,7 @@ class Profiler(Node):
         self.create_subscription(ResourceState, "~/resource_state", self._on_state, 10)
         self.create_subscription(ElasticClassification, "~/classification", self._on_result, 10)
         self._timer = self.create_timer(1.0 / float(values["max_rate_hz"]), self._publish_profiles)
-        self.add_on_set_parameters_callback(validating_callback(self, PARAMETERS, self._apply))
-        self._diagnostics = DiagnosticsPublisher(self, "profiler", self._diagnostic_status)
+        self.serve()
         self.get_logger().info(
             f"{len(rows)} variants from {model_dir}; predictors: {self.predictor.mode} sum of "
             f"{', '.join(f'{k}={r.family}' for k, r in self.predictor.regressors.items())}; "
@@ -179,7 +186,7 @@ class Profiler(Node):
     def _now_s(self) -> float:
         return self.get_clock().now().nanoseconds / 1e9
 
-    def _apply(self, values: dict[str, Any]) -> None:
+    def apply(self, values: dict[str, Any]) -> None:
         _validate(values)
         self.correction.quantile = float(values["correction_quantile"])
         self.publish_forecast = bool(values["publish_forecast"])
@@ -199,9 +206,18 @@ class Profiler(Node):
             self.get_logger().warning(self.last_error, throttle_duration_sec=5.0)
             return
         self._state = state
+        if self.resource_aware:  # the reactive mode (AdaptiveNet's monitor alone) senses no load
+            self._follow_load(float(state[1]))
         forecast = float(msg.load_index_forecast)
         self._forecast = forecast if math.isfinite(forecast) and 0.0 <= forecast <= 1.0 else math.nan
         self._last_state_s = self._now_s()
+
+    def _follow_load(self, load: float) -> None:
+        self._load_peak = max(self._load_peak, load)
+        if self._load_peak - load > LOAD_DROP:
+            self.correction.forget_measured()
+            self.counts["corrections_reset"] += 1
+            self._load_peak = load
 
     def _on_result(self, msg: ElasticClassification) -> None:
         self.counts["results"] += 1
@@ -277,7 +293,7 @@ class Profiler(Node):
             if not fresh:
                 del self._recent[index]
 
-    def _diagnostic_status(self) -> tuple[bytes, str, dict[str, Any]]:
+    def diagnostic_status(self) -> tuple[bytes, str, dict[str, Any]]:
         age = self._now_s() - self._last_state_s
         if self.resource_aware and self.counts["states"] == 0:
             level, message = WARN, "no resource state yet: nothing published"

@@ -15,18 +15,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from rclpy.node import Node
-
 from adascale_msgs.msg import ResourceState
 from adascale_ros.nodes.common import (
     OK,
     WARN,
-    DiagnosticsPublisher,
+    AdascaleNode,
     Param,
-    current_values,
-    declare_parameters,
     spin_node,
-    validating_callback,
 )
 from adascale_ros.resources import (
     ARForecaster,
@@ -37,14 +32,14 @@ from adascale_ros.resources import (
 )
 
 PARAMETERS: dict[str, Param] = {
-    "rate_hz": Param(10.0, "Sampling and publishing rate [Hz], in (0, 100]."),
+    "rate_hz": Param(10.0, "Sampling and publishing rate [Hz], above 0.", low=0.0, high=100.0),
     "frame_id": Param("", "frame_id written into every ResourceState header."),
     "cpu_weight": Param(0.5, "Weight of CPU utilisation in the load index.", low=0.0),
     "gpu_weight": Param(0.3, "Weight of GPU utilisation in the load index.", low=0.0),
     "memory_weight": Param(0.2, "Weight of memory utilisation in the load index.", low=0.0),
     "forecast_order": Param(3, "Order p of the autoregressive load forecaster.", low=1),
     "forecast_window": Param(300, "Samples in the forecaster's sliding fit window (>= 2p + 2)."),
-    "forecast_horizon_s": Param(1.0, "How far ahead the load index is forecast [s] (> 0)."),
+    "forecast_horizon_s": Param(1.0, "How far ahead the load index is forecast [s], above 0.", low=0.0),
     "proc_root": Param("/proc", "Where procfs is mounted.", read_only=True),
     "sys_root": Param("/sys", "Where sysfs is mounted.", read_only=True),
     "use_nvml": Param(True, "Read NVIDIA GPUs through NVML when a driver is present.", read_only=True),
@@ -87,11 +82,10 @@ def to_message(sample: ResourceSample, msg: ResourceState) -> ResourceState:
     return msg
 
 
-class ResourceMonitor(Node):
+class ResourceMonitor(AdascaleNode):
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__("resource_monitor", **kwargs)
-        declare_parameters(self, PARAMETERS)
-        values = current_values(self, PARAMETERS)
+        super().__init__("resource_monitor", PARAMETERS, **kwargs)
+        values = self.settings
         period = _period(values)
         self.sampler = ResourceSampler(
             weights=_weights(values),
@@ -108,14 +102,13 @@ class ResourceMonitor(Node):
         self._errors_reported = 0
         self._pub = self.create_publisher(ResourceState, "~/state", 10)
         self._timer = self.create_timer(period, self._tick)
-        self.add_on_set_parameters_callback(validating_callback(self, PARAMETERS, self._apply))
-        self._diagnostics = DiagnosticsPublisher(self, "resource_monitor", self._diagnostic_status)
+        self.serve()
         found = ", ".join(name for name, ok in self.sampler.sources.items() if ok) or "none"
         self.get_logger().info(
             f"publishing {self._pub.topic_name} at {1 / period:g} Hz; optional sensors found: {found}"
         )
 
-    def _apply(self, values: dict[str, Any]) -> None:
+    def apply(self, values: dict[str, Any]) -> None:
         period = _period(values)
         weights = _weights(values)
         forecaster = _forecaster(values)
@@ -140,7 +133,7 @@ class ResourceMonitor(Node):
         self._last_sample = sample
         self.samples_published += 1
 
-    def _diagnostic_status(self) -> tuple[bytes, str, dict[str, Any]]:
+    def diagnostic_status(self) -> tuple[bytes, str, dict[str, Any]]:
         errors = sum(self.sampler.errors.values())
         new_errors = errors - self._errors_reported
         self._errors_reported = errors

@@ -20,21 +20,15 @@ from collections import deque
 from statistics import median
 from typing import Any
 
-from rclpy.node import Node
-
 from adascale_msgs.msg import VariantProfileArray, VariantSelection
-from adascale_ros.bringup import default_model_dir
 from adascale_ros.model.files import cheapest_variant, load_variant_table
 from adascale_ros.nodes.common import (
     OK,
     WARN,
-    DiagnosticsPublisher,
+    AdascaleNode,
     Param,
-    current_values,
-    declare_parameters,
     latched_qos,
     spin_node,
-    validating_callback,
 )
 from adascale_ros.selection.selector import Profile, Selection, SelectorConfig, VariantSelector
 from adascale_ros.selection.tables import VariantTables
@@ -42,9 +36,7 @@ from adascale_ros.selection.tables import VariantTables
 PARAMETERS: dict[str, Param] = {
     "model_dir": Param("", "Model directory with variants.json; empty: the embedded default model.", read_only=True),
     "objective": Param("max_accuracy", "max_accuracy (best accuracy within budgets) or min_cost (eq. 7: min J)."),
-    "latency_budget_ms": Param(
-        0.0, "Latency budget T [ms]; 0: budget_fraction_of_frame_period decides; negative is rejected."
-    ),
+    "latency_budget_ms": Param(0.0, "Latency budget T [ms]; 0: budget_fraction_of_frame_period decides.", low=0.0),
     "budget_fraction_of_frame_period": Param(
         0.5,
         "With latency_budget_ms 0: the budget is this fraction of the camera's measured frame period;"
@@ -52,7 +44,7 @@ PARAMETERS: dict[str, Param] = {
         low=0.0,
         high=1.0,
     ),
-    "energy_budget_mj": Param(0.0, "Energy budget E_b per inference [mJ]; 0: none; negative is rejected."),
+    "energy_budget_mj": Param(0.0, "Energy budget E_b per inference [mJ]; 0: none.", low=0.0),
     "min_accuracy": Param(0.0, "Minimum validation accuracy Acc_min.", low=0.0, high=1.0),
     "alpha": Param(1.0, "Weight of latency in J = alpha*L + beta*E [1/ms].", low=0.0),
     "beta": Param(0.0, "Weight of energy in J [1/mJ].", low=0.0),
@@ -62,8 +54,12 @@ PARAMETERS: dict[str, Param] = {
         0.05, "A new choice must be predicted within (1 - this) x the latency budget, in [0, 1); kept up to it."
     ),
     "use_forecast": Param(True, "Act on the forecast-load profile when it predicts a higher load than the current."),
-    "profile_timeout_s": Param(2.0, "Profiles older than this are stale (kept, flagged in diagnostics) [s] (> 0)."),
-    "safe_default_variant": Param("", "Variant published before any profile; empty: the one with the fewest FLOPs."),
+    "profile_timeout_s": Param(
+        2.0, "Profiles older than this are stale (kept, flagged in diagnostics) [s], above 0.", low=0.0
+    ),
+    "safe_default_variant": Param(
+        "", "Variant published before any profile; empty: the cheapest variant that classifies."
+    ),
     "republish_period_s": Param(
         1.0, "The selection in force is published again this often [s] (>= 0; 0: only on change).", read_only=True
     ),
@@ -86,16 +82,15 @@ def to_message(selection: Selection, msg: VariantSelection) -> VariantSelection:
     return msg
 
 
-class Selector(Node):
+class Selector(AdascaleNode):
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__("selector", **kwargs)
-        declare_parameters(self, PARAMETERS)
-        values = current_values(self, PARAMETERS)
+        super().__init__("selector", PARAMETERS, **kwargs)
+        values = self.settings
         config = SelectorConfig.from_values(values)
         republish_s = float(values["republish_period_s"])
         if not (math.isfinite(republish_s) and republish_s >= 0.0):
             raise ValueError(f"republish_period_s must be >= 0 (0: only on change), got {republish_s}")
-        model_dir = values["model_dir"] or str(default_model_dir())
+        model_dir = self.model_dir()
         table = load_variant_table(model_dir)
         tables = VariantTables.from_variant_table(table)
         safe_default = values["safe_default_variant"] or cheapest_variant(table)
@@ -109,8 +104,7 @@ class Selector(Node):
         self._logged: Selection | None = None
         self._pub = self.create_publisher(VariantSelection, "~/selection", latched_qos())
         self._sub = self.create_subscription(VariantProfileArray, "~/profiles", self._on_profiles, 10)
-        self.add_on_set_parameters_callback(validating_callback(self, PARAMETERS, self._apply))
-        self._diagnostics = DiagnosticsPublisher(self, "selector", self._diagnostic_status)
+        self.serve()
         self._publish(self.core.in_force)
         if republish_s > 0.0:
             self._republish_timer = self.create_timer(republish_s, lambda: self._publish(self.core.in_force))
@@ -122,7 +116,7 @@ class Selector(Node):
     def _now_s(self) -> float:
         return self.get_clock().now().nanoseconds / 1e9
 
-    def _apply(self, values: dict[str, Any]) -> None:
+    def apply(self, values: dict[str, Any]) -> None:
         config = SelectorConfig.from_values(values)  # raises with the reason when invalid
         selection = self.core.reconfigure(config, self._now_s())
         if selection is not None:
@@ -172,7 +166,7 @@ class Selector(Node):
             self._logged = selection
             self.get_logger().info(f"selected {msg.variant_id}: {msg.reason}")
 
-    def _diagnostic_status(self) -> tuple[bytes, str, dict[str, Any]]:
+    def diagnostic_status(self) -> tuple[bytes, str, dict[str, Any]]:
         now = self._now_s()
         selection = self.core.in_force
         latest = self.core.last_profile_s()

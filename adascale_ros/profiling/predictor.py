@@ -436,6 +436,22 @@ class LatencyCorrection:
                 self._refit = True
         return True
 
+    def forget_measured(self) -> None:
+        """Drop every variant's own offset and the tail: the load they were learnt under has ended.
+
+        Offsets and ratios measured under a heavy load price every variant as if that load went on
+        (the transferred offsets are fitted to them too), so after the load the most accurate
+        variant looked over the budget until each offset aged out, which took a minute. From here
+        the raw predictions stand until the variants run again.
+        """
+        self.samples.clear()
+        self.ratio = 1.0
+        self._own.clear()
+        self._last_update.clear()
+        if self.measured_offsets:
+            self.measured_offsets.clear()
+            self._refit = True
+
     def _expire(self) -> None:
         """Forget the offsets of variants without a result in the last ``offset_max_age`` updates."""
         oldest = self.updates - self.offset_max_age

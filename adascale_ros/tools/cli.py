@@ -332,6 +332,19 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_results_table(args: argparse.Namespace) -> int:
+    import json
+
+    from adascale_ros.tools.scoring import results_table
+
+    try:
+        report = json.loads(args.report.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{args.report}: not an evaluation report ({exc})") from exc
+    print(results_table(report, args.report))
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
     from dataclasses import replace
@@ -784,6 +797,12 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("trace", help="a trace YAML, or a shipped one: steady, step, bursty, ramp")
     load.add_argument("--loop", action="store_true", help="start over at the end, until Ctrl-C")
     load.set_defaults(func=_cmd_load)
+
+    table = sub.add_parser(
+        "results-table", help="the results table of a saved evaluation report, as the README shows it"
+    )
+    table.add_argument("report", type=Path, help="an evaluation.json written by adascale evaluate")
+    table.set_defaults(func=_cmd_results_table)
 
     evl = sub.add_parser("evaluate", help="replay a camera bag under a load trace once per policy and score it")
     evl.add_argument(

@@ -16,7 +16,8 @@ Policies
   static-top       the most accurate variant (validation), always: what one would deploy
                    without adaptation
   static-mid       the most accurate variant of the middle exit, always
-  static-smallest  the variant with the fewest FLOPs, always
+  static-smallest  the cheapest variant that classifies (fewest FLOPs, accuracy at least 90 %
+                   of the top's), always
                    (static: no confidence early exit either; the two
                    adaptive policies run the inference node's configured one)
   oracle           per frame in hindsight: the most accurate variant whose measured

@@ -500,6 +500,21 @@ def markdown_table(metrics: Mapping[str, Mapping[str, Any]], variants: Mapping[s
     return "\n".join(rows)
 
 
+def results_table(report: Mapping[str, Any], source: Path | str) -> str:
+    """The README's results: the pooled table of a saved report, what it was measured on, its targets."""
+    config = report["config"]
+    runs = config.get("repeats", 1)
+    lines = [
+        f"Trace `{config['trace']}`, {runs} run{'s' if runs > 1 else ''} per policy pooled, deadline"
+        f" {budget_text(config)} ({config.get('budget_source', 'given')}); from `{source}`.",
+        "",
+        markdown_table(report["policies"], report["variants"]),
+        "",
+        *(f"- [{'x' if t['passed'] else ' '}] {target_line(t)}" for t in report["targets"]),
+    ]
+    return "\n".join(lines)
+
+
 def target_line(target: Mapping[str, Any]) -> str:
     """One target's result, pooled, and in how many repeats it was met."""
     line = f"{target['name']}: {target['measured']}"
