@@ -188,7 +188,8 @@ class VariantSelector:
             if follows_camera
             else budgets.latency_ms == old.latency_ms
         )
-        if same:
+        fixed_before = self.in_force.budget_source == "latency_budget_ms"
+        if same and fixed_before == (source == "latency_budget_ms"):
             return old, self.in_force.budget_source, False
         return budgets, source, True
 
