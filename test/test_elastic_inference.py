@@ -348,7 +348,7 @@ def test_follows_selections_and_publishes_an_overlay(ros_node, start_process, te
 def test_diagnostics_level_says_what_is_missing(ros_node, start_process, test_images):
     from diagnostic_msgs.msg import DiagnosticStatus
 
-    from adascale_ros.nodes.elastic_inference import NO_FRAME_WARN_S
+    from adascale_ros.runtime.stats import NO_FRAME_WARN_S
 
     images, _ = test_images
     harness = InferenceHarness(ros_node, start_process)

@@ -161,3 +161,7 @@ def test_invalid_params_file_refuses_to_start_with_the_reason(tmp_path, start_pr
     out, _ = monitor.communicate(timeout=20)
     assert monitor.returncode == 2
     assert "rate_hz must be in" in out
+    # A value outside a parameter's range is refused by rclpy at declaration: one line, no traceback.
+    monitor = start_process(["-m", MODULE, "--ros-args", "-p", "cpu_weight:=-1.0"])
+    out, _ = monitor.communicate(timeout=20)
+    assert monitor.returncode == 2 and "cpu_weight out of range" in out and "Traceback" not in out

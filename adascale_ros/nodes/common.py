@@ -50,6 +50,16 @@ class Param:
     low: float | None = None
     high: float | None = None
 
+    def bounds(self) -> str:
+        """The range in words, e.g. "must be in [0, 1]"; the type when the parameter has no range."""
+        if self.low is not None and self.high is not None:
+            return f"must be in [{self.low:g}, {self.high:g}]"
+        if self.low is not None:
+            return f"must be >= {self.low:g}"
+        if self.high is not None:
+            return f"must be <= {self.high:g}"
+        return f"must be a {type(self.default).__name__}"
+
     def descriptor(self) -> ParameterDescriptor:
         descriptor = ParameterDescriptor(description=self.description, read_only=self.read_only)
         if self.low is None and self.high is None:
@@ -68,8 +78,13 @@ class Param:
 
 
 def declare_parameters(node: Node, params: Mapping[str, Param]) -> None:
+    """Declare every parameter with its descriptor; ``ValueError`` naming the first whose given value is
+    outside its range or of the wrong type."""
     for name, spec in params.items():
-        node.declare_parameter(name, spec.default, spec.descriptor())
+        try:
+            node.declare_parameter(name, spec.default, spec.descriptor())
+        except ParameterException as exc:
+            raise ValueError(f"{name} {spec.bounds()}: {exc}") from None
 
 
 def latched_qos() -> QoSProfile:
