@@ -151,8 +151,9 @@ class Profiler(AdascaleNode):
         self._state: np.ndarray | None = None  # the latest valid resource state, kept when states stop
         self._forecast = math.nan
         self._last_state_s = -math.inf
-        self.counts = {"states": 0, "states_rejected": 0, "results": 0, "results_rejected": 0, "profiles": 0}
-        self.counts["corrections_reset"] = 0  # load drops that ended what the correction had learnt
+        # corrections_reset: load drops that ended what the correction had learnt
+        names = ("states", "states_rejected", "results", "results_rejected", "profiles", "corrections_reset")
+        self.counts = dict.fromkeys(names, 0)
         self._load_peak = 0.0  # the highest load index since the correction was last reset
         self.last_error = ""
         self._predict_ms: deque[float] = deque(maxlen=200)

@@ -26,6 +26,9 @@ from adascale_ros.selection.tables import VariantTables
 # A latency budget from the camera within this fraction of the one in force is the same budget.
 BUDGET_TOLERANCE = 0.05
 
+# The budget source of a configured latency budget (the others name the camera or say there is none).
+FIXED_BUDGET = "latency_budget_ms"
+
 # Parameters whose value 0 means "no budget".
 _BUDGETS = ("latency_budget_ms", "energy_budget_mj")
 
@@ -83,7 +86,7 @@ class SelectorConfig:
         """The budgets in force given the camera's frame period (NaN: unknown), and where the latency
         budget came from."""
         if math.isfinite(self.budgets.latency_ms):
-            return self.budgets, "latency_budget_ms"
+            return self.budgets, FIXED_BUDGET
         fraction = self.budget_fraction_of_frame_period
         if fraction == 0.0:
             return self.budgets, "none"
@@ -181,15 +184,12 @@ class VariantSelector:
             (p for p in (self.current, self.forecast) if p is not None), key=lambda p: p.received_s, default=None
         )
         budgets, source = self.config.budgets_for(newest.frame_period_ms if newest else math.nan)
-        old = self.in_force.budgets
-        follows_camera = math.isinf(self.config.budgets.latency_ms)
-        same = (budgets.energy_mj, budgets.min_accuracy) == (old.energy_mj, old.min_accuracy) and (
-            _same_latency(budgets.latency_ms, old.latency_ms)
-            if follows_camera
-            else budgets.latency_ms == old.latency_ms
+        old, fixed = self.in_force.budgets, source == FIXED_BUDGET
+        same_latency = (
+            budgets.latency_ms == old.latency_ms if fixed else _same_latency(budgets.latency_ms, old.latency_ms)
         )
-        fixed_before = self.in_force.budget_source == "latency_budget_ms"
-        if same and fixed_before == (source == "latency_budget_ms"):
+        same = (budgets.energy_mj, budgets.min_accuracy) == (old.energy_mj, old.min_accuracy) and same_latency
+        if same and fixed == (self.in_force.budget_source == FIXED_BUDGET):
             return old, self.in_force.budget_source, False
         return budgets, source, True
 

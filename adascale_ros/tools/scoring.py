@@ -276,6 +276,15 @@ def pooled_metrics(
     return pooled
 
 
+def phase_indices(outcomes: Sequence[FrameOutcome], phases: Sequence[tuple[float, int]]) -> list[int]:
+    """The trace phase each frame was published in: the one that had begun by then (the first phase
+    for frames before any change)."""
+    if not phases:
+        return [0] * len(outcomes)
+    starts = np.array([t for t, _ in phases])
+    return [phases[_latest_at(starts, o.t_s)][1] for o in outcomes]
+
+
 def phase_metrics(
     runs: Sequence[tuple[Sequence[FrameOutcome], Sequence[tuple[float, int]], float]],
 ) -> dict[str, dict[str, Any]]:
@@ -289,9 +298,7 @@ def phase_metrics(
     by_phase: dict[int, list[FrameOutcome]] = {}
     late: dict[int, int] = {}
     for outcomes, phases, budget_ms in runs:
-        starts = np.array([t for t, _ in phases])
-        for o in outcomes:
-            index = phases[_latest_at(starts, o.t_s)][1] if phases else 0
+        for o, index in zip(outcomes, phase_indices(outcomes, phases), strict=True):
             by_phase.setdefault(index, []).append(o)
             late[index] = late.get(index, 0) + _late([o], budget_ms)
     result = {}
@@ -308,18 +315,15 @@ def phase_metrics(
 TOP_ACCURACY_SLACK = 0.005
 
 
-def phase_of(outcome: FrameOutcome, phases: Sequence[tuple[float, int]]) -> int:
-    """The trace phase that had begun when the frame was published (the first before any change)."""
-    starts = [t for t, _ in phases]
-    return phases[_latest_at(np.array(starts), outcome.t_s)][1] if phases else 0
-
-
 def group_metrics(
     runs: Sequence[tuple[Sequence[FrameOutcome], Sequence[tuple[float, int]], float]], indices: set[int]
 ) -> dict[str, Any]:
     """Accuracy, misses and frames of one policy over the frames of the phases ``indices`` (e.g. every
     idle phase), pooled over ``runs`` of (outcomes, phase changes, budget)."""
-    chosen = [[o for o in outcomes if phase_of(o, phases) in indices] for outcomes, phases, _ in runs]
+    chosen = [
+        [o for o, index in zip(outcomes, phase_indices(outcomes, phases), strict=True) if index in indices]
+        for outcomes, phases, _ in runs
+    ]
     m = policy_metrics([o for run in chosen for o in run], math.inf, 0.0)
     late = sum(_late(run, budget) for run, (_, _, budget) in zip(chosen, runs, strict=True))
     m = _with_misses(m, late)
