@@ -41,7 +41,7 @@ setup(
             "profiler = adascale_ros.nodes.entry:profiler",
             "selector = adascale_ros.nodes.entry:selector",
             "elastic_inference = adascale_ros.nodes.entry:elastic_inference",
-            "adascale = adascale_ros.tools.cli:main",
+            "adascale = adascale_ros.cli.main:main",
         ],
     },
 )

@@ -7,7 +7,7 @@ use_sim_time:=true also plays the bag's /clock (ros2 bag play --clock). The
 labels topic of an `adascale make-bag` bag is played too (it needs adascale_msgs).
 """
 
-from adascale_ros.launch_support import replay_launch_description
+from adascale_ros.graph.launch_support import replay_launch_description
 
 
 def generate_launch_description():  # noqa: ANN201 - launch.LaunchDescription

@@ -6,7 +6,7 @@ The arguments are those of adascale.launch.py; only camera_topic's default diffe
 relative: with namespace:=robot1 (or under PushRosNamespace) the nodes read /robot1/oakd/rgb/preview/image_raw.
 """
 
-from adascale_ros.launch_support import graph_launch_description
+from adascale_ros.graph.launch_support import graph_launch_description
 
 
 def generate_launch_description():  # noqa: ANN201 - launch.LaunchDescription

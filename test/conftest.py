@@ -62,7 +62,7 @@ def subscribe_diagnostics(node, node_name: str) -> list:
     """Collect, in the returned list, every /diagnostics status the named adascale node publishes."""
     from diagnostic_msgs.msg import DiagnosticArray
 
-    from adascale_ros.nodes.common import status_name
+    from adascale_ros.nodes.diagnostics import status_name
 
     statuses: list = []
     wanted = status_name(node_name)
@@ -115,7 +115,7 @@ def write_robot_recording(out: Path, frames, rate_hz: float, storage: str = "MCA
     import yaml
     from rosbags.rosbag2 import StoragePlugin, Writer
 
-    from adascale_ros.tools.bags import IMAGE, typestore
+    from adascale_ros.harness.bags import IMAGE, typestore
 
     store = typestore()
     header, stamp, image = (

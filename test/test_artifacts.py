@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
-from adascale_ros.model.artifacts import ModelLoadError, load_model
-from adascale_ros.model.files import load_variant_table
+from adascale_ros.cli.main import main as cli
+from adascale_ros.model.directory import load_variant_table
 from adascale_ros.model.pipeline import TrainRunConfig, reevaluate, train_model
-from adascale_ros.tools.cli import main as cli
+from adascale_ros.model.saved_model import ModelLoadError, load_model
 
 pytestmark = pytest.mark.skipif(
     not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed"
@@ -140,7 +140,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_the_cheapest_variant_is_the_fastest_one_that_classifies():
-    from adascale_ros.model.files import USEFUL_ACCURACY_SHARE, cheapest_variant
+    from adascale_ros.model.directory import USEFUL_ACCURACY_SHARE, cheapest_variant
 
     rows = [("e0:chance", 1, 0.10), ("e1:ok", 2, 0.86), ("e2:top", 3, 0.95)]
     table = {"variants": [{"variant_id": v, "flops": f, "val_accuracy": a} for v, f, a in rows]}

@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 from conftest import rosbags_qos, spin_until, write_robot_recording
 
-from adascale_ros.model.datasets import UNLABELLED, DatasetSpec, load_splits
-from adascale_ros.runtime.preprocess import shrink_by_area
-from adascale_ros.tools.bags import (
+from adascale_ros.harness.bags import (
     FRAME_LABEL,
     IMAGE,
     LABELS_TOPIC,
@@ -32,6 +30,8 @@ from adascale_ros.tools.bags import (
     schedule,
     typestore,
 )
+from adascale_ros.model.datasets import UNLABELLED, DatasetSpec, load_splits
+from adascale_ros.runtime.preprocess import shrink_by_area
 
 FRAMES = 20
 
@@ -164,7 +164,7 @@ def test_adascale_replay_publishes_the_bag_over_dds(bag, ros_node, start_process
     ros_node.create_subscription(Image, "/camera/image_raw", frames.append, 50)
     ros_node.create_subscription(FrameLabel, LABELS_TOPIC, labels.append, 50)
     ros_node.create_subscription(Clock, "/clock", clock.append, qos_profile_sensor_data)
-    proc = start_process(["-m", "adascale_ros.tools.cli", "replay", str(bag), "--rate", "2", "--loop", "--clock"])
+    proc = start_process(["-m", "adascale_ros.cli.main", "replay", str(bag), "--rate", "2", "--loop", "--clock"])
     assert spin_until(ros_node, lambda: len(frames) >= FRAMES and len(labels) >= FRAMES, 30), proc.poll()
     recorded = BagSpec().start_ns, BagSpec().start_ns + FRAMES * 50_000_000
     clock_ns = [c.clock.sec * 10**9 + c.clock.nanosec for c in clock]
@@ -183,6 +183,6 @@ def test_adascale_replay_publishes_the_bag_over_dds(bag, ros_node, start_process
 
 
 def test_adascale_replay_refuses_a_bad_bag(tmp_path, start_process):
-    proc = start_process(["-m", "adascale_ros.tools.cli", "replay", str(tmp_path)])
+    proc = start_process(["-m", "adascale_ros.cli.main", "replay", str(tmp_path)])
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 2 and "not a rosbag2 bag" in out and "Traceback" not in out

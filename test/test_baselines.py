@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
-from adascale_ros.model.artifacts import load_model
 from adascale_ros.model.baselines import BASELINES, build_baseline, compare_training, run_baselines
 from adascale_ros.model.pipeline import TrainRunConfig, train_model
+from adascale_ros.model.saved_model import load_model
 
 needs_data = pytest.mark.skipif(
     not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed"

@@ -13,17 +13,11 @@ import pytest
 import yaml
 from conftest import REPO_ROOT, spin_until
 
-from adascale_ros.bringup import (
-    MODEL_DIR_VARIABLE,
-    MODEL_READERS,
-    default_model_dir,
-    default_params_file,
-    node_graph,
-    tiny_model_dir,
-)
-from adascale_ros.model.files import card_resolutions, read_model_card
+from adascale_ros.graph.definition import MODEL_READERS, node_graph
+from adascale_ros.graph.runner import unclean_exits
+from adascale_ros.model.directory import card_resolutions, read_model_card
+from adascale_ros.package_files import MODEL_DIR_VARIABLE, default_model_dir, default_params_file, tiny_model_dir
 from adascale_ros.profiling.predictor import LatencyPredictor, calibrated_threads
-from adascale_ros.tools.runner import unclean_exits
 
 
 def test_graph_nodes_are_runnable_and_configured():
@@ -98,7 +92,7 @@ def test_two_namespaced_graphs_on_one_domain_share_no_topic(ros_node, tmp_path):
     from sensor_msgs.msg import Image
 
     from adascale_msgs.msg import ElasticClassification
-    from adascale_ros.tools.runner import GraphProcesses
+    from adascale_ros.graph.runner import GraphProcesses
 
     robots = ("robot1", "robot2")
     graphs = [GraphProcesses(node_graph(namespace=r), default_params_file()) for r in robots]
@@ -190,7 +184,7 @@ def test_launch_files_build_the_same_graph(name):
 def test_adascale_run_shows_status_and_stops_cleanly(how, start_process):
     # Three nodes start (one imports torch and exports ONNX): on a loaded machine the
     # first status line can take several seconds, so signal only once it is shown.
-    args = ["-m", "adascale_ros.tools.cli", "run"] + (["--duration", "15"] if how == "duration" else [])
+    args = ["-m", "adascale_ros.cli.main", "run"] + (["--duration", "15"] if how == "duration" else [])
     runner = start_process(args, start_new_session=True)
     status = re.compile(r"^load \d\.\d\d \(forecast", re.MULTILINE)
     out = ""

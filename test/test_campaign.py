@@ -12,7 +12,7 @@ pytestmark = pytest.mark.ros
 def test_malformed_input_campaign_crashes_nothing_and_every_node_still_answers(tmp_path, start_process):
     # 3000 malformed messages (500 of each input type), then one valid message per node.
     campaign = start_process(
-        ["-m", "adascale_ros.tools.cli", "campaign", "--messages", "500", "--out", str(tmp_path), "--json"]
+        ["-m", "adascale_ros.cli.main", "campaign", "--messages", "500", "--out", str(tmp_path), "--json"]
     )
     out, _ = campaign.communicate(timeout=300)
     report = json.loads(out[out.index("{") :])

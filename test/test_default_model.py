@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
-from adascale_ros.model.artifacts import load_model
+from adascale_ros.model.directory import load_variant_table
 from adascale_ros.model.elastic import Variant
-from adascale_ros.model.files import load_variant_table
 from adascale_ros.model.pipeline import best_per_exit, reevaluate
+from adascale_ros.model.saved_model import load_model
 
 DEFAULT = REPO_ROOT / "models" / "default"
 

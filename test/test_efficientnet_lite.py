@@ -14,7 +14,7 @@ from adascale_ros.model.efficientnet_lite import (
     map_reference_state_dict,
     pretrained_weights_path,
 )
-from adascale_ros.runtime.onnx_modules import export_module
+from adascale_ros.model.onnx_export import export_module
 
 
 @pytest.fixture(scope="module")

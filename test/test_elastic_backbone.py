@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from adascale_ros.model.artifacts import load_model, save_model
 from adascale_ros.model.efficientnet_lite import efficientnet_lite
 from adascale_ros.model.elastic_backbone import BackboneConfig, ElasticBackbone, slim_block
 from adascale_ros.model.metrics import module_keys, module_table
+from adascale_ros.model.saved_model import load_model, save_model
 from adascale_ros.model.variant import Variant
 
 
@@ -141,11 +141,11 @@ def test_one_set_of_onnx_graphs_runs_every_resolution_as_torch_does(net):
 def test_calibration_times_every_module_at_every_resolution(net, tmp_path):
     import numpy as np
 
-    from adascale_ros.model.artifacts import LoadedModel
+    from adascale_ros.model.accuracy import Normalization
     from adascale_ros.model.backbone_pipeline import variant_table
-    from adascale_ros.model.evaluation import Normalization
-    from adascale_ros.profiling.calibrate import engine_calls
-    from adascale_ros.profiling.calibration import module_infos, variant_module_keys
+    from adascale_ros.model.saved_model import LoadedModel
+    from adascale_ros.profiling.calibration import engine_calls
+    from adascale_ros.profiling.measurement import module_infos, variant_module_keys
     from adascale_ros.runtime.engine import ElasticEngine
 
     card = {

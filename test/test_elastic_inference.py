@@ -15,12 +15,13 @@ import pytest
 import yaml
 from conftest import REPO_ROOT, subscribe_diagnostics
 
-from adascale_ros.bringup import CLASSIFICATION_TOPIC, default_params_file
+from adascale_ros.graph.definition import CLASSIFICATION_TOPIC
+from adascale_ros.harness.bags import camera_frame as bag_camera_frame
 from adascale_ros.model.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_idx_split
+from adascale_ros.model.directory import cheapest_variant, load_variant_table, reference_variants
 from adascale_ros.model.elastic import Variant
-from adascale_ros.model.files import cheapest_variant, load_variant_table, reference_variants
+from adascale_ros.package_files import default_params_file
 from adascale_ros.profiling.predictor import calibrated_threads
-from adascale_ros.tools.bags import camera_frame as bag_camera_frame
 
 pytestmark = pytest.mark.ros
 MODULE = "adascale_ros.nodes.elastic_inference"
@@ -59,7 +60,7 @@ class InferenceHarness:
         from sensor_msgs.msg import CompressedImage, Image
 
         from adascale_msgs.msg import ElasticClassification, VariantSelection
-        from adascale_ros.nodes.common import latched_qos
+        from adascale_ros.graph.definition import latched_qos
 
         args = [
             "-m",

@@ -13,10 +13,7 @@ from dataclasses import asdict, replace
 import pytest
 from conftest import REPO_ROOT, write_robot_recording
 
-from adascale_ros.bringup import default_params_file
-from adascale_ros.load.traces import LoadTrace, resolve_trace
-from adascale_ros.model.files import cheapest_variant, load_variant_table, reference_variants
-from adascale_ros.tools.evaluate import (
+from adascale_ros.harness.evaluation import (
     DEADLINE_FACTOR,
     EvaluationConfig,
     calibrated_deadline,
@@ -28,23 +25,23 @@ from adascale_ros.tools.evaluate import (
     score,
     static_variants,
 )
-from adascale_ros.tools.scoring import (
+from adascale_ros.harness.metrics import (
     FrameOutcome,
-    FrameRecord,
-    PolicyRun,
-    ResultRecord,
-    StateRecord,
     adaptation_times,
-    check_targets,
     frame_outcomes,
-    markdown_report,
     mean_node_cpu,
     oracle_outcomes,
     phase_metrics,
-    plot_report,
     policy_metrics,
     pooled_metrics,
 )
+from adascale_ros.harness.plots import plot_report
+from adascale_ros.harness.records import FrameRecord, PolicyRun, ResultRecord, StateRecord
+from adascale_ros.harness.report import markdown_report
+from adascale_ros.harness.targets import check_targets
+from adascale_ros.load.traces import LoadTrace, resolve_trace
+from adascale_ros.model.directory import cheapest_variant, load_variant_table, reference_variants
+from adascale_ros.package_files import default_params_file
 
 DEFAULT_MODEL = REPO_ROOT / "models" / "default"
 ROBOT_MODEL = REPO_ROOT / "models" / "lite0-fashion-mnist"
@@ -253,7 +250,7 @@ def test_static_variants_and_policy_graphs(tmp_path):
 
 
 def test_command_line_budgets(capsys):
-    from adascale_ros.tools.cli import build_parser
+    from adascale_ros.cli.main import build_parser
 
     parser = build_parser()
     with pytest.raises(SystemExit):
@@ -284,7 +281,7 @@ def test_the_default_deadline_comes_from_the_calibration_report_before_any_run(t
         [
             sys.executable,
             "-m",
-            "adascale_ros.tools.cli",
+            "adascale_ros.cli.main",
             "evaluate",
             "--bag",
             str(bag),
@@ -334,8 +331,8 @@ def test_image_stamp_is_read_from_serialized_frames():
 
 @pytest.fixture(scope="module")
 def small_bag(tmp_path_factory):
+    from adascale_ros.harness.bags import BagSpec, make_camera_bag
     from adascale_ros.model.datasets import DatasetSpec, load_splits
-    from adascale_ros.tools.bags import BagSpec, make_camera_bag
 
     test = load_splits(DatasetSpec(limit_train=100, limit_test=40)).test
     out = tmp_path_factory.mktemp("eval") / "bag"
@@ -346,8 +343,8 @@ def small_bag(tmp_path_factory):
 @pytest.fixture(scope="module")
 def robot_recording(tmp_path_factory):
     """40 Fashion-MNIST test images as a best-effort camera's 120 x 120 frames at 10 Hz, unlabelled, SQLite 3."""
+    from adascale_ros.harness.bags import camera_frame
     from adascale_ros.model.datasets import DatasetSpec, load_splits
-    from adascale_ros.tools.bags import camera_frame
 
     test = load_splits(DatasetSpec(limit_train=100, limit_test=40)).test
     frames = [camera_frame(image, 120, 120) for image in test.images[:, 0].numpy()]
@@ -355,7 +352,7 @@ def robot_recording(tmp_path_factory):
 
 
 def test_an_unlabelled_recording_is_scored_against_the_top_variant_offline(small_bag):
-    from adascale_ros.tools.bags import read_labels
+    from adascale_ros.harness.bags import read_labels
 
     truth = read_labels(small_bag)
     answers, top = reference_answers(small_bag, "/camera/image_raw", DEFAULT_MODEL, say=lambda _: None)
@@ -366,7 +363,7 @@ def test_an_unlabelled_recording_is_scored_against_the_top_variant_offline(small
 
 
 def test_evaluate_refuses_a_recording_without_labels_before_running_anything(tmp_path, robot_recording, start_process):
-    args = ["-m", "adascale_ros.tools.cli", "evaluate", "--bag", str(robot_recording), "--out", str(tmp_path / "r")]
+    args = ["-m", "adascale_ros.cli.main", "evaluate", "--bag", str(robot_recording), "--out", str(tmp_path / "r")]
     args += ["--policies", "static-smallest", "--budget-ms", "5"]
     proc = start_process(args)
     out, _ = proc.communicate(timeout=60)
@@ -378,7 +375,7 @@ def test_evaluate_refuses_a_recording_without_labels_before_running_anything(tmp
 
 
 def test_repeats_are_scored_one_by_one_and_pooled(tmp_path, small_bag):
-    from adascale_ros.tools.bags import read_labels
+    from adascale_ros.harness.bags import read_labels
 
     truth = read_labels(small_bag)
     stamps = sorted(truth)[:20]
@@ -440,7 +437,7 @@ def short_trace(tmp_path):
 @pytest.mark.ros
 def test_adascale_evaluate_scores_every_policy_end_to_end(tmp_path, small_bag, start_process):
     out = tmp_path / "report"
-    args = ["-m", "adascale_ros.tools.cli", "evaluate", "--bag", str(small_bag), "--trace", str(short_trace(tmp_path))]
+    args = ["-m", "adascale_ros.cli.main", "evaluate", "--bag", str(small_bag), "--trace", str(short_trace(tmp_path))]
     args += ["--policies", "adascale", "static-top", "oracle", "--out", str(out), "--json", "--budget-ms", "1.4"]
     proc = start_process(args)
     stdout, _ = proc.communicate(timeout=300)
@@ -467,7 +464,7 @@ def test_adascale_evaluate_scores_every_policy_end_to_end(tmp_path, small_bag, s
     assert subprocess.run(["pgrep", "-x", "stress-ng"], capture_output=True).returncode == 1
 
     # The saved runs score again to the same figures.
-    again = start_process(["-m", "adascale_ros.tools.cli", "evaluate", *args[3:], "--rescore"])
+    again = start_process(["-m", "adascale_ros.cli.main", "evaluate", *args[3:], "--rescore"])
     restdout, _ = again.communicate(timeout=120)
     assert again.returncode == 0, restdout
     assert json.loads(restdout)["policies"] == report["policies"]
@@ -476,7 +473,7 @@ def test_adascale_evaluate_scores_every_policy_end_to_end(tmp_path, small_bag, s
 @pytest.mark.ros
 def test_adascale_evaluate_scores_a_robot_recording_without_labels(tmp_path, robot_recording, start_process):
     out = tmp_path / "report"
-    args = ["-m", "adascale_ros.tools.cli", "evaluate", "--bag", str(robot_recording), "--unlabelled"]
+    args = ["-m", "adascale_ros.cli.main", "evaluate", "--bag", str(robot_recording), "--unlabelled"]
     args += ["--trace", str(short_trace(tmp_path)), "--policies", "static-top", "static-smallest"]
     args += ["--budget-ms", "5", "--out", str(out), "--json"]
     proc = start_process(args)
@@ -496,7 +493,7 @@ def test_adascale_evaluate_scores_a_robot_recording_without_labels(tmp_path, rob
 
 @pytest.mark.ros
 def test_interrupted_evaluate_stops_everything(tmp_path, small_bag, start_process):
-    args = ["-m", "adascale_ros.tools.cli", "evaluate", "--bag", str(small_bag), "--trace", str(short_trace(tmp_path))]
+    args = ["-m", "adascale_ros.cli.main", "evaluate", "--bag", str(small_bag), "--trace", str(short_trace(tmp_path))]
     policy = ["--policies", "static-smallest", "--budget-ms", "1.4"]
     proc = start_process([*args, *policy, "--out", str(tmp_path / "r")], start_new_session=True)
     for line in proc.stdout:
@@ -512,5 +509,5 @@ def test_interrupted_evaluate_stops_everything(tmp_path, small_bag, start_proces
     # A clean stop takes about 1 s here; on a loaded shared machine one took 5.8 s. The bound is
     # the escalation path's (replay 5 s, then stress-ng 3 s): past it something ignored its signal.
     assert took <= 8.0, out
-    for pattern in ("stress-ng", "adascale_ros.nodes", "adascale_ros.tools.cli replay"):
+    for pattern in ("stress-ng", "adascale_ros.nodes", "adascale_ros.cli.main replay"):
         assert subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 1, pattern

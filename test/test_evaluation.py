@@ -1,8 +1,8 @@
 import torch
 
+from adascale_ros.model.accuracy import Normalization, evaluate_variants
 from adascale_ros.model.datasets import ImageSet
 from adascale_ros.model.elastic import ElasticConfig, ElasticNet
-from adascale_ros.model.evaluation import Normalization, evaluate_variants
 
 TINY = ElasticConfig(
     stem_channels=4,
@@ -56,8 +56,8 @@ def test_subset_of_variants_and_training_mode_restored():
 def test_early_exit_accuracy_decides_per_input_as_the_engine_does():
     import numpy as np
 
+    from adascale_ros.model.accuracy import early_exit_accuracy, lowest_threshold
     from adascale_ros.model.elastic import Variant
-    from adascale_ros.model.evaluation import early_exit_accuracy, lowest_threshold
     from adascale_ros.runtime.engine import ElasticEngine
 
     torch.manual_seed(0)

@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from adascale_ros.model.artifacts import load_model
+from adascale_ros.cli.main import main
+from adascale_ros.model.accuracy import Normalization
 from adascale_ros.model.datasets import ImageSet
+from adascale_ros.model.directory import load_variant_table
 from adascale_ros.model.elastic_backbone import LITE_MEAN, LITE_STD, BackboneConfig, ElasticBackbone
-from adascale_ros.model.evaluation import Normalization
-from adascale_ros.model.files import load_variant_table
 from adascale_ros.model.finetune import (
     CHECKPOINT,
     FineTuneConfig,
@@ -20,8 +20,8 @@ from adascale_ros.model.finetune import (
     model_input,
     trunk_features,
 )
+from adascale_ros.model.saved_model import load_model
 from adascale_ros.model.variant import Variant
-from adascale_ros.tools.cli import main
 
 RESOLUTIONS = (32, 64)
 NORMALIZE = Normalization(LITE_MEAN, LITE_STD)

@@ -1,10 +1,17 @@
 """The layering contract: which of the package's modules may import which.
 
-Bottom to top: the domain packages (sensing, latency prediction, the decision
-loop, inference, the network, load generation) import no ROS and nothing
-above them; the nodes import the domain packages and rclpy, never the command
-line or the experiment harness; ``tools`` (the command line and the harness)
-may import anything.
+The layers, bottom to top; a module may import its own layer and those below,
+never one above (a function-level import counts too):
+
+- the base: ``package_files`` (shipped files) and ``timing`` (the timing primitive);
+- the domain, without ROS, in its own order: ``resources`` (sensing), ``load``
+  (load generation), ``model`` (the network, training, export), ``runtime``
+  (inference), ``profiling`` (latency prediction and calibration, which times
+  the runtime under generated load), ``selection`` (the decision loop);
+- ``graph``: the node graph's definition, launch support, the local runner, signals;
+- ``nodes``: the thin rclpy nodes;
+- ``harness``: the experiment harness (evaluation, scoring, soak, campaign, bags);
+- ``cli``: the command line, which may import anything.
 """
 
 from __future__ import annotations
@@ -16,12 +23,28 @@ import pytest
 from conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "adascale_ros"
-DOMAIN = ("resources", "profiling", "selection", "runtime", "model", "load")
-# What each layer must not import (module prefixes); a function-level import counts too.
-FORBIDDEN = {
-    **{name: ("rclpy", "adascale_ros.nodes", "adascale_ros.tools") for name in DOMAIN},
-    "nodes": ("adascale_ros.tools",),
-}
+LAYERS = (
+    ("package_files", "timing"),
+    ("resources",),
+    ("load",),
+    ("model",),
+    ("runtime",),
+    ("profiling",),
+    ("selection",),
+    ("graph",),
+    ("nodes",),
+    ("harness",),
+    ("cli",),
+)
+NO_ROS = {"package_files", "timing", "resources", "load", "model", "runtime", "profiling", "selection"}
+
+
+def forbidden(part: str) -> tuple[str, ...]:
+    """The module prefixes ``part`` of the package must not import: every part above its layer, and rclpy
+    for the layers without ROS."""
+    level = next(i for i, layer in enumerate(LAYERS) if part in layer)
+    above = tuple(f"adascale_ros.{name}" for layer in LAYERS[level + 1 :] for name in layer)
+    return above + (("rclpy",) if part in NO_ROS else ())
 
 
 def imported_modules(path: Path, root: Path = REPO_ROOT) -> set[str]:
@@ -41,12 +64,19 @@ def imported_modules(path: Path, root: Path = REPO_ROOT) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
-def test_no_layer_imports_one_above_it(layer):
+def test_every_part_of_the_package_has_a_layer():
+    parts = {path.stem if path.is_file() else path.name for path in PACKAGE.iterdir() if path.name != "__init__.py"}
+    parts = {part for part in parts if not part.startswith("__")}
+    assert parts == {name for layer in LAYERS for name in layer}
+
+
+@pytest.mark.parametrize("part", [name for layer in LAYERS for name in layer])
+def test_no_part_imports_a_layer_above_it(part):
+    paths = [PACKAGE / f"{part}.py"] if (PACKAGE / f"{part}.py").exists() else sorted((PACKAGE / part).rglob("*.py"))
     offenders = []
-    for path in sorted((PACKAGE / layer).rglob("*.py")):
+    for path in paths:
         for name in imported_modules(path):
-            if any(name == f or name.startswith(f + ".") for f in FORBIDDEN[layer]):
+            if any(name == f or name.startswith(f + ".") for f in forbidden(part)):
                 offenders.append(f"{path.relative_to(REPO_ROOT)} imports {name}")
     assert not offenders, "\n".join(offenders)
 
@@ -55,5 +85,6 @@ def test_the_contract_sees_a_forbidden_import_in_a_function(tmp_path):
     assert "numpy" in imported_modules(PACKAGE / "runtime" / "frames.py")
     bad = tmp_path / "adascale_ros" / "selection" / "bad.py"
     bad.parent.mkdir(parents=True)
-    bad.write_text("def f():\n    from ..tools import cli\n    import rclpy.node\n")
-    assert imported_modules(bad, tmp_path) == {"adascale_ros.tools", "rclpy.node"}
+    bad.write_text("def f():\n    from ..cli import main\n    import rclpy.node\n")
+    assert imported_modules(bad, tmp_path) == {"adascale_ros.cli", "rclpy.node"}
+    assert {"adascale_ros.cli", "adascale_ros.nodes", "rclpy"} <= set(forbidden("selection"))

@@ -16,7 +16,7 @@ import time
 import pytest
 from conftest import REPO_ROOT
 
-from adascale_ros.bringup import ENTRY_MODULE, node_graph
+from adascale_ros.graph.definition import ENTRY_MODULE, node_graph
 
 pytestmark = pytest.mark.ros
 
@@ -116,6 +116,8 @@ def test_a_broken_model_directory_is_refused_with_the_reason(executable, what, r
         ("selector", "republish_period_s", "-1.0"),
         ("elastic_inference", "top_k", "0"),
         ("elastic_inference", "selection_timeout_s", "-1.0"),
+        ("elastic_inference", "input", "bogus"),  # not one of its choices
+        ("profiler", "max_rate_hz", "0.0"),  # in its range [0, 100], but the open end says > 0
     ],
 )
 def test_a_bad_parameter_is_refused_at_start_up_by_name(executable, parameter, value, start_process):

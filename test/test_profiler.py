@@ -16,9 +16,11 @@ import pytest
 from conftest import REPO_ROOT, spin_until, subscribe_diagnostics
 
 from adascale_ros.load.stress import StressSpec
+from adascale_ros.model.directory import ModelLoadError, load_variant_table
 from adascale_ros.model.elastic import Variant
-from adascale_ros.model.files import ModelLoadError, load_variant_table
-from adascale_ros.profiling.calibration import (
+from adascale_ros.profiling.energy import EnergyProfile, cache_hit_rate, energy_mj, fit_power_coefficients
+from adascale_ros.profiling.fitting import camera_rate_report, fit_and_report, report_markdown
+from adascale_ros.profiling.measurement import (
     CalibrationData,
     CalibrationPlan,
     LoadLevel,
@@ -26,8 +28,7 @@ from adascale_ros.profiling.calibration import (
     run_calibration,
     variant_module_keys,
 )
-from adascale_ros.profiling.energy import EnergyProfile, cache_hit_rate, energy_mj, fit_power_coefficients
-from adascale_ros.profiling.fitting import camera_rate_report, fit_and_report, report_markdown
+from adascale_ros.profiling.online import OnlineProfiler
 from adascale_ros.profiling.predictor import (
     LatencyCorrection,
     LatencyPredictor,
@@ -243,7 +244,7 @@ def test_no_variant_is_predicted_faster_at_a_higher_load(fitted):
 
 
 def test_predict_sweeps_the_load_and_says_whether_any_variant_gets_faster(fitted, capsys):
-    from adascale_ros.tools.cli import main
+    from adascale_ros.cli.main import main
 
     model_dir, *_ = fitted
     assert main(["predict", str(model_dir), "--sweep", "5"]) == 0
@@ -315,7 +316,7 @@ def test_predictions_follow_the_law_and_rise_with_load(fitted):
 
 
 def test_prediction_time_covers_every_variant_at_both_loads(fitted):
-    from adascale_ros.profiling.calibrate import prediction_time_ms
+    from adascale_ros.profiling.calibration import prediction_time_ms
 
     _, table, predictor, _ = fitted
     timing = prediction_time_ms(predictor, repeats=20)
@@ -375,23 +376,23 @@ def test_energy_model_eq3_and_cache_rate_eq5():
 
 def test_latency_correction_tracks_a_quantile_of_the_measured_ratio():
     correction = LatencyCorrection(window=10, quantile=0.9, min_samples=3)
-    assert correction.ratio == 1.0
-    correction.update(5.0, 1.0)
-    assert correction.ratio == 1.0  # too few samples yet
-    correction.samples.clear()
-    assert not correction.update(math.nan, 1.0) and not correction.update(2.0, math.nan)
-    assert not correction.update(2.0, 0.0) and correction.updates == 1
+    assert correction.ratio_ == 1.0
+    correction.partial_fit(5.0, 1.0)
+    assert correction.ratio_ == 1.0  # too few samples yet
+    correction.samples_.clear()
+    assert not correction.partial_fit(math.nan, 1.0) and not correction.partial_fit(2.0, math.nan)
+    assert not correction.partial_fit(2.0, 0.0) and correction.n_updates_ == 1
     for _ in range(10):
-        correction.update(3.0, 1.5)
-    assert correction.ratio == pytest.approx(2.0)
-    correction.update(100.0, 1.0)  # one slow frame in ten barely moves the 0.9 quantile (clamped at 4)
-    assert correction.ratio == pytest.approx(2.0 + 0.1 * (4.0 - 2.0))
+        correction.partial_fit(3.0, 1.5)
+    assert correction.ratio_ == pytest.approx(2.0)
+    correction.partial_fit(100.0, 1.0)  # one slow frame in ten barely moves the 0.9 quantile (clamped at 4)
+    assert correction.ratio_ == pytest.approx(2.0 + 0.1 * (4.0 - 2.0))
     for _ in range(3):
-        correction.update(3.0, 1.0)  # a sustained rise moves it: the 0.9 quantile of 2 x6, 3 x3, 4
-    assert correction.ratio == pytest.approx(3.1)
+        correction.partial_fit(3.0, 1.0)  # a sustained rise moves it: the 0.9 quantile of 2 x6, 3 x3, 4
+    assert correction.ratio_ == pytest.approx(3.1)
     for _ in range(10):
-        correction.update(1.0, 1.0)  # old samples leave the window
-    assert correction.ratio == pytest.approx(1.0)
+        correction.partial_fit(1.0, 1.0)  # old samples leave the window
+    assert correction.ratio_ == pytest.approx(1.0)
     with pytest.raises(ValueError):
         LatencyCorrection(window=0)
     with pytest.raises(ValueError):
@@ -402,26 +403,26 @@ def test_forgetting_what_a_load_taught_returns_to_the_raw_predictions():
     incidence = np.array([[1.0, 0.0], [1.0, 1.0]])
     correction = LatencyCorrection(window=10, incidence=incidence, min_samples=5, variant_min_samples=3)
     for _ in range(12):  # variant 1 under load: 3 ms over its prediction, and slow tails
-        correction.update(7.0, 4.0, 1)
+        correction.partial_fit(7.0, 4.0, 1)
     loaded = correction.corrected(np.array([2.0, 4.0]))
     assert loaded[1] >= 7.0 and loaded[0] > 2.0  # variant 0 shares the offset through its module
     correction.forget_measured()
-    assert correction.ratio == 1.0 and not correction.measured_offsets
+    assert correction.ratio_ == 1.0 and not correction.measured_offsets_
     assert correction.corrected(np.array([2.0, 4.0])).tolist() == [2.0, 4.0]
-    correction.update(4.5, 4.0, 1)  # learning again from the next results
-    assert correction.updates == 13
+    correction.partial_fit(4.5, 4.0, 1)  # learning again from the next results
+    assert correction.n_updates_ == 13
 
 
 def test_the_tail_can_be_taken_over_more_results_than_the_offsets():
     correction = LatencyCorrection(window=10, quantile=0.9, min_samples=3, tail_window=40)
     for _ in range(40):
-        correction.update(2.0, 1.0)
+        correction.partial_fit(2.0, 1.0)
     for _ in range(10):
-        correction.update(1.0, 1.0)  # ten fast frames: over the last 10 alone the tail would be 1
-    assert correction.ratio == pytest.approx(2.0)
+        correction.partial_fit(1.0, 1.0)  # ten fast frames: over the last 10 alone the tail would be 1
+    assert correction.ratio_ == pytest.approx(2.0)
     for _ in range(30):
-        correction.update(1.0, 1.0)
-    assert correction.ratio == pytest.approx(1.0)
+        correction.partial_fit(1.0, 1.0)
+    assert correction.ratio_ == pytest.approx(1.0)
 
 
 def test_latency_correction_learns_offsets_per_variant_and_shares_them_through_modules():
@@ -432,8 +433,8 @@ def test_latency_correction_learns_offsets_per_variant_and_shares_them_through_m
     raw = np.array([1.0, 1.3, 1.5, 0.8])
     assert correction.corrected(raw) == pytest.approx(raw)  # nothing measured yet
     for _ in range(10):  # the big variant runs 0.6 ms over its prediction, the small one 0.1 under
-        correction.update(1.9, 1.3, variant=1)
-        correction.update(0.9, 1.0, variant=0)
+        correction.partial_fit(1.9, 1.3, variant=1)
+        correction.partial_fit(0.9, 1.0, variant=0)
     offsets = correction.offsets(4)
     assert offsets[:2] == pytest.approx([-0.1, 0.6])  # measured: their own medians
     # Never run: each gets the sum of its modules' offsets, fitted to the two measured ones (the
@@ -442,41 +443,41 @@ def test_latency_correction_learns_offsets_per_variant_and_shares_them_through_m
     # alone carries a little of both.
     assert offsets[2:] == pytest.approx([1 / 6 + 13 / 30 - 4 / 15, 1 / 6], abs=0.02)  # ridge shrinks a little
     # Measured variants' ratios are now 1, so the tail is 1.
-    assert correction.ratio == pytest.approx(1.0)
+    assert correction.ratio_ == pytest.approx(1.0)
     assert correction.corrected(raw)[:2] == pytest.approx([0.9, 1.9])
     # A load that slows the running variant by 2x raises the tail at once (before its median
     # follows), and with it every prediction.
     for _ in range(3):
-        correction.update(1.8, 1.0, variant=0)
-    assert correction.ratio > 1.5 and correction.offsets(4)[0] == pytest.approx(-0.1)
+        correction.partial_fit(1.8, 1.0, variant=0)
+    assert correction.ratio_ > 1.5 and correction.offsets(4)[0] == pytest.approx(-0.1)
     assert all(correction.corrected(raw) > 1.5 * (raw + correction.offsets(4)) - 1e-9)
     # One slow frame leaves a variant's offset (a median) where it was.
     for _ in range(10):
-        correction.update(0.9, 1.0, variant=0)
-    correction.update(4.0, 1.0, variant=0)
+        correction.partial_fit(0.9, 1.0, variant=0)
+    correction.partial_fit(4.0, 1.0, variant=0)
     assert correction.offsets(4)[0] == pytest.approx(-0.1)
     # A large negative offset never takes a prediction below low x raw.
     for _ in range(10):
-        correction.update(0.3, 1.5, variant=2)
-    assert correction.corrected(raw)[2] >= 0.25 * raw[2] * correction.ratio
+        correction.partial_fit(0.3, 1.5, variant=2)
+    assert correction.corrected(raw)[2] >= 0.25 * raw[2] * correction.ratio_
 
 
 def test_the_tail_is_the_spread_about_known_offsets_not_the_error_of_transferred_ones():
     incidence = np.array([[1, 0], [1, 1]], float)  # variant 1 = variant 0's module and one more
     correction = LatencyCorrection(window=10, min_samples=3, incidence=incidence, variant_min_samples=3)
     for _ in range(10):
-        correction.update(1.0, 1.0, variant=0)
-    assert correction.ratio == pytest.approx(1.0)
+        correction.partial_fit(1.0, 1.0, variant=0)
+    assert correction.ratio_ == pytest.approx(1.0)
     # A switch to variant 1, whose transferred offset is 1 ms too low: its first results measure
     # that bias, which its own offset takes up after three; the tail stays 1 throughout.
     for _ in range(3):
-        correction.update(3.0, 1.5, variant=1)
-    assert correction.ratio == pytest.approx(1.0)
+        correction.partial_fit(3.0, 1.5, variant=1)
+    assert correction.ratio_ == pytest.approx(1.0)
     assert correction.corrected(np.array([1.0, 1.5]))[1] == pytest.approx(3.0)
     # Once it has its own offset, its spread about it is the tail.
     for _ in range(10):
-        correction.update(6.0, 1.5, variant=1)  # twice as slow as its offset says
-    assert correction.ratio == pytest.approx(2.0)
+        correction.partial_fit(6.0, 1.5, variant=1)  # twice as slow as its offset says
+    assert correction.ratio_ == pytest.approx(2.0)
 
 
 def test_an_offset_not_refreshed_for_offset_max_age_results_gives_way_to_the_transferred_one():
@@ -485,13 +486,13 @@ def test_an_offset_not_refreshed_for_offset_max_age_results_gives_way_to_the_tra
         window=10, min_samples=3, incidence=incidence, variant_min_samples=3, offset_max_age=20
     )
     for _ in range(5):
-        correction.update(4.0, 1.5, variant=1)  # variant 1 in a bad moment: 2.5 ms over
+        correction.partial_fit(4.0, 1.5, variant=1)  # variant 1 in a bad moment: 2.5 ms over
     assert correction.offsets(2)[1] == pytest.approx(2.5)
     for _ in range(20):
-        correction.update(1.2, 1.0, variant=0)
-    assert 1 in correction.measured_offsets  # 20 results of another variant: still its own
-    correction.update(1.2, 1.0, variant=0)
-    assert 1 not in correction.measured_offsets  # 21: gone, transferred from variant 0's modules
+        correction.partial_fit(1.2, 1.0, variant=0)
+    assert 1 in correction.measured_offsets_  # 20 results of another variant: still its own
+    correction.partial_fit(1.2, 1.0, variant=0)
+    assert 1 not in correction.measured_offsets_  # 21: gone, transferred from variant 0's modules
     assert correction.offsets(2)[1] == pytest.approx(0.2, abs=0.05)
     with pytest.raises(ValueError, match="offset_max_age"):
         LatencyCorrection(offset_max_age=0)
@@ -558,7 +559,7 @@ def test_calibration_gives_whole_variants_the_time_of_modules_and_each_level_its
 def test_calibrate_and_predict_commands_on_the_real_model(tmp_path):
     model_dir = tmp_path / "model"
     shutil.copytree(DEFAULT_MODEL, model_dir, ignore=shutil.ignore_patterns("profiler", "calibration_report.*"))
-    cli = [sys.executable, "-m", "adascale_ros.tools.cli"]
+    cli = [sys.executable, "-m", "adascale_ros.cli.main"]
     run = subprocess.run(
         [*cli, "calibrate", str(model_dir), "--quick", "--no-progress"], capture_output=True, text=True
     )
@@ -711,7 +712,7 @@ def test_node_refuses_to_start_without_predictors(tmp_path, start_process):
 def test_interrupted_calibrate_leaves_no_stress_ng(tmp_path, start_process):
     model_dir = tmp_path / "model"
     shutil.copytree(DEFAULT_MODEL, model_dir, ignore=shutil.ignore_patterns("profiler", "calibration_report.*"))
-    proc = start_process(["-m", "adascale_ros.tools.cli", "calibrate", str(model_dir), "--quick", "--no-progress"])
+    proc = start_process(["-m", "adascale_ros.cli.main", "calibrate", str(model_dir), "--quick", "--no-progress"])
     deadline = time.monotonic() + 60
     while not _stress_ng_running() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
@@ -723,8 +724,8 @@ def test_interrupted_calibrate_leaves_no_stress_ng(tmp_path, start_process):
 
 
 def test_replaying_recorded_results_through_the_correction(fitted, tmp_path):
-    from adascale_ros.tools.correction_replay import load_evaluation_runs, markdown, replay, replay_evaluation
-    from adascale_ros.tools.scoring import PolicyRun, ResultRecord, StateRecord
+    from adascale_ros.harness.correction_replay import load_evaluation_runs, markdown, replay, replay_evaluation
+    from adascale_ros.harness.records import PolicyRun, ResultRecord, StateRecord
 
     _, _, predictor, _ = fitted
     variant = predictor.variant_ids[40]
@@ -744,3 +745,48 @@ def test_replaying_recorded_results_through_the_correction(fitted, tmp_path):
     assert "| adascale | 100 | 400 |" in markdown(rows, 0.9)
     with pytest.raises(FileNotFoundError, match="no recorded runs"):
         load_evaluation_runs(tmp_path / "nothing")
+
+
+def test_the_online_profiler_rejects_what_cannot_describe_a_load_and_forgets_after_a_load(fitted):
+    _, table, predictor, _ = fitted
+    core = OnlineProfiler(predictor, correction_window=3, correction_tail_window=3)
+    assert core.profiles(now_s=0.0) == []  # no state yet: nothing to predict at
+    with pytest.raises(ValueError, match="load_index"):
+        core.on_state((1.5, 0.2, 1000.0, 2000.0), math.nan, now_s=0.0)
+    core.on_state((0.9, 0.9, math.nan, -1.0), forecast=0.95, now_s=0.0)  # unknown memory and frequency
+    current, forecast = core.profiles(now_s=0.1)
+    assert (current.load_index, current.is_forecast, forecast.is_forecast) == (0.9, False, True)
+    assert np.all(forecast.latency_ms >= current.latency_ms)
+    variant = table["variants"][0]["variant_id"]
+    with pytest.raises(ValueError, match="unknown variant"):
+        core.on_result("e9:nothing", 1.0, 0, False, False, 66.0, now_s=0.2)
+    with pytest.raises(ValueError, match="latency_ms"):
+        core.on_result(variant, math.nan, 0, False, False, 66.0, now_s=0.2)
+    for k in range(5):  # three times the prediction: learnt as this variant's own offset
+        core.on_result(variant, 3 * float(current.latency_ms[0]), 0, False, False, 66.0, now_s=0.3 + 0.01 * k)
+    index = predictor.variant_index(variant)
+    assert index in core.correction.measured_offsets_ and core.frame_period_ms == 66.0
+    (corrected, _) = core.profiles(now_s=0.4)
+    assert corrected.latency_ms[index] > 2 * current.latency_ms[index]
+    assert core.measured_ms[index] == pytest.approx(3 * float(current.latency_ms[0]), rel=1e-6)
+    core.on_state((0.6, 0.6, math.nan, math.nan), math.nan, now_s=0.5)  # 0.3 below the peak: the load ended
+    assert core.counts["corrections_reset"] == 1 and not core.correction.measured_offsets_
+    assert core.counts | {"profiles": 0} == {
+        "states": 3,
+        "states_rejected": 1,
+        "results": 7,
+        "results_rejected": 2,
+        "profiles": 0,
+        "corrections_reset": 1,
+    }
+    assert core.state_stale(now_s=0.5 + core.state_timeout_s + 0.1)
+
+
+def test_a_state_at_a_load_takes_the_readings_given_and_the_typical_rest(fitted):
+    predictor = fitted[2]
+    followed = predictor.state_at(0.8)
+    assert followed[1] == 0.8 and np.array_equal(followed, predictor.at_load(predictor.state_mean, 0.8), equal_nan=True)
+    given = predictor.state_at(0.8, cpu_util=0.1, cpu_freq_mhz=1500.0)
+    assert (given[0], given[1], given[3]) == (0.1, 0.8, 1500.0)
+    with pytest.raises(ValueError, match="load index"):
+        predictor.state_at(1.2)

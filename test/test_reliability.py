@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
-from adascale_ros.bringup import (
+from adascale_ros.graph.definition import (
     CLASSIFICATION_TOPIC,
     PROFILES_TOPIC,
     RESOURCE_STATE_TOPIC,
@@ -31,7 +31,7 @@ from adascale_ros.bringup import (
     node_graph,
     with_parameters,
 )
-from adascale_ros.model.files import cheapest_variant, load_variant_table
+from adascale_ros.model.directory import cheapest_variant, load_variant_table
 
 pytestmark = pytest.mark.ros
 CAMERA = "/reliability/image_raw"
@@ -66,7 +66,7 @@ class RunningGraph:
         from sensor_msgs.msg import Image
 
         from adascale_msgs.msg import ElasticClassification, ResourceState, VariantProfileArray, VariantSelection
-        from adascale_ros.nodes.common import latched_qos
+        from adascale_ros.graph.definition import latched_qos
 
         specs = node_graph(CAMERA)
         self.specs = {s.name: with_parameters(s, latency_budget_ms=0.0) if s.name == "selector" else s for s in specs}
@@ -109,7 +109,7 @@ class RunningGraph:
         self.camera.publish(self.frame)
 
     def _on_diagnostics(self, msg) -> None:
-        from adascale_ros.nodes.common import statuses_by_node
+        from adascale_ros.nodes.diagnostics import statuses_by_node
 
         self.diagnostics.update(statuses_by_node(msg))
 

@@ -10,7 +10,7 @@ import yaml
 from conftest import REPO_ROOT, spin_until
 from test_sensors import make_jetson_orin, write
 
-from adascale_ros.bringup import RESOURCE_STATE_TOPIC
+from adascale_ros.graph.definition import RESOURCE_STATE_TOPIC
 from adascale_ros.load.stress import StressNg, StressSpec
 
 pytestmark = pytest.mark.ros
@@ -98,7 +98,7 @@ def test_reads_a_jetson_board_from_its_sysfs_tree(tmp_path, ros_node, start_proc
 
 
 def test_a_parameter_range_is_numeric_and_bounded_on_the_sides_given():
-    from adascale_ros.nodes.common import INT64_MAX, Param
+    from adascale_ros.nodes.parameters import INT64_MAX, Param
 
     fraction = Param(0.5, "a fraction", low=0.0, high=1.0).descriptor().floating_point_range[0]
     assert (fraction.from_value, fraction.to_value, fraction.step) == (0.0, 1.0, 0.0)
@@ -108,6 +108,16 @@ def test_a_parameter_range_is_numeric_and_bounded_on_the_sides_given():
     for bad in ("text", True):
         with pytest.raises(TypeError, match="numeric"):
             Param(bad, "not a number", low=0).descriptor()
+
+
+def test_a_parameter_with_choices_lists_them_and_refuses_others():
+    from adascale_ros.nodes.parameters import Param, check_choices
+
+    table = {"input": Param("raw", "where frames come from", choices=("raw", "compressed")), "n": Param(1, "free")}
+    assert table["input"].descriptor().additional_constraints == "one of: raw, compressed"
+    check_choices(table, {"input": "compressed", "n": 7})
+    with pytest.raises(ValueError, match="input must be one of raw, compressed, got 'jpeg'"):
+        check_choices(table, {"input": "jpeg", "n": 7})
 
 
 def test_parameters_are_validated_at_runtime(tmp_path, ros_node, start_process):

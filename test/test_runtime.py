@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -15,14 +16,22 @@ import torch
 from conftest import REPO_ROOT
 from sensor_msgs.msg import CompressedImage, Image
 
-from adascale_ros.model.artifacts import load_model
+from adascale_ros.model.accuracy import Normalization
 from adascale_ros.model.elastic import Variant
-from adascale_ros.model.evaluation import Normalization
+from adascale_ros.model.saved_model import load_model
 from adascale_ros.runtime.engine import ElasticEngine, SegmentTimes, softmax
 from adascale_ros.runtime.frames import FramePeriod, LatestSlot
-from adascale_ros.runtime.images import FrameError, compressed_to_array, image_to_array
+from adascale_ros.runtime.images import (
+    MAX_COMPRESSED_BYTES,
+    MAX_IMAGE_PIXELS,
+    FrameError,
+    compressed_to_array,
+    frame_to_array,
+    image_to_array,
+)
 from adascale_ros.runtime.overlay import draw_overlay
 from adascale_ros.runtime.preprocess import MIN_BLOCK, Preprocessor, shrink_by_area
+from adascale_ros.runtime.variant_in_force import VariantInForce
 
 LIMIT = 1 << 20
 # A 2 x 3 RGB image with distinct pixels.
@@ -382,7 +391,7 @@ def test_fused_segment_is_its_modules_in_one_graph(default_model):
 
 
 def test_camera_rate_benchmark_compares_segments_with_modules(default_model):
-    from adascale_ros.model.files import load_variant_table
+    from adascale_ros.model.directory import load_variant_table
     from adascale_ros.runtime.benchmark import bench_camera_rate, format_camera_rate, run_module_by_module
 
     table = load_variant_table(REPO_ROOT / "models" / "default")
@@ -409,7 +418,7 @@ def test_camera_rate_benchmark_compares_segments_with_modules(default_model):
 
 
 def test_inference_benchmark_times_both_backends_per_exit(default_model):
-    from adascale_ros.model.files import load_variant_table
+    from adascale_ros.model.directory import load_variant_table
     from adascale_ros.runtime.benchmark import bench_inference, format_report
 
     report = bench_inference(default_model, load_variant_table(REPO_ROOT / "models" / "default"), repeats=4, rounds=2)
@@ -467,3 +476,59 @@ def test_inference_stats_say_what_is_missing_and_count_across_threads():
     stats.frame_processed(4.0, early_exited=False, deadline_exited=False)
     level, message, _ = stats.status(7.0, running)
     assert level == WARN and message.startswith("1 frames skipped")
+
+
+def test_latest_slot_serves_until_closed_and_reports_what_raised():
+    slot: LatestSlot[object] = LatestSlot()
+    done, skipped = [], []
+
+    def process(item: object) -> None:
+        if item == "bad frame":
+            raise FrameError("decode", "cannot decode")
+        if item == "bug":
+            raise KeyError("x")
+        done.append(item)
+
+    worker = threading.Thread(target=slot.serve, args=(process, lambda kind, msg: skipped.append((kind, msg))))
+    worker.start()
+    for handled, item in enumerate(("bad frame", "bug", 1), start=1):
+        slot.put(item)
+        deadline = time.monotonic() + 5.0  # one at a time, so none replaces another in the slot
+        while len(done) + len(skipped) < handled and time.monotonic() < deadline:
+            time.sleep(0.005)
+    slot.close()
+    worker.join(2.0)
+    assert not worker.is_alive()
+    assert done == [1]
+    assert skipped == [("decode", "cannot decode"), ("internal", "KeyError: 'x'")]
+
+
+def test_the_variant_in_force_switches_on_selections_and_falls_back_when_they_stop():
+    safe, chosen = Variant.parse("e0:res"), Variant.parse("e3:dense-res-res-res")
+    in_force = VariantInForce(safe)
+    assert in_force.current.variant == safe and not in_force.selected and math.isnan(in_force.age_s(5.0))
+    previous = in_force.select(chosen, 0.4, 12.0, now_s=10.0)
+    assert previous.variant == safe and in_force.selected
+    assert (in_force.current.variant, in_force.current.load_index, in_force.current.latency_budget_ms) == (
+        chosen,
+        0.4,
+        12.0,
+    )
+    in_force.select(chosen, 0.4, 0.0, now_s=11.0)  # a budget that is not a positive number is none
+    assert math.isnan(in_force.current.latency_budget_ms) and in_force.age_s(12.5) == 1.5
+    assert not in_force.expire(now_s=13.9, timeout_s=3.0) and not in_force.expire(now_s=100.0, timeout_s=0.0)
+    assert in_force.expire(now_s=14.0, timeout_s=3.0)
+    assert in_force.current.variant == safe and not in_force.selected and math.isnan(in_force.current.load_index)
+    assert not in_force.expire(now_s=20.0, timeout_s=3.0)  # the safe default never expires
+
+
+def test_frame_to_array_decodes_raw_and_compressed_frames_alike():
+    rgb = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    raw = Image(height=4, width=6, encoding="rgb8", step=18, data=rgb.tobytes())
+    array, encoding = frame_to_array(raw, MAX_IMAGE_PIXELS, MAX_COMPRESSED_BYTES)
+    assert encoding == "rgb8" and np.array_equal(array, rgb)
+    png = CompressedImage(format="png", data=cv2.imencode(".png", rgb[..., ::-1])[1].tobytes())
+    array, encoding = frame_to_array(png, MAX_IMAGE_PIXELS, MAX_COMPRESSED_BYTES)
+    assert encoding == "bgr8" and np.array_equal(array, rgb[..., ::-1])
+    with pytest.raises(FrameError):
+        frame_to_array(png, MAX_IMAGE_PIXELS, max_compressed_bytes=10)

@@ -5,11 +5,11 @@ from conftest import REPO_ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adascale_ros.model.files import load_variant_table
+from adascale_ros.model.directory import load_variant_table
 from adascale_ros.selection.policy import (
     Budgets,
     Objective,
-    StableSelector,
+    SwitchingPolicy,
     choose,
     cost,
     search_indexed,
@@ -100,7 +100,7 @@ def test_invalid_budgets_and_objectives():
 
 def test_downgrade_at_once_upgrade_after_dwell():
     tables = tables_with(PRED, ACC)
-    selector = StableSelector(dwell_s=2.0, margin=0.01)
+    selector = SwitchingPolicy(dwell_s=2.0, margin=0.01)
     budgets = Budgets(latency_ms=10.0)
     assert selector.update(0.0, tables, budgets, Objective()).variant_id == "slow"
     # Load rises: slow now predicts 12 ms > 10 ms -> switch at once.
@@ -121,7 +121,7 @@ def test_dwell_is_on_the_upgrade_not_on_one_candidate():
     # Near the budget two close rivals take turns at being the best; either beats the running one.
     accuracy = {"fast": 0.80, "a": 0.90, "b": 0.899}
     tables = tables_with({"fast": (1.0, 1.0), "a": (12.0, 1.0), "b": (12.0, 1.0)}, accuracy)
-    selector = StableSelector(dwell_s=2.0, margin=0.01)
+    selector = SwitchingPolicy(dwell_s=2.0, margin=0.01)
     budgets = Budgets(latency_ms=10.0)
     assert selector.update(0.0, tables, budgets, Objective()).variant_id == "fast"
     chosen = []
@@ -134,7 +134,7 @@ def test_dwell_is_on_the_upgrade_not_on_one_candidate():
     # The upgrade came 2 s after one first became available (t = 0.1), to the best at that moment.
     assert chosen.index(switched[0]) == 20 and switched[0].variant_id == "a"
     # An upgrade that stops being available restarts the dwell.
-    selector = StableSelector(dwell_s=2.0, margin=0.01)
+    selector = SwitchingPolicy(dwell_s=2.0, margin=0.01)
     tables.update_predictions({"a": (11.0, 1.0), "b": (11.0, 1.0)})
     assert selector.update(0.0, tables, budgets, Objective()).variant_id == "fast"
     for t, a_latency in [(0.1, 9.0), (1.5, 11.0), (2.2, 9.0), (3.0, 9.0)]:
@@ -146,7 +146,7 @@ def test_dwell_is_on_the_upgrade_not_on_one_candidate():
 def test_headroom_on_new_choices_not_on_the_running_variant():
     tables = tables_with(PRED, ACC)
     budgets = Budgets(latency_ms=10.0)
-    selector = StableSelector(dwell_s=0.0, margin=0.01, headroom=0.05)
+    selector = SwitchingPolicy(dwell_s=0.0, margin=0.01, headroom=0.05)
     # slow at 9.6 ms fits the budget but not 95 % of it: mid is chosen.
     tables.update_predictions({"slow": (9.6, 8.0)})
     assert selector.update(0.0, tables, budgets, Objective()).variant_id == "mid"
@@ -159,15 +159,15 @@ def test_headroom_on_new_choices_not_on_the_running_variant():
     tables.update_predictions({"slow": (10.5, 8.0), "mid": (9.8, 3.0)})
     assert selector.update(0.3, tables, budgets, Objective()).variant_id == "fast"
     tables.update_predictions({"fast": (9.7, 1.0), "slow": (10.5, 8.0), "mid": (9.8, 3.0)})
-    chosen = StableSelector(headroom=0.05).update(0.0, tables, budgets, Objective())
+    chosen = SwitchingPolicy(headroom=0.05).update(0.0, tables, budgets, Objective())
     assert chosen.variant_id == "mid" and chosen.feasible
     with pytest.raises(ValueError, match="headroom"):
-        StableSelector(headroom=1.0)
+        SwitchingPolicy(headroom=1.0)
 
 
 def test_small_gains_do_not_cause_switching():
     tables = tables_with(PRED, {"fast": 0.80, "mid": 0.896, "slow": 0.90})
-    selector = StableSelector(dwell_s=0.0, margin=0.01)
+    selector = SwitchingPolicy(dwell_s=0.0, margin=0.01)
     tables.update_predictions({"slow": (12.0, 8.0)})
     assert selector.update(0.0, tables, Budgets(latency_ms=10.0), Objective()).variant_id == "mid"
     tables.update_predictions({"slow": (9.0, 8.0)})

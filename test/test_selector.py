@@ -215,7 +215,7 @@ class SelectorHarness:
         from rclpy.parameter_client import AsyncParameterClient
 
         from adascale_msgs.msg import VariantProfileArray
-        from adascale_ros.bringup import PROFILES_TOPIC
+        from adascale_ros.graph.definition import PROFILES_TOPIC
 
         args = ["-m", MODULE, "--ros-args", "-r", f"~/profiles:={PROFILES_TOPIC}"]
         args += ["-p", f"model_dir:={write_model_dir(tmp_path)}"]
@@ -230,8 +230,7 @@ class SelectorHarness:
 
     def subscribe(self) -> list:
         from adascale_msgs.msg import VariantSelection
-        from adascale_ros.bringup import SELECTION_TOPIC
-        from adascale_ros.nodes.common import latched_qos
+        from adascale_ros.graph.definition import SELECTION_TOPIC, latched_qos
 
         received: list = []
         self.node.create_subscription(VariantSelection, SELECTION_TOPIC, received.append, latched_qos())

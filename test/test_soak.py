@@ -8,7 +8,7 @@ import math
 import pytest
 from test_evaluate import short_trace, small_bag  # noqa: F401 - fixtures
 
-from adascale_ros.tools.soak import NodeMemory, SoakReport, warm_up_s, window_s
+from adascale_ros.harness.soak import NodeMemory, SoakReport, warm_up_s, window_s
 
 
 def series(duration_s: float, level: float, growth: float) -> NodeMemory:
@@ -60,7 +60,7 @@ def test_the_pass_rule_and_the_latency_drift():
 @pytest.mark.ros
 def test_one_minute_soak_end_to_end(tmp_path, small_bag, start_process):  # noqa: F811
     out = tmp_path / "soak"
-    args = ["-m", "adascale_ros.tools.cli", "soak", "--minutes", "1", "--bag", str(small_bag), "--budget-ms", "1.4"]
+    args = ["-m", "adascale_ros.cli.main", "soak", "--minutes", "1", "--bag", str(small_bag), "--budget-ms", "1.4"]
     proc = start_process([*args, "--trace", str(short_trace(tmp_path)), "--out", str(out), "--json"])
     stdout, _ = proc.communicate(timeout=300)
     print((out / "soak.md").read_text())

@@ -73,7 +73,7 @@ def test_adascale_load_stops_cleanly_on_sigint_and_sigterm(tmp_path, start_proce
     path = tmp_path / "blip.yaml"
     path.write_text("phases:\n  - {duration_s: 0.5}\n  - {duration_s: 30.0, cpu_workers: 1}\n")
     for sig in (signal.SIGINT, signal.SIGTERM):
-        proc = start_process(["-m", "adascale_ros.tools.cli", "load", str(path), "--loop"])
+        proc = start_process(["-m", "adascale_ros.cli.main", "load", str(path), "--loop"])
         assert proc.stdout.readline().startswith("blip: ")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and "phase 1" not in proc.stdout.readline():

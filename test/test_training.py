@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
+from adascale_ros.model.accuracy import Normalization
 from adascale_ros.model.datasets import DatasetSplits, ImageSet
 from adascale_ros.model.elastic import ElasticConfig, ElasticNet
-from adascale_ros.model.evaluation import Normalization
 from adascale_ros.model.metrics import module_table
 from adascale_ros.model.training import Trainer, TrainingConfig, augment
 

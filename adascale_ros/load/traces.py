@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from adascale_ros.bringup import shipped_path
 from adascale_ros.load.stress import StressNg, StressSpec
+from adascale_ros.package_files import shipped_path
 
 PHASE_KEYS = {"duration_s", "cpu_workers", "cpu_load_percent", "vm_workers", "vm_bytes"}
 _VM_BYTES = re.compile(r"^\d+(\.\d+)?[%bBkKmMgG]?$")

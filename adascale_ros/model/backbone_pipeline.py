@@ -23,11 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from adascale_ros.model.artifacts import LoadedModel, save_model
+from adascale_ros.model.accuracy import Normalization
 from adascale_ros.model.datasets import DatasetSpec, DatasetSplits, ImageSet, load_splits
+from adascale_ros.model.directory import load_variant_table
 from adascale_ros.model.elastic_backbone import LITE_MEAN, LITE_STD, BackboneConfig, ElasticBackbone
-from adascale_ros.model.evaluation import Normalization
-from adascale_ros.model.files import load_variant_table
 from adascale_ros.model.finetune import (
     FineTuneConfig,
     FineTuner,
@@ -38,6 +37,7 @@ from adascale_ros.model.finetune import (
 )
 from adascale_ros.model.metrics import module_table, resolution_suffix, variant_metrics
 from adascale_ros.model.pipeline import best_per_exit, dataset_summary, provenance, trained_splits, warm_start
+from adascale_ros.model.saved_model import LoadedModel, save_model
 from adascale_ros.model.variant import Variant
 
 

@@ -31,16 +31,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from adascale_ros.model.artifacts import LoadedModel
+from adascale_ros.model.accuracy import Normalization, batches
 from adascale_ros.model.datasets import DatasetSplits, ImageSet, load_splits
+from adascale_ros.model.directory import load_variant_table, write_json
 from adascale_ros.model.elastic import ElasticNet, Variant
-from adascale_ros.model.evaluation import Normalization, batches
-from adascale_ros.model.files import load_variant_table, write_json
 from adascale_ros.model.metrics import size_of
 from adascale_ros.model.pipeline import TrainRunConfig, best_per_exit, build_network, evaluate_splits
+from adascale_ros.model.saved_model import LoadedModel
 from adascale_ros.model.torchvision_compat import import_torchvision
 from adascale_ros.model.training import Trainer, TrainingConfig, augment, make_optimizer, optimizer_step
-from adascale_ros.profiling.timing import time_call
+from adascale_ros.timing import time_call
 
 BASELINES = ("resnet18", "mobilenet_v3_small", "shufflenet_v2_x1_0", "squeezenet1_1")
 

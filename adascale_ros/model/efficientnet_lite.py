@@ -273,6 +273,6 @@ def map_reference_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.
 def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
     """The ImageNet weights of EfficientNet-Lite ``name`` under this module's keys (read with
     ``weights_only=True``: no code in the file runs)."""
-    from adascale_ros.model.artifacts import load_state_dict
+    from adascale_ros.model.saved_model import load_state_dict
 
     return map_reference_state_dict(load_state_dict(pretrained_weights_path(name)))

@@ -43,9 +43,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from adascale_ros.model.accuracy import Normalization
 from adascale_ros.model.datasets import ImageSet
 from adascale_ros.model.elastic_backbone import GENERATED_BRANCHES, ElasticBackbone
-from adascale_ros.model.evaluation import Normalization
 from adascale_ros.model.variant import Variant
 
 PHASES = ("distill", "tune")
@@ -174,7 +174,7 @@ def batched_onnx(
     throughput for the trunk on a CPU."""
     import onnxruntime as ort
 
-    from adascale_ros.runtime.onnx_modules import export_module
+    from adascale_ros.model.onnx_export import export_module
 
     graph = export_module(module, torch.zeros(2, *input_shape), dynamic_batch=True)
     options = ort.SessionOptions()

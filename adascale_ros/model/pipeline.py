@@ -13,12 +13,12 @@ from typing import Any
 import torch
 import yaml
 
-from adascale_ros.model.artifacts import LoadedModel, load_model, save_model
+from adascale_ros.model.accuracy import Normalization, evaluate_variants
 from adascale_ros.model.datasets import DatasetSpec, DatasetSplits, ImageSet, load_splits
+from adascale_ros.model.directory import load_variant_table
 from adascale_ros.model.elastic import ElasticConfig, ElasticNet, MultiExitNet
-from adascale_ros.model.evaluation import Normalization, evaluate_variants
-from adascale_ros.model.files import load_variant_table
 from adascale_ros.model.metrics import module_table, variant_metrics
+from adascale_ros.model.saved_model import LoadedModel, load_model, save_model
 from adascale_ros.model.training import Trainer, TrainingConfig, TrainingResult
 
 

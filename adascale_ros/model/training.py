@@ -48,9 +48,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from adascale_ros.model.accuracy import Normalization, evaluate_variants
 from adascale_ros.model.datasets import DatasetSplits, ImageSet
 from adascale_ros.model.elastic import ElasticNet, Variant
-from adascale_ros.model.evaluation import Normalization, evaluate_variants
 from adascale_ros.model.metrics import module_table
 
 MODES = ("freeze", "guarded", "joint")

@@ -12,8 +12,8 @@ import importlib
 import os
 import sys
 
-from adascale_ros.bringup import node_graph
-from adascale_ros.signals import stop_flag
+from adascale_ros.graph.definition import node_graph
+from adascale_ros.graph.signals import stop_flag
 
 NODE_MODULES = {spec.executable: spec.module for spec in node_graph()}
 

@@ -16,13 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from adascale_msgs.msg import ResourceState
-from adascale_ros.nodes.common import (
-    OK,
-    WARN,
-    AdascaleNode,
-    Param,
-    spin_node,
-)
+from adascale_ros.nodes.common import AdascaleNode, spin_node
+from adascale_ros.nodes.diagnostics import OK, WARN
+from adascale_ros.nodes.messages import resource_state_message
+from adascale_ros.nodes.parameters import Param
 from adascale_ros.resources import (
     ARForecaster,
     LoadIndexWeights,
@@ -75,14 +72,7 @@ def _forecaster(values: dict[str, Any]) -> ARForecaster:
     )
 
 
-def to_message(sample: ResourceSample, msg: ResourceState) -> ResourceState:
-    """Copy a sample's fields into a ResourceState (field names match one to one)."""
-    for name in ResourceSample.__dataclass_fields__:
-        setattr(msg, name, getattr(sample, name))
-    return msg
-
-
-class ResourceMonitor(AdascaleNode):
+class ResourceMonitorNode(AdascaleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("resource_monitor", PARAMETERS, **kwargs)
         values = self.settings
@@ -126,7 +116,7 @@ class ResourceMonitor(AdascaleNode):
 
     def _tick(self) -> None:
         sample = self.sampler.sample()
-        msg = to_message(sample, ResourceState())
+        msg = resource_state_message(sample, ResourceState())
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.header.frame_id = self.get_parameter("frame_id").value
         self._pub.publish(msg)
@@ -162,7 +152,7 @@ class ResourceMonitor(AdascaleNode):
 
 
 def main(args: list[str] | None = None, stop: threading.Event | None = None) -> int:
-    return spin_node(ResourceMonitor, args, stop)
+    return spin_node(ResourceMonitorNode, args, stop)
 
 
 if __name__ == "__main__":

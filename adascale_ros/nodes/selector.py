@@ -21,15 +21,12 @@ from statistics import median
 from typing import Any
 
 from adascale_msgs.msg import VariantProfileArray, VariantSelection
-from adascale_ros.model.files import cheapest_variant, load_variant_table
-from adascale_ros.nodes.common import (
-    OK,
-    WARN,
-    AdascaleNode,
-    Param,
-    latched_qos,
-    spin_node,
-)
+from adascale_ros.graph.definition import latched_qos
+from adascale_ros.model.directory import cheapest_variant, load_variant_table
+from adascale_ros.nodes.common import AdascaleNode, spin_node
+from adascale_ros.nodes.diagnostics import OK, WARN
+from adascale_ros.nodes.messages import selection_message
+from adascale_ros.nodes.parameters import Param
 from adascale_ros.selection.selector import Profile, Selection, SelectorConfig, VariantSelector
 from adascale_ros.selection.tables import VariantTables
 
@@ -61,35 +58,21 @@ PARAMETERS: dict[str, Param] = {
         "", "Variant published before any profile; empty: the cheapest variant that classifies."
     ),
     "republish_period_s": Param(
-        1.0, "The selection in force is published again this often [s] (>= 0; 0: only on change).", read_only=True
+        1.0,
+        "The selection in force is published again this often [s]; 0: only on change.",
+        read_only=True,
+        low=0.0,
+        high=3600.0,
     ),
 }
 
 
-def to_message(selection: Selection, msg: VariantSelection) -> VariantSelection:
-    choice, budgets = selection.choice, selection.budgets
-    msg.variant_id = choice.variant_id
-    msg.exit_index = choice.exit_index
-    msg.predicted_latency_ms = choice.latency_ms
-    msg.predicted_energy_mj = choice.energy_mj
-    msg.expected_accuracy = choice.accuracy
-    msg.latency_budget_ms = budgets.latency_ms
-    msg.energy_budget_mj = budgets.energy_mj
-    msg.min_accuracy = budgets.min_accuracy
-    msg.load_index = selection.load_index
-    msg.feasible = choice.feasible
-    msg.reason = choice.reason
-    return msg
-
-
-class Selector(AdascaleNode):
+class SelectorNode(AdascaleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("selector", PARAMETERS, **kwargs)
         values = self.settings
         config = SelectorConfig.from_values(values)
         republish_s = float(values["republish_period_s"])
-        if not (math.isfinite(republish_s) and republish_s >= 0.0):
-            raise ValueError(f"republish_period_s must be >= 0 (0: only on change), got {republish_s}")
         model_dir = self.model_dir()
         table = load_variant_table(model_dir)
         tables = VariantTables.from_variant_table(table)
@@ -158,7 +141,7 @@ class Selector(AdascaleNode):
             self._publish(selection)
 
     def _publish(self, selection: Selection) -> None:
-        msg = to_message(selection, VariantSelection())
+        msg = selection_message(selection, VariantSelection())
         msg.header.stamp = self.get_clock().now().to_msg()
         self._pub.publish(msg)
         self.selections_published += 1
@@ -196,7 +179,7 @@ class Selector(AdascaleNode):
 
 
 def main(args: list[str] | None = None, stop: threading.Event | None = None) -> int:
-    return spin_node(Selector, args, stop)
+    return spin_node(SelectorNode, args, stop)
 
 
 if __name__ == "__main__":

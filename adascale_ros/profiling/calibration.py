@@ -1,396 +1,220 @@
-"""On-device calibration: module and whole-variant latency under a sweep of real background load.
+"""``adascale calibrate``: measure a model's modules on this device, fit, store, report.
 
-For each load level (idle, stress-ng CPU workers at several load percentages,
-memory pressure) the calibration runs rounds of about ``round_s``. A round
-times every module the variants are made of (stem, each stage's candidate
-blocks at their real input shapes, each exit head, and the fixed per-frame
-cost: pre-processing one camera frame plus the soft-max) and a share of a
-fixed sample of whole variants end to end (the ground truth), each as the
-median of ``repeats`` consecutive batch-1 calls, through the same backend the
-inference node runs. Around each round the resource readings are taken with
-the resource monitor's own sampler.
+Writes into the model directory:
 
-The calibration loop itself keeps one core busy, which a camera-rate
-inference node does not (a few percent of a core). So the CPU utilisation
-recorded for a round is the *background* utilisation: the system's, less this
-process's own CPU time over the same interval. On the robot the monitor's
-reading includes the inference node's small share, which is what this
-approximates.
-
-Once per level every module is also timed once right after its caches were
-flushed (a write sweep over twice the last-level cache): the cold time t0 next
-to the warm median gives the cache-hit estimate of the energy model (eq. 5).
+    profiler/calibration_data.json.gz   what was measured (``--refit`` fits again from it)
+    profiler/predictor.json + .npz      the auto-selected predictors
+    calibration_report.json + .md       held-out accuracy of every regressor, the auto-selected
+                                        set and the ablation without state features
 """
 
 from __future__ import annotations
 
-import gzip
+import itertools
 import json
 import math
-import os
-import random
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from adascale_ros.load.stress import StressNg, StressSpec
+from adascale_ros.model.directory import card_resolutions, load_variant_table, reference_variants, write_json
 from adascale_ros.model.elastic import Variant
-from adascale_ros.model.metrics import module_keys, resolution_suffix
-from adascale_ros.profiling.predictor import STATE_FEATURES
-from adascale_ros.profiling.timing import summarize
-from adascale_ros.resources import ARForecaster, LoadIndexWeights, ResourceSampler
-from adascale_ros.resources.load_index import load_index
+from adascale_ros.model.metrics import resolution_suffix
+from adascale_ros.model.saved_model import LoadedModel, load_model
+from adascale_ros.package_files import shipped_path
+from adascale_ros.profiling.energy import EnergyProfile
+from adascale_ros.profiling.fitting import fit_and_report, report_markdown
+from adascale_ros.profiling.measurement import (
+    FIXED,
+    CalibrationData,
+    CalibrationPlan,
+    ModuleCalls,
+    default_levels,
+    run_calibration,
+)
+from adascale_ros.profiling.predictor import PREDICTOR_DIR, STATE_FEATURES, LatencyPredictor, device_fingerprint
+from adascale_ros.runtime.engine import ElasticEngine
+from adascale_ros.runtime.preprocess import Preprocessor
+from adascale_ros.timing import summarize, time_samples
 
-CALIBRATION_FORMAT = 1
-FIXED = "fixed"  # the per-frame cost outside the network's modules
-
-
-@dataclass(frozen=True)
-class LoadLevel:
-    name: str
-    spec: StressSpec
-
-    @property
-    def idle(self) -> bool:
-        return self.spec.idle
-
-
-def default_levels(quick: bool = False) -> list[LoadLevel]:
-    """The load sweep. One worker per core at 100 % is the heaviest CPU level."""
-    cores = os.cpu_count() or 1
-    if quick:
-        return [LoadLevel("idle", StressSpec()), LoadLevel(f"cpu{cores}x100", StressSpec(cores, 100))]
-    half = max(1, cores // 2)
-    levels = [LoadLevel("idle", StressSpec())]
-    for workers in sorted({half, cores}):
-        for percent in (30, 60, 100):
-            levels.append(LoadLevel(f"cpu{workers}x{percent}", StressSpec(workers, percent)))
-    levels.append(LoadLevel("vm1", StressSpec(vm_workers=1, vm_bytes="25%")))
-    levels.append(LoadLevel(f"cpu{half}x60+vm1", StressSpec(half, 60, vm_workers=1, vm_bytes="25%")))
-    return levels
+DATA_FILE = "calibration_data.json.gz"
+REPORT = "calibration_report"
+DEFAULT_ENERGY_PROFILE = "config/energy/x86_64_generic.yaml"
 
 
 @dataclass(frozen=True)
-class ModuleInfo:
-    """A module's sampling parameters, from the model's variants.json module table."""
-
-    key: str
-    kind: str
-    in_channels: int
-    in_hw: int
-    out_channels: int
-    out_hw: int
-    params: int
-    flops: int
-    memory_accesses: int
-
-    @classmethod
-    def from_table(cls, row: dict[str, Any]) -> ModuleInfo:
-        c_in, h_in, w_in = row["in_shape"]
-        c_out, h_out, w_out = row["out_shape"] if len(row["out_shape"]) == 3 else (row["out_shape"][0], 1, 1)
-        return cls(
-            row["key"], row["kind"], c_in, h_in * w_in, c_out, h_out * w_out,
-            row["params"], row["flops"], row["memory_accesses"],
-        )  # fmt: skip
-
-    @classmethod
-    def fixed(cls, key: str = FIXED, resolution: int | None = None) -> ModuleInfo:
-        """Pre-processing; at an input resolution its output size is what tells one from another."""
-        out_channels, out_hw = (3, resolution * resolution) if resolution else (0, 0)
-        return cls(key, FIXED, 0, 0, out_channels, out_hw, 0, 0, 0)
-
-    def features(self) -> list[float]:
-        """The regressors' sampling parameters, in ``MODULE_FEATURES`` order."""
-        return [float(getattr(self, name)) for name in MODULE_FEATURES]
-
-
-MODULE_FEATURES = ("in_channels", "in_hw", "out_channels", "out_hw", "params", "flops", "memory_accesses")
-
-
-def module_infos(variants_table: dict[str, Any]) -> dict[str, ModuleInfo]:
-    infos = {row["key"]: ModuleInfo.from_table(row) for row in variants_table["modules"]}
-    # One fixed cost per input resolution (pre-processing resizes to it); module keys end with it.
-    suffixes = {key[key.index("@") :] if "@" in key else "" for key in infos}
-    for suffix in suffixes:
-        infos[FIXED + suffix] = ModuleInfo.fixed(FIXED + suffix, int(suffix[1:]) if suffix else None)
-    return infos
-
-
-def variant_module_keys(variant: Variant) -> list[str]:
-    """Modules a variant runs, the fixed per-frame cost included (AdaptiveNet's additive model)."""
-    return [FIXED + resolution_suffix(variant.resolution), *module_keys(variant)]
-
-
-@dataclass
-class CalibrationData:
-    """What one calibration measured; columns of equal length per table."""
-
-    device: dict[str, Any]
-    levels: list[dict[str, Any]]
-    modules: dict[str, list] = field(default_factory=dict)  # key, level, round, latency_ms, *STATE_FEATURES
-    variants: dict[str, list] = field(default_factory=dict)  # variant_id, level, round, latency_ms, *STATE
-    cache: dict[str, list] = field(default_factory=dict)  # key, level, cold_ms, warm_ms, load_index
-    energy: dict[str, list] = field(default_factory=dict)  # variant_id, energy_mj (where a power sensor exists)
-    # The reference variants one camera frame at a time (``CalibrationPlan.camera_gap_s`` apart), as the
-    # inference node runs them: variant_id, level, latency_ms. Absent from datasets made before it.
-    camera_rate: dict[str, list] = field(default_factory=dict)
-
-    def save(self, path: Path) -> None:
-        data = {"format_version": CALIBRATION_FORMAT, **asdict(self)}
-        with gzip.open(path, "wt") as f:
-            json.dump(data, f)
-
-    @classmethod
-    def load(cls, path: Path) -> CalibrationData:
-        try:
-            with gzip.open(path, "rt") as f:
-                data = json.load(f)
-        except (OSError, EOFError, ValueError) as exc:
-            raise ValueError(f"{path}: not a calibration dataset ({exc})") from exc
-        if data.get("format_version") != CALIBRATION_FORMAT:
-            raise ValueError(f"{path}: calibration format {data.get('format_version')}, expected {CALIBRATION_FORMAT}")
-        data.pop("format_version")
-        return cls(**data)
-
-    def table(self, name: str) -> dict[str, np.ndarray]:
-        return {k: np.asarray(v) for k, v in getattr(self, name).items()}
-
-
-def _append(table: dict[str, list], **row: Any) -> None:
-    for k, v in row.items():
-        table.setdefault(k, []).append(v)
-
-
-def last_level_cache_bytes(sys_root: Path = Path("/sys")) -> int:
-    """Size of the largest CPU cache sysfs reports (32 MiB when unknown)."""
-    sizes = []
-    for f in (sys_root / "devices/system/cpu/cpu0/cache").glob("index*/size"):
-        text = f.read_text().strip().upper()
-        scale = {"K": 2**10, "M": 2**20}.get(text[-1:], 1)
-        try:
-            sizes.append(int(text.rstrip("KM")) * scale)
-        except ValueError:
-            continue
-    return max(sizes, default=32 * 2**20)
-
-
-class CacheFlusher:
-    """Evicts the CPU caches by writing a buffer twice the last-level cache."""
-
-    def __init__(self) -> None:
-        self._buffer = np.zeros(2 * last_level_cache_bytes() // 8, np.float64)
-
-    def __call__(self) -> None:
-        self._buffer += 1.0
-
-
-def measure_throughput(seconds: float = 0.3) -> dict[str, float]:
-    """Device throughput for the theoretical latency estimate: float32 GFLOP/s and copy GB/s."""
-    a = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
-    flops = 2 * 256**3
-    matmul = summarize([_time_ms(lambda: a @ a) for _ in range(max(5, int(seconds / 0.002)))])
-    src = np.ones(8 * 2**20, np.float64)  # 64 MiB
-    dst = np.empty_like(src)
-    copy = summarize([_time_ms(lambda: np.copyto(dst, src)) for _ in range(5)])
-    return {"gflops": flops / (matmul.median_ms * 1e6), "copy_gbs": 2 * src.nbytes / (copy.median_ms * 1e6)}
-
-
-def _time_ms(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1e3
-
-
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # the first call after another module pays for its cache misses; time the steady state
-    return summarize([_time_ms(fn) for _ in range(repeats)]).median_ms
-
-
-class StateProbe:
-    """Resource readings over an interval, with this process's own CPU time taken out."""
-
-    def __init__(self, weights: LoadIndexWeights) -> None:
-        self.weights = weights
-        self.sampler = ResourceSampler(weights, ARForecaster(), period_s=0.1)
-        self.cores = os.cpu_count() or 1
-        self._start()
-
-    def _start(self) -> None:
-        self.sampler.sample()
-        self._wall, self._cpu = time.monotonic(), time.process_time()
-
-    def read(self) -> dict[str, float]:
-        """State since the previous ``read`` (or construction); starts the next interval."""
-        wall, cpu = time.monotonic() - self._wall, time.process_time() - self._cpu
-        s = self.sampler.sample()
-        self._wall, self._cpu = time.monotonic(), time.process_time()
-        own = cpu / (wall * self.cores) if wall > 0 else 0.0
-        background = min(1.0, max(0.0, s.cpu_util - own)) if math.isfinite(s.cpu_util) else math.nan
-        return {
-            "cpu_util": background,
-            "load_index": load_index(background, s.gpu_util, s.mem_util, self.weights),
-            "mem_available_mb": s.mem_available_mb,
-            "cpu_freq_mhz": s.cpu_freq_mhz,
-            "power_w": s.power_w,
-        }
-
-    def close(self) -> None:
-        self.sampler.close()
-
-
-def ground_truth_variants(
-    variants: list[Variant], per_exit: int, seed: int = 0, always: Sequence[Variant] = ()
-) -> list[Variant]:
-    """A fixed random sample of whole variants, the same number from every exit, plus ``always``."""
-    rng = random.Random(seed)
-    sample: list[Variant] = []
-    for exit_index in sorted({v.exit_index for v in variants}):
-        at_exit = [v for v in variants if v.exit_index == exit_index]
-        sample += rng.sample(at_exit, min(per_exit, len(at_exit)))
-    return sample + [v for v in always if v not in sample]
-
-
-@dataclass(frozen=True)
-class CalibrationPlan:
-    levels: list[LoadLevel]
-    seconds_per_level: float
-    settle_s: float = 1.0
-    round_s: float = 0.2
-    repeats: int = 7
-    variants_per_exit: int = 30
+class CalibrateOptions:
+    quick: bool = False
+    seconds_per_level: float | None = None  # default: 20 s, or 2 s with quick
+    backend: str = "onnxruntime"
+    threads: int = 1
+    frame_width: int = 640
+    frame_height: int = 480
+    energy_profile: Path | None = None
+    refit: bool = False  # fit again from the stored dataset, measure nothing
     seed: int = 0
-    always: tuple[Variant, ...] = ()  # measured whole at every level besides the sample (the top variant)
-    camera_frames: int = 30  # per reference variant and level, one camera frame at a time
-    camera_gap_s: float = 1 / 15  # between those frames: a 15 Hz camera
 
 
-ModuleCalls = dict[str, Callable[[], object]]
-VariantCall = Callable[[Variant], object]
+def engine_calls(
+    model: LoadedModel, engine: ElasticEngine, frame: np.ndarray
+) -> tuple[ModuleCalls, Callable[[Variant], object]]:
+    """Zero-argument calls of every module at its real batch-1 input, and a whole-variant call.
 
-
-def measure_camera_rate(
-    variants: Sequence[Variant], run_variant: VariantCall, plan: CalibrationPlan, level: str, table: dict[str, list]
-) -> None:
-    """Time each of ``variants`` on ``plan.camera_frames`` frames ``plan.camera_gap_s`` apart.
-
-    Back to back (the module and whole-variant timings) the caches stay warm and
-    the inference threads awake; a frame that comes after a camera's gap finds
-    neither, and under load it competes with the load's threads for a core it
-    has to wake up on. That is the latency a deadline is about.
+    The whole-variant call is what the inference node times per frame:
+    pre-processing of one rgb8 camera frame, then the variant. The fixed
+    module is the part of that outside the network, the pre-processing (the
+    soft-max is in the exit's segment graph, ``ElasticEngine``).
     """
-    for variant in variants:
-        run_variant(variant)  # its sessions warm, as the inference node warms a variant it switches to
-        for _ in range(plan.camera_frames):
-            time.sleep(plan.camera_gap_s)
-            _append(table, variant_id=variant.id, level=level, latency_ms=_time_ms(lambda v=variant: run_variant(v)))
+    preprocess = Preprocessor.from_card(model.card)
+    backend = engine.backend
+    calls: ModuleCalls = {}
+    for resolution in card_resolutions(model.card) or (None,):
+        suffix = resolution_suffix(resolution)
+        x = preprocess(frame, "rgb8", resolution)
+        calls[FIXED + suffix] = lambda r=resolution: preprocess(frame, "rgb8", r)
+        features = backend.stem(x)
+        calls["stem" + suffix] = lambda x=x: backend.stem(x)
+        for stage, blocks in enumerate(model.net.stages):
+            for op in blocks:
+                calls[f"s{stage}:{op}{suffix}"] = lambda s=stage, o=op, f=features: backend.stage(s, o, f)
+            features = backend.stage(stage, next(iter(blocks)), features)
+            calls[f"exit{stage}{suffix}"] = lambda s=stage, f=features: backend.head(s, f)
+
+    def run_variant(variant: Variant) -> object:
+        return engine.run(preprocess(frame, "rgb8", variant.resolution), variant)
+
+    return calls, run_variant
 
 
-def run_calibration(
-    plan: CalibrationPlan,
-    module_calls: ModuleCalls,
-    run_variant: VariantCall,
-    variants: list[Variant],
-    device: dict[str, Any],
-    weights: LoadIndexWeights | None = None,
-    progress: Callable[[float], None] | None = None,
-) -> CalibrationData:
-    """Measure every module and a fixed sample of whole variants at every load level of ``plan``.
+def calibrate_model(
+    model_dir: Path, options: CalibrateOptions, progress: bool = True
+) -> tuple[LatencyPredictor, dict[str, Any]]:
+    model_dir = Path(model_dir)
+    table = load_variant_table(model_dir)
+    data_path = model_dir / PREDICTOR_DIR / DATA_FILE
+    if options.refit:
+        data = CalibrationData.load(data_path)
+    else:
+        data = measure(model_dir, options, progress)
+        data_path.parent.mkdir(parents=True, exist_ok=True)
+        data.save(data_path)
+    profile = EnergyProfile.from_yaml(options.energy_profile or shipped_path(DEFAULT_ENERGY_PROFILE))
+    meta = {
+        "backend": data.device["backend"],
+        "threads": data.device["threads"],
+        "frame": data.device["frame"],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "quick": data.device.get("quick", False),
+    }
+    started = time.perf_counter()
+    predictor, report = fit_and_report(data, table, profile, meta, seed=options.seed)
+    report["fit_seconds"] = round(time.perf_counter() - started, 1)
+    report["prediction_ms"] = prediction_time_ms(predictor)
+    predictor.save(model_dir)
+    write_json(model_dir / f"{REPORT}.json", _finite(report))
+    (model_dir / f"{REPORT}.md").write_text(report_markdown(report))
+    return predictor, report
 
-    ``module_calls`` maps module keys to zero-argument calls of one module at
-    its batch-1 input; ``run_variant`` runs one whole variant on one frame.
-    ``progress`` receives the seconds of measuring done so far.
-    stress-ng stops at the end of each level, also on an exception or Ctrl-C.
-    """
-    data = CalibrationData(device={**device, "throughput": measure_throughput()}, levels=[])
-    truth = ground_truth_variants(variants, plan.variants_per_exit, plan.seed, plan.always)
-    references = [v for v in truth if v in plan.always]
-    rng = random.Random(plan.seed)
-    flush = CacheFlusher()
-    probe = StateProbe(weights or LoadIndexWeights())
-    keys = list(module_calls)
-    done_s = 0.0
-    round_index = 0
+
+def measure(model_dir: Path, options: CalibrateOptions, progress: bool) -> CalibrationData:
+    model = load_model(model_dir)
+    engine = ElasticEngine.from_net(model.net, model.input_shape, options.backend, options.threads)
+    frame = np.random.default_rng(options.seed).integers(
+        0, 256, (options.frame_height, options.frame_width, 3), dtype=np.uint8
+    )
+    calls, run_variant = engine_calls(model, engine, frame)
+    references = reference_variants(load_variant_table(model_dir))
+    levels = default_levels(options.quick)
+    seconds = options.seconds_per_level or (2.0 if options.quick else 20.0)
+    plan = CalibrationPlan(
+        levels=levels,
+        seconds_per_level=seconds,
+        settle_s=0.5 if options.quick else 1.0,
+        variants_per_exit=8 if options.quick else 30,
+        seed=options.seed,
+        always=tuple(Variant.parse(v) for v in dict.fromkeys(references.values())),
+        camera_frames=5 if options.quick else 30,
+    )
+    device = {
+        **device_fingerprint(),
+        "backend": options.backend,
+        "threads": options.threads,
+        "frame": f"{options.frame_width}x{options.frame_height} rgb8",
+        "quick": options.quick,
+        "reference_variants": references,
+    }
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=round(seconds * len(levels)), unit="s", desc="calibrating", leave=False)
+
+    def advance(done_s: float) -> None:
+        if bar is not None:
+            bar.update(max(0, round(done_s) - bar.n))
+
     try:
-        for level in plan.levels:
-            data.levels.append({"name": level.name, "idle": level.idle, "stress_ng": level.spec.args()})
-            with StressNg(level.spec, timeout_s=plan.settle_s + plan.seconds_per_level + 30):
-                time.sleep(plan.settle_s)
-                warm: dict[str, list[float]] = {k: [] for k in keys}
-                cold = {}
-                for key in keys:  # eq. 5's cold time: one call right after a cache flush
-                    module_calls[key]()
-                    flush()
-                    cold[key] = _time_ms(module_calls[key])
-                probe.read()
-                # Every level walks the whole-variant sample from the reference variants on, so each
-                # level measures them (their slowdown per level) and as much of the rest as time allows.
-                rest = [v for v in truth if v not in plan.always]
-                rng.shuffle(rest)
-                order, cursor = references + rest, 0
-                level_end = time.monotonic() + plan.seconds_per_level
-                while time.monotonic() < level_end:
-                    round_start = time.monotonic()
-                    timings: list[tuple[str, float]] = []
-                    rng.shuffle(keys)
-                    for key in keys:
-                        timings.append((key, _median_ms(module_calls[key], plan.repeats)))
-                    # Whole variants get at least the time the modules took: with modules of milliseconds
-                    # a round's module timings alone outlast round_s, and the ground truth would starve.
-                    truths: list[tuple[str, float]] = []
-                    truth_s = max(plan.round_s, time.monotonic() - round_start)
-                    truth_start = time.monotonic()
-                    while not truths or time.monotonic() - truth_start < truth_s:
-                        variant = order[cursor % len(order)]
-                        cursor += 1
-                        truths.append((variant.id, _median_ms(lambda v=variant: run_variant(v), plan.repeats)))
-                    state = probe.read()
-                    state_row = {f: state[f] for f in STATE_FEATURES}
-                    for key, ms in timings:
-                        warm[key].append(ms)
-                        _append(data.modules, key=key, level=level.name, round=round_index, latency_ms=ms, **state_row)
-                    for variant_id, ms in truths:
-                        _append(
-                            data.variants, variant_id=variant_id, level=level.name, round=round_index,
-                            latency_ms=ms, **state_row,
-                        )  # fmt: skip
-                    round_index += 1
-                    if progress is not None:
-                        level_left = max(0.0, level_end - time.monotonic())
-                        progress(done_s + plan.seconds_per_level - level_left)
-                measure_camera_rate(references, run_variant, plan, level.name, data.camera_rate)
-                done_s += plan.seconds_per_level
-                level_load = float(np.nanmean(data.modules["load_index"][-len(keys) :]))
-                for key in keys:
-                    _append(
-                        data.cache, key=key, level=level.name, cold_ms=cold[key],
-                        warm_ms=float(np.median(warm[key])), load_index=level_load,
-                    )  # fmt: skip
-        if probe.sampler.sources["rapl"] or probe.sampler.sources["jetson_ina"]:
-            measure_energy(truth, run_variant, probe, data)
+        return run_calibration(plan, calls, run_variant, model.net.variants(), device, progress=advance)
     finally:
-        probe.close()
-    return data
+        if bar is not None:
+            bar.close()
 
 
-def measure_energy(
-    truth: list[Variant], run_variant: VariantCall, probe: StateProbe, data: CalibrationData, seconds: float = 0.5
-) -> None:
-    """Energy per inference from a power sensor: (power while running - idle power) x latency."""
-    time.sleep(seconds)
-    probe.read()
-    time.sleep(seconds)
-    idle_w = probe.read()["power_w"]
-    for variant in truth[:: max(1, len(truth) // 24)]:
-        count, start = 0, time.monotonic()
-        probe.read()
-        while time.monotonic() - start < seconds:
-            run_variant(variant)
-            count += 1
-        busy_w = probe.read()["power_w"]
-        latency_s = (time.monotonic() - start) / count
-        if math.isfinite(busy_w) and math.isfinite(idle_w):
-            _append(data.energy, variant_id=variant.id, energy_mj=max(0.0, busy_w - idle_w) * latency_s * 1e3)
+def prediction_time_ms(predictor: LatencyPredictor, repeats: int = 200) -> dict[str, float]:
+    """Median and p90 time to predict every variant at the current and the forecast load [ms]."""
+    state = np.nan_to_num(predictor.state_mean, nan=0.0)
+    forecast_loads = itertools.cycle((0.5, 0.9))  # a new forecast each time: nothing cached
+
+    def predict() -> None:
+        states = np.vstack([state, predictor.at_load(state, next(forecast_loads))])
+        predictor.latency_ms(states)
+        predictor.energy_mj(states[0])
+        predictor.energy_mj(states[1])
+
+    timing = summarize(time_samples(predict, repeats))
+    return {
+        "variants": len(predictor.variant_ids),
+        "median_ms": round(timing.median_ms, 3),
+        "p90_ms": round(timing.p90_ms, 3),
+    }
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: unknown numbers become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, np.generic):
+        return _finite(value.item())
+    return value
+
+
+def predictions_json(predictor: LatencyPredictor, state: np.ndarray, table: dict[str, Any]) -> str:
+    latency, energy = predictor.predict(state)
+    rows = {v["variant_id"]: v for v in table["variants"]}
+    return json.dumps(
+        _finite(
+            {
+                "state": dict(zip(STATE_FEATURES, state.tolist(), strict=True)),
+                "mode": predictor.mode,
+                "variants": [
+                    {
+                        "variant_id": vid,
+                        "exit_index": rows[vid]["exit_index"],
+                        "accuracy": rows[vid]["val_accuracy"],
+                        "predicted_latency_ms": round(float(latency[i]), 4),
+                        "predicted_energy_mj": round(float(energy[i]), 4),
+                    }
+                    for i, vid in enumerate(predictor.variant_ids)
+                ],
+            }
+        ),
+        indent=1,
+    )

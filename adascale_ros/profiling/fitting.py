@@ -26,14 +26,14 @@ import numpy as np
 from scipy.optimize import lsq_linear
 
 from adascale_ros.model.elastic import Variant
-from adascale_ros.profiling.calibration import (
+from adascale_ros.profiling.energy import EnergyProfile, cache_hit_rate, fit_power_coefficients
+from adascale_ros.profiling.measurement import (
     MODULE_FEATURES,
     CalibrationData,
     ModuleInfo,
     module_infos,
     variant_module_keys,
 )
-from adascale_ros.profiling.energy import EnergyProfile, cache_hit_rate, fit_power_coefficients
 from adascale_ros.profiling.predictor import (
     ADDITIVE,
     STATE_FEATURES,
@@ -96,10 +96,19 @@ def slowdown_by_level(groups: list[MedianGroup], levels: list[dict[str, Any]]) -
 
 
 class Fitter:
-    """Everything derived from one calibration dataset and one model's variant table."""
+    """Fits the latency predictors to one calibration dataset and one model's variant table.
 
-    def __init__(self, data: CalibrationData, variants_table: dict[str, Any], seed: int = 0) -> None:
-        self.data, self.variants_table, self.seed = data, variants_table, seed
+    As a scikit-learn estimator: ``seed`` (which ground-truth variants are held out) is the setting;
+    ``fit`` arranges the dataset (splits, masks, the variant-module incidence) and fits the CPU-load
+    line, and the methods after it fit and score regressors on that arrangement.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def fit(self, data: CalibrationData, variants_table: dict[str, Any]) -> Fitter:
+        seed = self.seed
+        self.data, self.variants_table = data, variants_table
         infos = module_infos(variants_table)
         self.modules = data.table("modules")
         self.variant_samples = data.table("variants")
@@ -123,7 +132,8 @@ class Fitter:
         idle_levels = {level["name"] for level in data.levels if level["idle"]}
         self.variant_idle = np.isin(self.variant_samples["level"], list(idle_levels))
         self.module_idle = np.isin(self.modules["level"], list(idle_levels))
-        self.cpu_line = self._fit_cpu_per_load()
+        self.cpu_line_ = self._fit_cpu_per_load()
+        return self
 
     def _impute(self, states: np.ndarray) -> np.ndarray:
         return np.where(np.isfinite(states), states, np.nan_to_num(self.state_mean, nan=0.0))
@@ -170,7 +180,7 @@ class Fitter:
         profiler moves a state to the forecast load)."""
         keys = [k for k, info in self.infos.items() if info.kind == kind]
         base = self._impute(self.state_mean[None, :])[0]
-        states = np.array([move_to_load(base, load, self.cpu_line) for load in np.linspace(0.0, 1.0, steps)])
+        states = np.array([move_to_load(base, load, self.cpu_line_) for load in np.linspace(0.0, 1.0, steps)])
         module_features = np.array([self.infos[k].features() for k in keys])
         feats = np.hstack([np.repeat(module_features, steps, axis=0), np.tile(states, (len(keys), 1))])
         latency = regressor.predict(feats).reshape(len(keys), steps)
@@ -245,7 +255,7 @@ class Fitter:
     def cpu_per_load(self) -> np.ndarray:
         """CPU utilisation against load index, ``[slope, intercept]``: the line the profiler moves a state
         along to the forecast load. A negative fitted slope (noise) becomes flat at the mean."""
-        return self.cpu_line
+        return self.cpu_line_
 
     def _fit_cpu_per_load(self) -> np.ndarray:
         load, cpu = self.modules["load_index"].astype(float), self.modules["cpu_util"].astype(float)
@@ -299,7 +309,7 @@ def fit_and_report(
 ) -> tuple[LatencyPredictor, dict[str, Any]]:
     """Fit every regressor family, auto-select per module kind, choose the variant mode, build the report."""
     families = families or list(REGRESSORS)
-    fitter = Fitter(data, variants_table, seed)
+    fitter = Fitter(seed).fit(data, variants_table)
     fitted, module_scores, selection = _fit_set(fitter, True, families)
 
     per_family = {}

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from adascale_ros.model.files import ModelLoadError, read_json, write_json
+from adascale_ros.model.directory import ModelLoadError, read_json, write_json
 from adascale_ros.model.variant import Variant
 from adascale_ros.profiling.energy import EnergyProfile, energy_mj
 from adascale_ros.profiling.regressors import REGRESSORS, FittedRegressor
@@ -123,6 +123,24 @@ class LatencyPredictor:
     def at_load(self, state: np.ndarray, load_index: float) -> np.ndarray:
         """``state`` moved to another load index (the forecast): CPU utilisation follows the fitted line."""
         return move_to_load(state, load_index, self.cpu_per_load)
+
+    def state_at(
+        self,
+        load_index: float,
+        cpu_util: float | None = None,
+        mem_available_mb: float | None = None,
+        cpu_freq_mhz: float | None = None,
+    ) -> np.ndarray:
+        """The state at ``load_index`` with the readings given and the calibration's typical ones for the
+        rest; without a CPU utilisation, it follows the load index as calibrated (the forecast-load rule)."""
+        if not 0.0 <= load_index <= 1.0:
+            raise ValueError(f"the load index must be in [0, 1], got {load_index}")
+        given = np.array([cpu_util, np.nan, mem_available_mb, cpu_freq_mhz], np.float64)  # None -> NaN
+        state = np.where(np.isfinite(given), given, self.state_mean)
+        if cpu_util is None:
+            return self.at_load(state, load_index)
+        state[1] = load_index
+        return state
 
     def load_sweep(self, steps: int = 21, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(loads, latency): every variant's predicted latency, (steps, V), at load indices 0 -> 1 from
@@ -338,42 +356,22 @@ class LatencyCorrection:
 
     A variant's raw prediction L is corrected to (L + offset) * tail:
 
-    - offset: what the predictor gets wrong for that variant, in ms. A variant
-      with ``variant_min_samples`` results or more has its own, the median of
-      measured - predicted over its last ``window`` results. Any other variant
-      gets the sum of per-module offsets fitted (ridge least squares) to the
-      measured variants' offsets through the variant-module ``incidence``
-      matrix, so a variant that shares blocks with measured ones shares their
-      correction. Why offsets are needed at all: the predictors are fitted to
-      back-to-back timings, and a camera-rate node wakes to cold caches, which
-      costs each module its weights' fetch: a large variant more than a small
-      one. Without the transfer, every variant not yet run looks as fast as
-      the raw model says, and the most accurate of them is tried, breaks the
-      budget, and gives way to the next untried one.
-    - tail: a high quantile of the last ``tail_window`` (default: ``window``)
-      ratios measured / corrected prediction of any variant. With ``quantile``
-      0.9 the predictions describe the latency nine frames in ten stay under,
-      so a variant chosen against a deadline meets it that often; one slow
-      frame does not move it on its own, a load that slows every variant
-      does. A quantile needs more samples than a median: the 0.9 quantile of
-      30 is the third largest, so three slow frames move every prediction.
-      It stays 1 until ``min_samples`` ratios are in. Only results of a variant
-      with its own offset count towards it (all results when no variant is
-      given): the tail is the spread of latency about a variant's known centre.
-      The first results of a variant just switched to measure how wrong its
-      transferred offset was, a bias its own offset removes within
-      ``variant_min_samples`` results; in the tail they raised every
-      prediction for the next ``tail_window`` results, made the variants
-      around the budget look over it, and each switch that followed added
-      more of them.
-    - expiry: a variant's own offset is dropped once more than
-      ``offset_max_age`` results of other variants have arrived since its last
-      one, and it goes back to the transferred offset, fitted to the variants measured
-      recently. Without it, an offset learnt in a bad second (the first frames
-      after start-up, or a burst of load) priced that variant for the rest of
-      the run, and it was never chosen again.
+    - offset [ms]: a variant with ``variant_min_samples`` results or more has its own, the median of
+      measured - predicted over its last ``window`` results; any other variant gets the sum of
+      per-module offsets fitted (ridge least squares) to the measured variants' offsets through the
+      variant-module ``incidence`` matrix, so a variant that shares blocks with measured ones shares
+      their correction. Without ``incidence`` only measured variants are corrected.
+    - tail: the ``quantile`` of the last ``tail_window`` (default: ``window``) ratios measured /
+      corrected prediction, 1 until ``min_samples`` are in; only results of variants with their own
+      offset count (all results when no variant is given), so it is the spread about a known centre.
+    - expiry: a variant's own offset is dropped once ``offset_max_age`` results of other variants have
+      arrived since its last one; it goes back to the transferred offset.
 
-    Without ``incidence`` only measured variants are corrected (their own offsets).
+    Why each part exists: docs/decisions/latency-correction.md.
+
+    As a scikit-learn estimator: the settings are the constructor's arguments, each result is learnt by
+    ``partial_fit``, and what it learnt ends in an underscore (``ratio_``, ``measured_offsets_``,
+    ``samples_``, ``n_updates_``).
     """
 
     def __init__(
@@ -403,61 +401,56 @@ class LatencyCorrection:
         self.variant_min_samples = min(variant_min_samples, window)
         self.incidence = None if incidence is None else np.asarray(incidence, np.float64)
         self.ridge = ridge
-        self.samples: deque[float] = deque(maxlen=tail_window)  # measured / corrected, variants with own offsets
+        self.samples_: deque[float] = deque(maxlen=tail_window)  # measured / corrected, variants with own offsets
         self._own: dict[int, deque[float]] = {}  # variant index -> its last measured - predicted [ms]
-        self.measured_offsets: dict[int, float] = {}  # variant index -> median of those
-        self._last_update: dict[int, int] = {}  # variant index -> self.updates at its last result
+        self.measured_offsets_: dict[int, float] = {}  # variant index -> median of those
+        self._last_update: dict[int, int] = {}  # variant index -> self.n_updates_ at its last result
         self._offsets: np.ndarray | None = None  # every variant's offset, as last fitted
         self._refit = True  # a measured offset changed since
-        self.ratio = 1.0  # the tail
-        self.updates = 0
+        self.ratio_ = 1.0  # the tail
+        self.n_updates_ = 0
 
-    def update(self, measured_ms: float, predicted_ms: float, variant: int | None = None) -> bool:
+    def partial_fit(self, measured_ms: float, predicted_ms: float, variant: int | None = None) -> bool:
         """Fold in one result (of ``variant``, if known) against its raw prediction.
 
         False, and nothing changes, for a non-finite or non-positive pair.
         """
         if not (math.isfinite(measured_ms) and math.isfinite(predicted_ms) and measured_ms > 0 and predicted_ms > 0):
             return False
-        if variant is None or variant in self.measured_offsets:
+        if variant is None or variant in self.measured_offsets_:
             # The ratio is against the prediction the selector acted on: with the offset known then.
             expected = float(self._with_offset(predicted_ms, self._offset_of(variant)))
-            self.samples.append(min(self.high, max(self.low, measured_ms / expected)))
-            if len(self.samples) >= self.min_samples:
-                self.ratio = float(np.quantile(self.samples, self.quantile))
-        self.updates += 1
+            self.samples_.append(min(self.high, max(self.low, measured_ms / expected)))
+            if len(self.samples_) >= self.min_samples:
+                self.ratio_ = float(np.quantile(self.samples_, self.quantile))
+        self.n_updates_ += 1
         if variant is not None:
             self._expire()
-            self._last_update[variant] = self.updates
+            self._last_update[variant] = self.n_updates_
             own = self._own.setdefault(variant, deque(maxlen=self.window))
             own.append(measured_ms - predicted_ms)
             if len(own) >= self.variant_min_samples:
-                self.measured_offsets[variant] = float(np.median(own))
+                self.measured_offsets_[variant] = float(np.median(own))
                 self._refit = True
         return True
 
     def forget_measured(self) -> None:
-        """Drop every variant's own offset and the tail: the load they were learnt under has ended.
-
-        Offsets and ratios measured under a heavy load price every variant as if that load went on
-        (the transferred offsets are fitted to them too), so after the load the most accurate
-        variant looked over the budget until each offset aged out, which took a minute. From here
-        the raw predictions stand until the variants run again.
-        """
-        self.samples.clear()
-        self.ratio = 1.0
+        """Drop every variant's own offset and the tail: the load they were learnt under has ended, and
+        the raw predictions stand until the variants run again."""
+        self.samples_.clear()
+        self.ratio_ = 1.0
         self._own.clear()
         self._last_update.clear()
-        if self.measured_offsets:
-            self.measured_offsets.clear()
+        if self.measured_offsets_:
+            self.measured_offsets_.clear()
             self._refit = True
 
     def _expire(self) -> None:
         """Forget the offsets of variants without a result in the last ``offset_max_age`` updates."""
-        oldest = self.updates - self.offset_max_age
+        oldest = self.n_updates_ - self.offset_max_age
         for variant in [v for v, at in self._last_update.items() if at < oldest]:
             del self._last_update[variant], self._own[variant]
-            if self.measured_offsets.pop(variant, None) is not None:
+            if self.measured_offsets_.pop(variant, None) is not None:
                 self._refit = True
 
     def offsets(self, count: int) -> np.ndarray:
@@ -469,7 +462,7 @@ class LatencyCorrection:
     def corrected(self, raw_ms: np.ndarray) -> np.ndarray:
         """Raw predictions of every variant (last axis) corrected: (raw + offset) * tail."""
         raw_ms = np.asarray(raw_ms, np.float64)
-        return self._with_offset(raw_ms, self.offsets(raw_ms.shape[-1])) * self.ratio
+        return self._with_offset(raw_ms, self.offsets(raw_ms.shape[-1])) * self.ratio_
 
     def _with_offset(self, raw_ms: np.ndarray | float, offset: np.ndarray | float) -> np.ndarray:
         # A negative offset never takes a prediction below ``low`` times the raw one.
@@ -478,18 +471,18 @@ class LatencyCorrection:
     def _offset_of(self, variant: int | None) -> float:
         if variant is None:
             return 0.0
-        if variant in self.measured_offsets:
-            return self.measured_offsets[variant]
+        if variant in self.measured_offsets_:
+            return self.measured_offsets_[variant]
         if self._offsets is not None and variant < len(self._offsets):
             return float(self._offsets[variant])
         return 0.0
 
     def _fit(self, count: int) -> np.ndarray:
         offsets = np.zeros(count)
-        measured = sorted(i for i in self.measured_offsets if i < count)
+        measured = sorted(i for i in self.measured_offsets_ if i < count)
         if not measured:
             return offsets
-        own = np.array([self.measured_offsets[i] for i in measured])
+        own = np.array([self.measured_offsets_[i] for i in measured])
         if self.incidence is not None and len(self.incidence) == count:
             a = self.incidence[measured]
             gram = a.T @ a + self.ridge * np.eye(a.shape[1])

@@ -23,14 +23,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from adascale_ros.model.artifacts import LoadedModel
+from adascale_ros.model.directory import card_resolutions, reference_variants
 from adascale_ros.model.elastic import Variant
-from adascale_ros.model.files import card_resolutions, reference_variants
 from adascale_ros.model.pipeline import best_per_exit
-from adascale_ros.profiling.timing import summarize, time_samples
+from adascale_ros.model.saved_model import LoadedModel
 from adascale_ros.runtime.engine import BACKENDS, ElasticEngine, OnnxBackend, session_options, softmax
 from adascale_ros.runtime.onnx_modules import OnnxModules, export_modules, fuse
 from adascale_ros.runtime.preprocess import Preprocessor, shrink_by_area
+from adascale_ros.timing import summarize, time_samples
 
 
 def _summary(samples_ms: list[float]) -> dict[str, float]:

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from adascale_ros.model.files import card_resolutions, read_model_card
+from adascale_ros.model.directory import card_resolutions, read_model_card
 from adascale_ros.model.variant import Variant
 from adascale_ros.runtime.onnx_modules import OnnxModules, export_modules, fuse, load_cached, store
 
@@ -267,7 +267,7 @@ class ElasticEngine:
                 return cls(backend_, modules.stage_ops, input_shape, "ONNX modules from the cache", resolutions)
             except Exception:  # ONNX Runtime's own error types: a damaged entry, exported again below
                 pass
-        from adascale_ros.model.artifacts import load_model
+        from adascale_ros.model.saved_model import load_model
 
         model = load_model(model_dir)
         if backend == "torch":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -42,6 +43,23 @@ class LatestSlot(Generic[T]):
                 self._ready.wait(timeout_s)
             item, self._item = self._item, None
             return item
+
+    def serve(self, process: Callable[[T], None], skipped: Callable[[str, str], None]) -> None:
+        """Run ``process`` on the newest item until the slot closes. An item it raises on is reported to
+        ``skipped(kind, message)`` (``kind``: the exception's own, e.g. a ``FrameError``'s, else "internal")
+        and the loop goes on: one bad frame must never stop the node."""
+        while not self._closed:
+            item = self.take(timeout_s=0.2)
+            if item is None:
+                continue
+            try:
+                process(item)
+            except Exception as exc:
+                kind = getattr(exc, "kind", None)
+                if isinstance(kind, str):
+                    skipped(kind, str(exc))
+                else:
+                    skipped("internal", f"{type(exc).__name__}: {exc}")
 
     def close(self) -> None:
         with self._ready:

@@ -118,3 +118,11 @@ def _check_size(height: int, width: int, max_pixels: int) -> None:
         raise FrameError("size", f"empty image ({width} x {height})")
     if height * width > max_pixels:
         raise FrameError("too_large", f"{width} x {height} image exceeds the {max_pixels}-pixel limit")
+
+
+def frame_to_array(msg: Any, max_pixels: int, max_compressed_bytes: int) -> tuple[np.ndarray, str]:
+    """A camera frame, raw (``sensor_msgs/Image``) or compressed (it has a ``format``), as (array, encoding);
+    ``FrameError`` when it is malformed or over the limits."""
+    if hasattr(msg, "format"):
+        return compressed_to_array(msg, max_pixels, max_compressed_bytes)
+    return image_to_array(msg, max_pixels)

@@ -12,20 +12,18 @@ protobuf graphs: reading one runs no code from it.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adascale_ros.model.files import MODEL_CARD, WEIGHTS
+from adascale_ros.model.directory import MODEL_CARD, WEIGHTS
+from adascale_ros.model.onnx_export import ONNX_OPSET, export_module
 
-ONNX_OPSET = 17
 CACHE_FORMAT = 1
 
 
@@ -40,38 +38,6 @@ class OnnxModules:
     @property
     def stage_ops(self) -> tuple[tuple[str, ...], ...]:
         return tuple(tuple(blocks) for blocks in self.stages)
-
-
-def export_module(module: Any, example: Any, dynamic_batch: bool = False, dynamic_size: bool = False) -> bytes:
-    """One torch module as an ONNX graph with input ``x`` and output ``y`` (needs torch); with
-    ``dynamic_batch`` the batch dimension is free, with ``dynamic_size`` the input's height and width
-    (and a feature map output's)."""
-    import torch
-
-    axes: dict[str, dict[int, str]] = {"x": {}, "y": {}}
-    if dynamic_batch:
-        axes["x"][0] = axes["y"][0] = "batch"
-    if dynamic_size:
-        axes["x"] |= {2: "height", 3: "width"}
-        with torch.inference_mode():
-            if module(example).ndim == 4:
-                axes["y"] |= {2: "out_height", 3: "out_width"}
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # The TorchScript-based exporter is deprecated in favour of torch.export,
-        # which takes ~30x longer per module and needs onnxscript.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (example,),
-            buffer,
-            dynamo=False,
-            opset_version=ONNX_OPSET,
-            input_names=["x"],
-            output_names=["y"],
-            dynamic_axes={name: dims for name, dims in axes.items() if dims} or None,
-        )
-    return buffer.getvalue()
 
 
 def export_modules(net: Any, input_shape: tuple[int, int, int]) -> OnnxModules:

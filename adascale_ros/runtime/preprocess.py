@@ -8,7 +8,7 @@
    shrinking (``shrink_by_area``: each output pixel the mean of the source
    pixels it covers), linear interpolation when enlarging;
 4. values: x / 255, then (x - mean) / std per channel, as in training
-   (``adascale_ros.model.evaluation.Normalization``).
+   (``adascale_ros.model.accuracy.Normalization``).
 
 The result is a float32 (1, C, H, W) array, the batch-1 input of both backends.
 """

@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from adascale_ros.profiling.timing import quantile
 from adascale_ros.selection.policy import Budgets, Objective, choose, search_indexed, search_linear
 from adascale_ros.selection.tables import VariantEntry, VariantTables
+from adascale_ros.timing import quantile
 
 # method name -> (index structure, search)
 METHODS: dict[str, tuple[str, Callable[..., str | None]]] = {

@@ -8,7 +8,7 @@ predicted latency L <= T, energy E <= E_b and accuracy >= Acc_min, either
 
 When nothing is feasible it takes the fastest variant and says so.
 
-``StableSelector`` adds the adaptation-frequency guard: a running variant
+``SwitchingPolicy`` adds the adaptation-frequency guard: a running variant
 that breaks a budget (by prediction or by measurement) is replaced at once;
 a feasible running one is replaced only once an upgrade (a feasible variant
 that beats it by ``margin``) has been available for ``dwell_s`` seconds
@@ -207,7 +207,7 @@ def breaks_budgets(
     return None
 
 
-class StableSelector:
+class SwitchingPolicy:
     """Downgrade at once, upgrade only after a dwell time and by a margin; choose with headroom."""
 
     def __init__(self, dwell_s: float = 2.0, margin: float = 0.005, headroom: float = 0.0) -> None:

@@ -3,7 +3,7 @@
 ``VariantSelector`` keeps the latest profile at the current load and the
 latest at the forecast load, feeds the one to act on into the tables (the
 forecast when it is worse than the current load, so the switch happens
-before the load arrives), and asks ``StableSelector`` for the choice.
+before the load arrives), and asks ``SwitchingPolicy`` for the choice.
 Before any profile it answers with the configured safe default; when
 profiles stop, it keeps the last tables and reports them stale.
 
@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from adascale_ros.selection.policy import Budgets, Choice, Objective, StableSelector
+from adascale_ros.selection.policy import Budgets, Choice, Objective, SwitchingPolicy
 from adascale_ros.selection.tables import VariantTables
 
 # A latency budget from the camera within this fraction of the one in force is the same budget.
@@ -124,7 +124,7 @@ class VariantSelector:
             raise ValueError(f"safe default variant {safe_default!r} is not in the variant table")
         self.tables = tables
         self.config = config
-        self.stable = StableSelector(config.dwell_s, config.margin, config.latency_headroom)
+        self.stable = SwitchingPolicy(config.dwell_s, config.margin, config.latency_headroom)
         self.current: Profile | None = None
         self.forecast: Profile | None = None
         budgets, source = config.budgets_for(math.nan)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from adascale_ros.harness.records import PolicyRun
 from adascale_ros.profiling.predictor import LatencyCorrection, LatencyPredictor, latency_sample
-from adascale_ros.tools.scoring import PolicyRun
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,9 @@ def replay(
         if latency is None:
             continue  # as the profiler: not a sample of the variant's latency
         over += latency > correction.corrected(raw)[index]
-        correction.update(latency, float(raw[index]), index)
+        correction.partial_fit(latency, float(raw[index]), index)
         replayed += 1
-        tails.append(correction.ratio)
+        tails.append(correction.ratio_)
     return replayed, over, tails
 
 

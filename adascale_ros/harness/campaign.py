@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from adascale_ros.bringup import NodeSpec, node_graph, with_parameters
-from adascale_ros.model.files import load_variant_table
-from adascale_ros.tools.runner import GraphProcesses, unexpected_errors
+from adascale_ros.graph.definition import NodeSpec, node_graph, with_parameters
+from adascale_ros.graph.runner import GraphProcesses, unexpected_errors
+from adascale_ros.model.directory import load_variant_table
 
 PREFIX = "/campaign"
 REPORT_WAIT_S = 2.5  # diagnostics are published at 1 Hz
@@ -344,8 +344,8 @@ class Campaign:
             VariantProfileArray,
             VariantSelection,
         )
-        from adascale_ros.bringup import default_params_file
-        from adascale_ros.nodes.common import latched_qos
+        from adascale_ros.graph.definition import latched_qos
+        from adascale_ros.package_files import default_params_file
 
         self.table = load_variant_table(model_dir)
         self.variant_ids = [row["variant_id"] for row in self.table["variants"]]
@@ -406,7 +406,7 @@ class Campaign:
         return codes
 
     def _on_diagnostics(self, msg: Any) -> None:
-        from adascale_ros.nodes.common import statuses_by_node
+        from adascale_ros.nodes.diagnostics import statuses_by_node
 
         self.diagnostics.update(statuses_by_node(msg))
 

@@ -22,9 +22,8 @@ from typing import Any
 
 import torch
 
-from adascale_ros.model.elastic import ElasticConfig, ElasticNet, MultiExitNet
-from adascale_ros.model.evaluation import Normalization
-from adascale_ros.model.files import (
+from adascale_ros.model.accuracy import Normalization
+from adascale_ros.model.directory import (
     FORMAT_VERSION,
     MODEL_CARD,
     VARIANTS,
@@ -34,6 +33,7 @@ from adascale_ros.model.files import (
     read_model_card,
     write_json,
 )
+from adascale_ros.model.elastic import ElasticConfig, ElasticNet, MultiExitNet
 
 
 @dataclass

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from adascale_ros.tools.evaluate import EvaluationConfig, Recorder, RunFailed, policy_graph, run_policy
-from adascale_ros.tools.runner import GraphProcesses, unexpected_errors
-from adascale_ros.tools.scoring import FrameOutcome, frame_outcomes, policy_metrics
+from adascale_ros.graph.runner import GraphProcesses, unexpected_errors
+from adascale_ros.harness.evaluation import EvaluationConfig, Recorder, RunFailed, policy_graph, run_policy
+from adascale_ros.harness.metrics import FrameOutcome, frame_outcomes, policy_metrics
 
 MAX_GROWTH_PERCENT = 5.0
 SAMPLE_PERIOD_S = 2.0
@@ -208,9 +208,9 @@ def soak(config: EvaluationConfig, stop: threading.Event, say: Callable[[str], N
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
-    from adascale_ros.model.files import load_variant_table
-    from adascale_ros.tools.bags import read_labels
-    from adascale_ros.tools.evaluate import static_variants
+    from adascale_ros.harness.bags import read_labels
+    from adascale_ros.harness.evaluation import static_variants
+    from adascale_ros.model.directory import load_variant_table
 
     specs = policy_graph("adascale", config, static_variants(load_variant_table(config.model_dir)))
     sampler = MemorySampler()

@@ -1,14 +1,15 @@
 """Launch descriptions of the node graph, for the files in launch/ (needs ``launch_ros``: a ROS 2 install).
 
 Every launch file is one call here, so they share the arguments and the node
-list, which comes from ``adascale_ros.bringup.node_graph`` like ``adascale run``'s.
+list, which comes from ``adascale_ros.graph.definition.node_graph`` like ``adascale run``'s.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from adascale_ros.bringup import BAG_CAMERA_TOPIC, DEFAULT_CAMERA_TOPIC, PACKAGE, default_params_file, node_graph
+from adascale_ros.graph.definition import BAG_CAMERA_TOPIC, DEFAULT_CAMERA_TOPIC, node_graph
+from adascale_ros.package_files import PACKAGE, default_params_file
 
 
 def graph_arguments(camera_topic: str = DEFAULT_CAMERA_TOPIC) -> dict[str, tuple[str | None, str]]:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from adascale_ros.bringup import BAG_CAMERA_TOPIC
+from adascale_ros.graph.definition import BAG_CAMERA_TOPIC
 
 if TYPE_CHECKING:
     from adascale_ros.model.datasets import ImageSet

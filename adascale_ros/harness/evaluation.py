@@ -5,7 +5,7 @@ runner's ``GraphProcesses``), ``adascale replay`` plays the bag in a loop, and
 once the first frame is on the wire the load trace starts, so frame k of every
 run is the same image at the same point of the trace. This process records
 every frame's header stamp, every classification and every resource state, then
-stops everything and moves to the next policy. Scoring (``tools.scoring``)
+stops everything and moves to the next policy. Scoring (``harness.metrics``, ``targets``, ``report``)
 happens after the last run, from the saved records.
 
 Policies
@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from adascale_ros.bringup import (
+from adascale_ros.graph.definition import (
     CLASSIFICATION_TOPIC,
     RESOURCE_STATE_TOPIC,
     SELECTION_TOPIC,
@@ -52,26 +52,23 @@ from adascale_ros.bringup import (
     node_graph,
     with_parameters,
 )
-from adascale_ros.load.traces import LoadTrace, play_trace
-from adascale_ros.tools.runner import GraphProcesses, status_line, unclean_exits
-from adascale_ros.tools.scoring import (
+from adascale_ros.graph.runner import GraphProcesses, status_line, unclean_exits
+from adascale_ros.harness.metrics import (
     TOP_ACCURACY_SLACK,
     FrameOutcome,
-    FrameRecord,
-    PolicyRun,
-    ResultRecord,
-    StateRecord,
-    adaptation_targets,
     frame_outcomes,
-    markdown_report,
     mean_node_cpu,
     oracle_outcomes,
     phase_groups,
     phase_metrics,
-    plot_report,
     policy_metrics,
     pooled_metrics,
 )
+from adascale_ros.harness.plots import plot_report
+from adascale_ros.harness.records import FrameRecord, PolicyRun, ResultRecord, StateRecord
+from adascale_ros.harness.report import markdown_report
+from adascale_ros.harness.targets import adaptation_targets
+from adascale_ros.load.traces import LoadTrace, play_trace
 
 POLICIES = ("adascale", "static-top", "static-smallest", "static-mid", "reactive", "oracle")
 STATIC = {"static-top", "static-mid", "static-smallest"}
@@ -80,10 +77,9 @@ STATIC = {"static-top", "static-mid", "static-smallest"}
 # when the machine is idle and misses it when load slows it by more than the margin.
 DEADLINE_FACTOR = 1.25
 READY_TIMEOUT_S = 120.0  # four nodes importing torch and exporting ONNX on a busy 2-core machine
-# The replay waits for its two subscribers (the inference node and this recorder), then this
-# long, so frame 0 reaches both: the replay's writer seeing a reader does not mean the reader has
-# matched the writer yet, and a best-effort reader drops what comes before. With Fast DDS's
-# defaults that took up to about 3 s here (one static run lost its first 1.7 s of frames at 0.5 s).
+# The replay waits for its two subscribers (the inference node and this recorder), then this long, so
+# frame 0 reaches both: a writer that sees a reader does not mean the reader has matched the writer,
+# and a best-effort reader drops what comes before (Fast DDS's defaults take up to about 3 s).
 REPLAY_DELAY_S = 3.0
 TAIL_S = 0.5  # results of the last frames still in flight when the run ends
 
@@ -132,10 +128,10 @@ def reference_answers(
     """The top variant's answer to every decodable frame of ``bag``, run offline one frame at a time
     without early exit or deadline: header stamp [ns] -> class id; and that variant's id. The truth of
     an unlabelled recording: accuracy against it is agreement with what the best variant would say."""
-    from adascale_ros.model.files import card_input_shape, load_variant_table, read_model_card, reference_variants
+    from adascale_ros.harness.bags import camera_images
+    from adascale_ros.model.directory import card_input_shape, load_variant_table, read_model_card, reference_variants
     from adascale_ros.runtime.engine import ElasticEngine
     from adascale_ros.runtime.preprocess import Preprocessor
-    from adascale_ros.tools.bags import camera_images
 
     card = read_model_card(model_dir)
     engine = ElasticEngine.from_model_dir(model_dir, card_input_shape(card))
@@ -156,7 +152,7 @@ def reference_answers(
 
 def camera_offer(config: EvaluationConfig) -> str:
     """The reliability the replay offers the camera topic with (``ValueError`` when the bag lacks it)."""
-    from adascale_ros.tools.bags import bag_topics, replay_offer
+    from adascale_ros.harness.bags import bag_topics, replay_offer
 
     topics = bag_topics(config.bag)
     if config.camera_topic not in topics:
@@ -168,7 +164,7 @@ def ground_truth(config: EvaluationConfig, say: Callable[[str], None] = print) -
     """What results are scored against (header stamp [ns] -> class id) and a phrase saying what it is:
     the bag's labels, or with ``unlabelled`` the top variant's offline answers. Called before any
     policy runs, so a bag without labels fails in seconds, not after the runs."""
-    from adascale_ros.tools.bags import read_labels
+    from adascale_ros.harness.bags import read_labels
 
     if not config.unlabelled:
         return read_labels(config.bag), "the bag's labels"
@@ -180,7 +176,7 @@ def calibrated_deadline(model_dir: Path) -> tuple[float, str]:
     """The default deadline [ms], ``DEADLINE_FACTOR`` x static-top's idle p90 at camera rate in the
     model's calibration report, and the sentence that says where it came from; ``ValueError`` when
     the report has no such timing (a calibration made before camera-rate timing was measured)."""
-    from adascale_ros.model.files import load_variant_table
+    from adascale_ros.model.directory import load_variant_table
 
     top = static_variants(load_variant_table(model_dir))["static-top"]
     path = Path(model_dir) / "calibration_report.json"
@@ -211,7 +207,7 @@ def run_name(policy: str, repeat: int, repeats: int) -> str:
 
 def static_variants(table: dict[str, Any]) -> dict[str, str]:
     """The fixed variant of each static policy, from the variant table."""
-    from adascale_ros.model.files import cheapest_variant, reference_variants
+    from adascale_ros.model.directory import cheapest_variant, reference_variants
     from adascale_ros.model.pipeline import best_per_exit
 
     best = best_per_exit(table["variants"], "val_accuracy")
@@ -261,7 +257,7 @@ class Recorder:
         from sensor_msgs.msg import Image
 
         from adascale_msgs.msg import ElasticClassification, ResourceState, VariantSelection
-        from adascale_ros.nodes.common import latched_qos
+        from adascale_ros.graph.definition import latched_qos
 
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.reset()
@@ -295,7 +291,7 @@ class Recorder:
         self.states.append((time.monotonic(), msg))
 
     def _on_diagnostics(self, msg: Any) -> None:
-        from adascale_ros.nodes.common import statuses_by_node
+        from adascale_ros.nodes.diagnostics import statuses_by_node
 
         self.diagnostics.update(statuses_by_node(msg))
 
@@ -394,7 +390,7 @@ def run_policy(
             if stop.is_set():
                 return None
             replay = subprocess.Popen(
-                [sys.executable, "-m", "adascale_ros.tools.cli", "replay", str(config.bag), "--loop",
+                [sys.executable, "-m", "adascale_ros.cli.main", "replay", str(config.bag), "--loop",
                  "--topics", config.camera_topic, "--wait-for-subscribers", "2", "--delay", str(REPLAY_DELAY_S)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
@@ -465,7 +461,7 @@ def score(
     budget (the oracle from that repeat's runs); the report's table pools the frames of all
     repeats, and each target says in how many repeats it was met.
     """
-    from adascale_ros.model.files import load_variant_table
+    from adascale_ros.model.directory import load_variant_table
 
     truth_by_stamp, scored_against = truth if truth is not None else ground_truth(config)
     table = load_variant_table(config.model_dir)
@@ -560,7 +556,7 @@ def evaluate(config: EvaluationConfig, stop: threading.Event, say: Callable[[str
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
-    from adascale_ros.model.files import load_variant_table
+    from adascale_ros.model.directory import load_variant_table
 
     variants = static_variants(load_variant_table(config.model_dir))
     camera_reliability = camera_offer(config)

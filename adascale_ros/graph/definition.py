@@ -8,14 +8,11 @@ parameters and remappings.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-PACKAGE = "adascale_ros"
 ENTRY_MODULE = "adascale_ros.nodes.entry"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -45,36 +42,6 @@ class NodeSpec:
         return cmd
 
 
-def shipped_path(relative: str) -> Path:
-    """A file shipped with the package: from the source tree, or from the installed share dir."""
-    source = REPO_ROOT / relative
-    if source.exists():
-        return source
-    from ament_index_python.packages import get_package_share_directory
-
-    return Path(get_package_share_directory(PACKAGE)) / relative
-
-
-def default_params_file() -> Path:
-    return shipped_path("config/adascale.yaml")
-
-
-MODEL_DIR_VARIABLE = "ADASCALE_MODEL_DIR"
-DEFAULT_MODEL = "models/lite0-fashion-mnist"
-TINY_MODEL = "models/default"
-
-
-def default_model_dir() -> Path:
-    """The model a node or command uses when none is named: ``$ADASCALE_MODEL_DIR`` when set, else the
-    embedded robot-scale model (EfficientNet-Lite0 fine-tuned to Fashion-MNIST)."""
-    return Path(os.environ.get(MODEL_DIR_VARIABLE) or shipped_path(DEFAULT_MODEL))
-
-
-def tiny_model_dir() -> Path:
-    """The embedded tiny elastic network (28 x 28 grey, well under a millisecond): fast tests, weak devices."""
-    return shipped_path(TINY_MODEL)
-
-
 # Topics between the nodes, by role, as seen from outside the nodes. Relative: a graph started in a
 # namespace (one per robot) talks only within it, and a node in the same namespace finds them by these.
 RESOURCE_STATE_TOPIC = "resource_monitor/state"
@@ -83,6 +50,13 @@ SELECTION_TOPIC = "selector/selection"
 CLASSIFICATION_TOPIC = "elastic_inference/classification"
 DEFAULT_CAMERA_TOPIC = "camera/image_raw"  # /camera/image_raw, or /<namespace>/camera/image_raw
 BAG_CAMERA_TOPIC = f"/{DEFAULT_CAMERA_TOPIC}"  # what a camera bag names (a bag's topics are absolute)
+
+
+def latched_qos():  # noqa: ANN201 (rclpy is imported on call: the launch files need no rclpy to load this)
+    """The selection topic's QoS: reliable, transient local, depth 1, so a late joiner receives the variant in force."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def check_namespace(namespace: str) -> str:

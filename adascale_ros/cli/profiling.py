@@ -1,0 +1,200 @@
+"""Latency profiling: ``adascale calibrate``, ``predict``, ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from adascale_ros.cli.options import JSON, MODEL_DIR, NO_PROGRESS
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    cal = sub.add_parser(
+        "calibrate", parents=[NO_PROGRESS], help="measure module latencies under stress-ng load and fit the predictors"
+    )
+    cal.add_argument("model_dir", type=Path)
+    cal.add_argument("--quick", action="store_true", help="two load levels, 2 s each (CI)")
+    cal.add_argument("--seconds-per-level", type=float, help="default: 20 (2 with --quick)")
+    cal.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime")
+    cal.add_argument("--threads", type=int, default=1, help="intra-op threads, as the inference node's")
+    cal.add_argument("--energy-profile", type=Path, help="default: config/energy/x86_64_generic.yaml")
+    cal.add_argument("--refit", action="store_true", help="fit again from the stored dataset; measure nothing")
+    cal.set_defaults(func=_cmd_calibrate)
+
+    pre = sub.add_parser("predict", parents=[JSON], help="predicted latency and energy of every variant at a load")
+    pre.add_argument("model_dir", type=Path)
+    pre.add_argument("--load-index", type=float, help="the load index to predict at (or --sweep)")
+    pre.add_argument(
+        "--sweep", type=int, metavar="STEPS", help="the best variant per exit at STEPS load indices from 0 to 1 instead"
+    )
+    pre.add_argument("--cpu-util", type=float, help="background CPU utilisation; default: follows the load index")
+    pre.add_argument("--mem-available-mb", type=float)
+    pre.add_argument("--cpu-freq-mhz", type=float)
+    pre.add_argument("--limit", type=int, help="print only the N fastest")
+    pre.set_defaults(func=_cmd_predict)
+
+    bench = sub.add_parser("bench", help="overhead benchmarks").add_subparsers(dest="target", required=True)
+    sel = bench.add_parser(
+        "selector",
+        parents=[MODEL_DIR, JSON],
+        help="decision time of the selector: B+ tree vs sorted array vs linear scan",
+    )
+    sel.add_argument("--decisions", type=int, default=2000, help="decisions timed per method and table")
+    sel.add_argument("--synthetic", type=int, default=10_000, help="variants in the synthetic table")
+    sel.set_defaults(func=_cmd_bench_selector)
+    prof = bench.add_parser(
+        "profiler", parents=[MODEL_DIR, JSON], help="time to predict every variant at the current and forecast load"
+    )
+    prof.add_argument("--repeats", type=int, default=500)
+    prof.set_defaults(func=_cmd_bench_profiler)
+    inf = bench.add_parser(
+        "inference", parents=[MODEL_DIR, JSON], help="batch-1 latency per exit: torch eager vs ONNX Runtime"
+    )
+    inf.add_argument("--repeats", type=int, default=200, help="timed runs per exit and backend")
+    inf.add_argument("--threads", type=int, default=2, help="intra-op threads of both backends")
+    inf.add_argument(
+        "--camera-rate-frames",
+        type=int,
+        default=60,
+        help="camera frames per variant and path (fused segments, module by module, one whole graph); 0: skip",
+    )
+    inf.add_argument("--camera-gap-ms", type=float, default=66.0, help="time between camera frames (66: 15 Hz)")
+    inf.add_argument(
+        "--ort-spinning",
+        action="store_true",
+        help="camera rate with ONNX Runtime's idle workers spinning (its default; the engine lets them sleep)",
+    )
+    inf.set_defaults(func=_cmd_bench_inference)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from adascale_ros.graph.signals import stop_on_sigterm
+    from adascale_ros.profiling.calibration import REPORT, CalibrateOptions, calibrate_model
+
+    options = CalibrateOptions(
+        quick=args.quick,
+        seconds_per_level=args.seconds_per_level,
+        backend=args.backend,
+        threads=args.threads,
+        energy_profile=args.energy_profile,
+        refit=args.refit,
+    )
+    with stop_on_sigterm():
+        _, report = calibrate_model(args.model_dir, options, progress=not args.no_progress)
+    print((args.model_dir / f"{REPORT}.md").read_text(), end="")
+    timing = report["prediction_ms"]
+    print(f"predicting all {timing['variants']} variants at two loads: median {timing['median_ms']} ms")
+    return 0
+
+
+def format_load_sweep(predictor, table: dict, steps: int, limit: int | None) -> str:  # noqa: ANN001
+    """Predicted latency of the most accurate variant of each exit along a load sweep 0 -> 1, and whether
+    any variant of the table is predicted faster at a higher load."""
+    import numpy as np
+
+    from adascale_ros.model.pipeline import best_per_exit
+
+    loads, latency = predictor.load_sweep(steps)
+    lines = [f"{'variant':<32}" + "".join(f"{f'load {x:.2f}':>11}" for x in loads)]
+    chosen = [row["variant_id"] for row in best_per_exit(table["variants"], "val_accuracy").values()]
+    for variant_id in chosen[:limit] if limit else chosen:
+        row = latency[:, predictor.variant_index(variant_id)]
+        lines.append(f"{variant_id:<32}" + "".join(f"{ms:>11.3f}" for ms in row))
+    drops = np.diff(latency, axis=0) / latency[:-1]
+    falling = int((drops < -1e-9).any(axis=0).sum())
+    lines.append(
+        f"{falling} of {latency.shape[1]} variants predicted faster somewhere up the sweep"
+        f" (largest step down {max(0.0, -float(drops.min())):.2%}); slowdown at load 1 vs 0: median "
+        f"{float(np.median(latency[-1] / latency[0])):.2f}x"
+    )
+    return "\n".join(lines)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from adascale_ros.model.directory import load_variant_table
+    from adascale_ros.profiling.calibration import predictions_json
+    from adascale_ros.profiling.predictor import LatencyPredictor, device_fingerprint
+
+    table = load_variant_table(args.model_dir)
+    predictor = LatencyPredictor.load(args.model_dir)
+    for warning in predictor.check_against(table, device_fingerprint()):
+        print(f"adascale predict: warning: {warning}", file=sys.stderr)
+    if args.sweep:
+        print(format_load_sweep(predictor, table, args.sweep, args.limit))
+        return 0
+    if args.load_index is None:
+        raise ValueError("give --load-index (or --sweep)")
+    state = predictor.state_at(args.load_index, args.cpu_util, args.mem_available_mb, args.cpu_freq_mhz)
+    text = predictions_json(predictor, state, table)
+    if args.json:
+        print(text)
+    else:
+        import json
+
+        rows = sorted(json.loads(text)["variants"], key=lambda r: r["predicted_latency_ms"])
+        print(f"{'variant':<28}{'exit':>5}{'accuracy':>10}{'latency ms':>12}{'energy mJ':>11}")
+        for r in rows[: args.limit] if args.limit else rows:
+            print(
+                f"{r['variant_id']:<28}{r['exit_index']:>5}{r['accuracy']:>10.4f}"
+                f"{r['predicted_latency_ms']:>12.4f}{r['predicted_energy_mj']:>11.4f}"
+            )
+    return 0
+
+
+def _cmd_bench_selector(args: argparse.Namespace) -> int:
+    import json
+
+    from adascale_ros.model.directory import load_variant_table
+    from adascale_ros.package_files import default_model_dir
+    from adascale_ros.selection.benchmark import bench_selector, format_report
+    from adascale_ros.selection.tables import VariantEntry
+
+    table = load_variant_table(args.model_dir or default_model_dir())
+    entries = [VariantEntry.from_row(row) for row in table["variants"]]
+    report = bench_selector(entries, decisions=args.decisions, synthetic=args.synthetic)
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
+    return 0
+
+
+def _cmd_bench_profiler(args: argparse.Namespace) -> int:
+    import json
+
+    from adascale_ros.package_files import default_model_dir
+    from adascale_ros.profiling.calibration import prediction_time_ms
+    from adascale_ros.profiling.predictor import LatencyPredictor
+
+    timing = prediction_time_ms(LatencyPredictor.load(args.model_dir or default_model_dir()), args.repeats)
+    timing["target_ms"] = 5.0
+    timing["meets_target"] = timing["median_ms"] < 5.0
+    if args.json:
+        print(json.dumps(timing, indent=1))
+    else:
+        print(
+            f"predicting all {timing['variants']} variants at the current and the forecast load "
+            f"(latency and energy): median {timing['median_ms']} ms, p90 {timing['p90_ms']} ms "
+            f"(target < 5 ms: {'met' if timing['meets_target'] else 'NOT met'})"
+        )
+    return 0
+
+
+def _cmd_bench_inference(args: argparse.Namespace) -> int:
+    import json
+
+    from adascale_ros.model.directory import load_variant_table
+    from adascale_ros.model.saved_model import load_model
+    from adascale_ros.package_files import default_model_dir
+    from adascale_ros.runtime.benchmark import bench_camera_rate, bench_inference, format_report
+
+    model_dir = args.model_dir or default_model_dir()
+    model, table = load_model(model_dir), load_variant_table(model_dir)
+    report = bench_inference(model, table, args.repeats, threads=args.threads)
+    if args.camera_rate_frames > 0:
+        report["camera_rate_gap_s"] = gap_s = args.camera_gap_ms / 1e3
+        report["camera_rate_frame"] = "640 x 480"
+        report["camera_rate_spinning"] = args.ort_spinning
+        report["camera_rate"] = bench_camera_rate(
+            model, table, args.camera_rate_frames, gap_s, args.threads, spinning=args.ort_spinning
+        )
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
+    return 0
