@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -339,6 +339,60 @@ def _wait(node: Any, condition: Callable[[], bool], timeout_s: float, stop: thre
         rclpy.spin_once(node, timeout_sec=0.1)
 
 
+def _check_alive(graph: GraphProcesses, log_name: str) -> bool:
+    """False while every node runs (so it can sit in a wait condition); ``RunFailed`` once one exited."""
+    if graph.exited():
+        raise RunFailed(f"node(s) exited: {graph.exited()} (see {log_name})")
+    return False
+
+
+def _start_replay(config: EvaluationConfig, log: IO[str]) -> subprocess.Popen[bytes]:
+    """``adascale replay`` of the bag in a loop, once the inference node and this recorder subscribe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "adascale_ros.cli.main", "replay", str(config.bag), "--loop",
+         "--topics", config.camera_topic, "--wait-for-subscribers", "2", "--delay", str(REPLAY_DELAY_S)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+
+def _stop_replay(replay: subprocess.Popen[bytes]) -> None:
+    if replay.poll() is None:
+        replay.send_signal(signal.SIGINT)  # the replay ends its loop, exit 0
+        try:
+            replay.wait(5.0)
+        except subprocess.TimeoutExpired:
+            replay.kill()
+            replay.wait()
+
+
+def _start_trace(
+    config: EvaluationConfig, t0: float, phases: list[tuple[float, int]], stop: threading.Event
+) -> threading.Thread:
+    """The load trace in a thread, each phase's start appended to ``phases`` in seconds from ``t0``."""
+    thread = threading.Thread(
+        target=play_trace,
+        kwargs={
+            "trace": config.trace,
+            "on_phase": lambda i, _: phases.append((time.monotonic() - t0, i)),
+            "loop": config.run_s > config.trace.duration_s,
+            "should_stop": stop.is_set,
+        },
+        daemon=True,
+    )
+    thread.start()
+    return thread
+
+
+def _progress_line(recorder: Recorder, selecting: bool) -> str:
+    """The latest resource state, selection and result, for the once-a-second progress line."""
+    selection = recorder.selection[-1] if selecting and recorder.selection else None
+    line = status_line(recorder.states[-1][1], selection)
+    if recorder.results:
+        last = recorder.results[-1][1]
+        line += f" | ran {last.variant_id} {last.latency_ms:.2f} ms"
+    return line
+
+
 def run_policy(
     policy: str,
     specs: list[NodeSpec],
@@ -352,9 +406,11 @@ def run_policy(
 ) -> PolicyRun | None:
     """One replay of the bag under the trace with this policy's graph; None when interrupted.
 
-    The trace starts over when the run is longer than it. ``on_tick`` is called with the
-    running graph about every 50 ms while frames flow (e.g. to sample the nodes' memory).
-    ``name`` (default: the policy) names the log file and the progress lines.
+    The graph comes up, the replay starts, and the trace starts with the first replayed frame (t0);
+    frames, results and states are recorded until ``config.run_s`` after t0. The trace starts over
+    when the run is longer than it. ``on_tick`` is called with the running graph about every 50 ms
+    while frames flow (e.g. to sample the nodes' memory). ``name`` (default: the policy) names the
+    log file and the progress lines.
     """
     import rclpy
 
@@ -362,6 +418,7 @@ def run_policy(
     log_dir = config.out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     recorder.reset()
+    selecting = any(s.name == "selector" for s in specs)
     with open(log_dir / f"{label}.log", "w") as log:
         graph = GraphProcesses(specs, config.params_file)
         graph.start(out=log)
@@ -369,62 +426,36 @@ def run_policy(
         trace_thread: threading.Thread | None = None
         trace_stop = threading.Event()
         phases: list[tuple[float, int]] = []
-        selecting = any(s.name == "selector" for s in specs)
         try:
             say(f"[{label}] starting {', '.join(s.name for s in specs)} ...")
 
-            def check_alive() -> bool:
-                if graph.exited():
-                    raise RunFailed(f"node(s) exited: {graph.exited()} (see {log.name})")
-                return False
-
             def ready() -> bool:
-                check_alive()
-                return (
-                    "elastic_inference" in recorder.diagnostics
-                    and bool(recorder.states)
-                    and (bool(recorder.selection) or not selecting)
-                )
+                came_up = "elastic_inference" in recorder.diagnostics and bool(recorder.states)
+                return not _check_alive(graph, log.name) and came_up and (bool(recorder.selection) or not selecting)
 
             _wait(node, ready, READY_TIMEOUT_S, stop, "the graph to come up")
             if stop.is_set():
                 return None
-            replay = subprocess.Popen(
-                [sys.executable, "-m", "adascale_ros.cli.main", "replay", str(config.bag), "--loop",
-                 "--topics", config.camera_topic, "--wait-for-subscribers", "2", "--delay", str(REPLAY_DELAY_S)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-            _wait(node, lambda: check_alive() or bool(recorder.frames), 60.0, stop, "the first replayed frame")
+            replay = _start_replay(config, log)
+            first_frame = lambda: _check_alive(graph, log.name) or bool(recorder.frames)  # noqa: E731
+            _wait(node, first_frame, 60.0, stop, "the first replayed frame")
             if stop.is_set():
                 return None
             t0 = recorder.frames[0][0]
             cpu_at_t0 = graph.cpu_seconds()
-            trace_thread = threading.Thread(
-                target=play_trace,
-                kwargs={
-                    "trace": config.trace,
-                    "on_phase": lambda i, _: phases.append((time.monotonic() - t0, i)),
-                    "loop": config.run_s > config.trace.duration_s,
-                    "should_stop": trace_stop.is_set,
-                },
-                daemon=True,
-            )
-            trace_thread.start()
+            trace_thread = _start_trace(config, t0, phases, trace_stop)
             next_status = time.monotonic() + 1.0
             while not stop.is_set() and time.monotonic() < t0 + config.run_s + TAIL_S:
                 rclpy.spin_once(node, timeout_sec=0.05)
-                check_alive()
+                _check_alive(graph, log.name)
                 if on_tick is not None:
                     on_tick(graph)
                 if time.monotonic() >= next_status and recorder.states:
                     next_status += 1.0
-                    selection = recorder.selection[-1] if selecting and recorder.selection else None
-                    line = status_line(recorder.states[-1][1], selection)
-                    if recorder.results:
-                        last = recorder.results[-1][1]
-                        line += f" | ran {last.variant_id} {last.latency_ms:.2f} ms"
                     phase = phases[-1][1] if phases else 0
-                    say(f"[{label} {time.monotonic() - t0:5.1f} s, phase {phase}] {line}")
+                    say(
+                        f"[{label} {time.monotonic() - t0:5.1f} s, phase {phase}] {_progress_line(recorder, selecting)}"
+                    )
             if stop.is_set():
                 return None
             elapsed_s, cpu_now = time.monotonic() - t0, graph.cpu_seconds()
@@ -432,17 +463,11 @@ def run_policy(
             return recorder.run_records(policy, t0, config.run_s, phases, node_cpu)
         finally:
             trace_stop.set()
-            if replay is not None and replay.poll() is None:
-                replay.send_signal(signal.SIGINT)  # the replay ends its loop, exit 0
-                try:
-                    replay.wait(5.0)
-                except subprocess.TimeoutExpired:
-                    replay.kill()
-                    replay.wait()
+            if replay is not None:
+                _stop_replay(replay)
             if trace_thread is not None:
                 trace_thread.join(timeout=10.0)  # stops the phase's stress-ng
-            codes = graph.stop()
-            bad = unclean_exits(codes)
+            bad = unclean_exits(graph.stop())
             if bad:
                 say(f"[{label}] warning: node(s) did not exit cleanly: {bad} (see {log.name})")
 
