@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -86,3 +87,15 @@ def test_adascale_load_stops_cleanly_on_sigint_and_sigterm(tmp_path, start_proce
         assert proc.returncode == 0 and "stopped" in out, out
         assert time.monotonic() - started < 2.0
         assert not stress_ng_running()
+
+
+@pytest.mark.parametrize("own_session", [False, True])
+def test_stress_ng_runs_in_a_group_of_its_own_and_in_the_session_asked_for(own_session):
+    from adascale_ros.load.stress import StressNg, StressSpec
+
+    with StressNg(StressSpec(cpu_workers=1, cpu_load_percent=10), timeout_s=30, own_session=own_session) as load:
+        pid = load.process.pid
+        assert os.getpgid(pid) == pid  # stop() signals the group; a terminal's Ctrl-C does not reach it
+        assert (os.getsid(pid) == pid) is own_session  # a session leader only when asked
+        assert (os.getsid(pid) == os.getsid(0)) is not own_session
+    assert load.process is None

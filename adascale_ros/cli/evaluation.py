@@ -6,13 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from adascale_ros.cli.options import JSON_PROGRESS, MODEL_DIR, PARAMS_FILE
+from adascale_ros.cli.options import JSON_PROGRESS, LOAD_OWN_SESSION, MODEL_DIR, PARAMS_FILE
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     evl = sub.add_parser(
         "evaluate",
-        parents=[MODEL_DIR, PARAMS_FILE, JSON_PROGRESS],
+        parents=[MODEL_DIR, PARAMS_FILE, JSON_PROGRESS, LOAD_OWN_SESSION],
         help="replay a camera bag under a load trace once per policy and score it",
     )
     evl.add_argument(
@@ -68,7 +68,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     soak = sub.add_parser(
         "soak",
-        parents=[MODEL_DIR, PARAMS_FILE, JSON_PROGRESS],
+        parents=[MODEL_DIR, PARAMS_FILE, JSON_PROGRESS, LOAD_OWN_SESSION],
         help="run the full graph for minutes under a repeating load trace; memory, drift",
     )
     soak.add_argument("--minutes", type=float, default=15.0, help="how long (default: 15)")
@@ -128,6 +128,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         camera_topic=args.camera_topic,
         repeats=args.repeats,
         unlabelled=args.unlabelled,
+        load_own_session=args.load_own_session,
     )
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     if args.rescore:
@@ -205,6 +206,7 @@ def _cmd_soak(args: argparse.Namespace) -> int:
         budget_ms=budget[0],
         budget_source=budget[1],
         duration_s=args.minutes * 60.0,
+        load_own_session=args.load_own_session,
     )
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     with stop_flag() as stop:

@@ -19,3 +19,9 @@ PARAMS_FILE = _parent("--params-file", type=Path, help="ROS parameters file (def
 JSON = _parent("--json", action="store_true", help="print the report as JSON")
 JSON_PROGRESS = _parent("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
 NO_PROGRESS = _parent("--no-progress", action="store_true", help="no progress bars")
+LOAD_OWN_SESSION = _parent(
+    "--load-own-session",
+    action="store_true",
+    help="run stress-ng in a session of its own, as navigation started from another terminal (default: in this"
+    " one, as navigation started by the same launch file; Linux's autogroup scheduler makes the difference)",
+)

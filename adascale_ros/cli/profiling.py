@@ -6,12 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from adascale_ros.cli.options import JSON, MODEL_DIR, NO_PROGRESS
+from adascale_ros.cli.options import JSON, LOAD_OWN_SESSION, MODEL_DIR, NO_PROGRESS
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     cal = sub.add_parser(
-        "calibrate", parents=[NO_PROGRESS], help="measure module latencies under stress-ng load and fit the predictors"
+        "calibrate",
+        parents=[NO_PROGRESS, LOAD_OWN_SESSION],
+        help="measure module latencies under stress-ng load and fit the predictors",
     )
     cal.add_argument("model_dir", type=Path)
     cal.add_argument("--quick", action="store_true", help="two load levels, 2 s each (CI)")
@@ -79,6 +81,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         threads=args.threads,
         energy_profile=args.energy_profile,
         refit=args.refit,
+        load_own_session=args.load_own_session,
     )
     with stop_on_sigterm():
         _, report = calibrate_model(args.model_dir, options, progress=not args.no_progress)

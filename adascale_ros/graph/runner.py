@@ -44,7 +44,9 @@ class GraphProcesses:
                 spec.command(self.params_file, self.log_level),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,  # our signal handling decides when children stop
+                # A group of its own, so our signal handling decides when it stops (a terminal's Ctrl-C
+                # reaches only the foreground group), in this session, as ``ros2 launch`` keeps its nodes.
+                process_group=0,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
             self.processes[spec.name] = proc

@@ -68,6 +68,7 @@ from adascale_ros.harness.plots import plot_report
 from adascale_ros.harness.records import FrameRecord, PolicyRun, ResultRecord, StateRecord
 from adascale_ros.harness.report import markdown_report
 from adascale_ros.harness.targets import adaptation_targets
+from adascale_ros.load.stress import load_session
 from adascale_ros.load.traces import LoadTrace, play_trace
 
 POLICIES = ("adascale", "static-top", "static-smallest", "static-mid", "reactive", "oracle")
@@ -98,6 +99,7 @@ class EvaluationConfig:
     camera_topic: str = "/camera/image_raw"
     repeats: int = 1  # runs per policy, interleaved (policy order within each round)
     unlabelled: bool = False  # score against the top variant's offline answers instead of the bag's labels
+    load_own_session: bool = False  # the trace's stress-ng in a session of its own, not the nodes' (load.stress)
 
     def __post_init__(self) -> None:
         unknown = set(self.policies) - set(POLICIES)
@@ -376,6 +378,7 @@ def _start_trace(
             "on_phase": lambda i, _: phases.append((time.monotonic() - t0, i)),
             "loop": config.run_s > config.trace.duration_s,
             "should_stop": stop.is_set,
+            "own_session": config.load_own_session,
         },
         daemon=True,
     )
@@ -539,6 +542,7 @@ def score(
             "budget_ms": budgets[0] if budgets else config.budget_ms,  # the first round's: the timeline's
             "budgets_ms": budgets,
             "budget_source": config.budget_source,
+            "load_session": load_session(config.load_own_session),
             "model_dir": str(config.model_dir),
             "policies": list(config.policies),
             "accuracy_against": scored_against,

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from adascale_ros.load.stress import LOAD_SESSIONS
+
 
 def _cell(value: float, spec: str) -> str:
     return format(value, spec) if isinstance(value, int | float) and math.isfinite(value) else "n/a"
@@ -36,7 +38,8 @@ def results_table(report: Mapping[str, Any], source: Path | str) -> str:
     runs = config.get("repeats", 1)
     lines = [
         f"Trace `{config['trace']}`, {runs} run{'s' if runs > 1 else ''} per policy pooled, deadline"
-        f" {budget_text(config)} ({config.get('budget_source', 'given')}); from `{source}`.",
+        f" {budget_text(config)} ({config.get('budget_source', 'given')});"
+        f" {LOAD_SESSIONS[config.get('load_session', 'own')]}; from `{source}`.",
         "",
         markdown_table(report["policies"], report["variants"]),
         "",
@@ -131,7 +134,7 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         f"Bag `{config['bag']}`, trace `{config['trace']}` ({config['duration_s']:g} s per policy{pooled}), "
         f"latency budget {budget_text(config)}, model `{config['model_dir']}`; accuracy is against "
         + config.get("accuracy_against", "the bag's labels")
-        + ".",
+        + f"; {LOAD_SESSIONS[config.get('load_session', 'own')]}.",
         "",
         f"The deadline was fixed before any run: {config.get('budget_source', 'given')}. The comparison rests"
         " on a premise, checked below: static-top (what one would deploy without adaptation) meets that"

@@ -1,8 +1,18 @@
 """Real background load from ``stress-ng``, with no process left behind.
 
-``StressNg`` starts stress-ng in a session of its own and, on exit from the
-``with`` block (normal, exception or Ctrl-C), signals the whole process group
-and waits for it, so no worker survives the caller.
+``StressNg`` starts stress-ng in a process group of its own and, on exit from
+the ``with`` block (normal, exception or Ctrl-C), signals the whole group and
+waits for it, so no worker survives the caller.
+
+Where the load runs decides what it does to a periodic task such as the
+inference node. Linux's autogroup scheduler shares the CPU fairly between
+sessions first, then between the threads of a session: load in a session of
+its own barely delays a node that wakes for a few milliseconds per camera
+frame (the node's session always gets its share at once), while load in the
+node's session competes with it thread for thread. By default stress-ng stays
+in the caller's session, as a robot's navigation does when one launch file
+(or one service) starts it with the classifier; ``own_session`` puts it in a
+session of its own, as navigation started from another terminal.
 """
 
 from __future__ import annotations
@@ -13,6 +23,18 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from types import TracebackType
+
+# Where the load ran, as reports say it; keys as the reports store them ("load_session"). Reports from
+# before the choice existed ran it in a session of its own.
+LOAD_SESSIONS = {
+    "shared": "the load ran in the session of what it slowed, as navigation started by the same launch file",
+    "own": "the load ran in a session of its own, as navigation started from another terminal",
+}
+
+
+def load_session(own_session: bool) -> str:
+    """The key of ``LOAD_SESSIONS`` for a load in its own session or not."""
+    return "own" if own_session else "shared"
 
 
 class StressNgMissing(RuntimeError):
@@ -58,9 +80,10 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 class StressNg:
     """Run one ``StressSpec`` for the duration of a ``with`` block."""
 
-    def __init__(self, spec: StressSpec, timeout_s: float | None = None) -> None:
+    def __init__(self, spec: StressSpec, timeout_s: float | None = None, own_session: bool = False) -> None:
         self.spec = spec
         self.timeout_s = timeout_s
+        self.own_session = own_session
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> StressNg:
@@ -69,9 +92,9 @@ class StressNg:
         cmd = [stress_ng_path(), *self.spec.args(), "--quiet"]
         if self.timeout_s is not None:  # a backstop should the parent die without cleanup
             cmd += ["--timeout", f"{max(1, round(self.timeout_s))}s"]
-        self.process = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
+        # A group of its own either way, so that stop() reaches every worker and a terminal's Ctrl-C none.
+        group = {"start_new_session": True} if self.own_session else {"process_group": 0}
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **group)
         return self
 
     def stop(self) -> None:

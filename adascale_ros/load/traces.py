@@ -124,13 +124,15 @@ def play_trace(
     on_phase: Callable[[int, LoadPhase], None] | None = None,
     loop: bool = False,
     should_stop: Callable[[], bool] = lambda: False,
+    own_session: bool = False,
 ) -> None:
-    """Run the trace's phases in order (forever with ``loop``) until done or ``should_stop()``."""
+    """Run the trace's phases in order (forever with ``loop``) until done or ``should_stop()``; the load
+    in the caller's session, or with ``own_session`` in one of its own (see ``load.stress``)."""
     while True:
         for index, phase in enumerate(trace.phases):
             if on_phase is not None:
                 on_phase(index, phase)
-            with StressNg(phase.spec, timeout_s=phase.duration_s + 5):
+            with StressNg(phase.spec, timeout_s=phase.duration_s + 5, own_session=own_session):
                 end = time.monotonic() + phase.duration_s
                 while time.monotonic() < end:
                     if should_stop():

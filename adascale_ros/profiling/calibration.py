@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from adascale_ros.load.stress import load_session
 from adascale_ros.model.directory import card_resolutions, load_variant_table, reference_variants, write_json
 from adascale_ros.model.elastic import Variant
 from adascale_ros.model.metrics import resolution_suffix
@@ -56,6 +57,7 @@ class CalibrateOptions:
     frame_height: int = 480
     energy_profile: Path | None = None
     refit: bool = False  # fit again from the stored dataset, measure nothing
+    load_own_session: bool = False  # the load in a session of its own (navigation from another terminal)
     seed: int = 0
 
 
@@ -138,6 +140,7 @@ def measure(model_dir: Path, options: CalibrateOptions, progress: bool) -> Calib
         seed=options.seed,
         always=tuple(Variant.parse(v) for v in dict.fromkeys(references.values())),
         camera_frames=5 if options.quick else 30,
+        load_own_session=options.load_own_session,
     )
     device = {
         **device_fingerprint(),
@@ -145,6 +148,7 @@ def measure(model_dir: Path, options: CalibrateOptions, progress: bool) -> Calib
         "threads": options.threads,
         "frame": f"{options.frame_width}x{options.frame_height} rgb8",
         "quick": options.quick,
+        "load_session": load_session(options.load_own_session),
         "reference_variants": references,
     }
     bar = None

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy.optimize import lsq_linear
 
+from adascale_ros.load.stress import LOAD_SESSIONS
 from adascale_ros.model.elastic import Variant
 from adascale_ros.profiling.energy import EnergyProfile, cache_hit_rate, fit_power_coefficients
 from adascale_ros.profiling.measurement import (
@@ -458,7 +459,9 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"backend {report['meta'].get('backend')}, {report['meta'].get('threads')} threads; "
         f"{report['samples']['module']} module samples, {report['samples']['variant']} whole-variant samples "
         f"of {report['samples']['variants_measured']} variants over {len(report['levels'])} load levels "
-        f"({', '.join(level['name'] for level in report['levels'])}).",
+        f"({', '.join(level['name'] for level in report['levels'])}); "
+        + LOAD_SESSIONS[report["device"].get("load_session", "own")]
+        + ".",
         "",
         "Measured slowdown per load level (median over the measured variants of their median latency there"
         " over their median latency at idle): "

@@ -266,6 +266,7 @@ class CalibrationPlan:
     always: tuple[Variant, ...] = ()  # measured whole at every level besides the sample (the top variant)
     camera_frames: int = 30  # per reference variant and level, one camera frame at a time
     camera_gap_s: float = 1 / 15  # between those frames: a 15 Hz camera
+    load_own_session: bool = False  # stress-ng in a session of its own rather than this one (load.stress)
 
 
 ModuleCalls = dict[str, Callable[[], object]]
@@ -317,7 +318,8 @@ def run_calibration(
     try:
         for level in plan.levels:
             data.levels.append({"name": level.name, "idle": level.idle, "stress_ng": level.spec.args()})
-            with StressNg(level.spec, timeout_s=plan.settle_s + plan.seconds_per_level + 30):
+            timeout_s = plan.settle_s + plan.seconds_per_level + 30
+            with StressNg(level.spec, timeout_s=timeout_s, own_session=plan.load_own_session):
                 time.sleep(plan.settle_s)
                 warm: dict[str, list[float]] = {k: [] for k in keys}
                 cold = {}
