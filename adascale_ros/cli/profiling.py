@@ -68,6 +68,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="camera rate with ONNX Runtime's idle workers spinning (its default; the engine lets them sleep)",
     )
     inf.set_defaults(func=_cmd_bench_inference)
+    ses = bench.add_parser(
+        "load-session",
+        parents=[MODEL_DIR, JSON],
+        help="camera-rate latency of the top variant under a trace phase's load, in this session and in its own",
+    )
+    ses.add_argument("--trace", default="step", help="a trace YAML, or a shipped one (default: step)")
+    ses.add_argument("--phase", type=int, default=1, help="which of its phases' load (default: 1)")
+    ses.add_argument("--frames", type=int, default=60, help="camera frames per placement and round")
+    ses.add_argument("--rounds", type=int, default=2, help="rounds of idle, this session, own session")
+    ses.add_argument("--threads", type=int, default=2, help="intra-op threads, as the inference node's")
+    ses.set_defaults(func=_cmd_bench_load_session)
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
@@ -200,4 +211,30 @@ def _cmd_bench_inference(args: argparse.Namespace) -> int:
             model, table, args.camera_rate_frames, gap_s, args.threads, spinning=args.ort_spinning
         )
     print(json.dumps(report, indent=1) if args.json else format_report(report))
+    return 0
+
+
+def _cmd_bench_load_session(args: argparse.Namespace) -> int:
+    import json
+
+    from adascale_ros.load.traces import LoadTrace, resolve_trace
+    from adascale_ros.model.directory import load_variant_table
+    from adascale_ros.model.saved_model import load_model
+    from adascale_ros.package_files import default_model_dir
+    from adascale_ros.runtime.benchmark import bench_load_sessions, format_load_sessions
+
+    trace = LoadTrace.from_yaml(resolve_trace(args.trace))
+    if not 0 <= args.phase < len(trace.phases) or trace.phases[args.phase].spec.idle:
+        raise ValueError(f"--phase must be a loaded phase of {trace.name} (0 to {len(trace.phases) - 1})")
+    model_dir = args.model_dir or default_model_dir()
+    spec = trace.phases[args.phase].spec
+    report = bench_load_sessions(
+        load_model(model_dir),
+        load_variant_table(model_dir),
+        spec,
+        args.frames,
+        threads=args.threads,
+        rounds=args.rounds,
+    )
+    print(json.dumps(report, indent=1) if args.json else format_load_sessions(report))
     return 0
