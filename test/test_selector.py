@@ -342,3 +342,22 @@ def test_node_refuses_to_start_on_a_bad_model_dir_or_parameter(tmp_path, start_p
         process = start_process(["-m", MODULE, "--ros-args", *args])
         out, _ = process.communicate(timeout=20)
         assert process.returncode == 2 and message in out, out
+
+
+def test_a_variant_that_does_not_classify_is_never_chosen_and_overload_runs_the_safe_default():
+    # A fourth variant, fastest of all, answering near chance (its branches did not learn).
+    rows = [*entries(), VariantEntry("e0:dws", 0, ("dws",), 0.12, flops=500_000)]
+    core = VariantSelector(
+        VariantTables(rows), SelectorConfig.from_values(PARAMS | {"latency_budget_ms": 6.0}), "e0:res"
+    )
+    assert core.accuracy_floor == pytest.approx(0.9 * 0.90)
+    predictions = {**IDLE, "e0:dws": (0.5, 0.2)}
+    core.on_profile(profile(0.0, 0.1, predictions), is_forecast=False)
+    assert core.in_force.choice.variant_id == "e1:res-res"  # the most accurate within 6 ms
+    assert core.in_force.budgets.min_accuracy == pytest.approx(0.81)  # the floor, shown in every selection
+    # Overload: only the near-chance variant would still fit; the safe default runs instead, and stays.
+    overloaded = {v: (lat * 10, en) for v, (lat, en) in IDLE.items()} | {"e0:dws": (0.5, 0.2)}
+    for t in range(5):
+        core.on_profile(profile(1.0 + t, 0.9, overloaded), is_forecast=False)
+        assert core.in_force.choice.variant_id == "e0:res" and not core.in_force.choice.feasible
+    assert "safe default" in core.in_force.choice.reason

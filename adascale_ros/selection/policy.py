@@ -179,14 +179,17 @@ def choose(
     budgets: Budgets,
     objective: Objective,
     search: Callable[[VariantTables, Budgets, Objective], str | None] = search_indexed,
+    fallback: str | None = None,
 ) -> Choice | None:
-    """The best feasible variant, or the fastest when none is feasible; None before any prediction."""
+    """The best feasible variant; when none is feasible, ``fallback`` (the safe default) if given, else the
+    fastest; None before any prediction."""
     best = search(tables, budgets, objective)
     if best is None:
-        fastest = tables.fastest()
-        if fastest is None:
+        if tables.fastest() is None:
             return None
-        return _choice(tables, fastest, False, "no variant meets the budgets: fastest variant chosen")
+        if fallback is not None:
+            return _choice(tables, fallback, False, "no variant meets the budgets: the safe default")
+        return _choice(tables, tables.fastest(), False, "no variant meets the budgets: fastest variant chosen")
     return _choice(tables, best, True, f"best {objective.kind.replace('_', ' ')} within budgets")
 
 
@@ -208,9 +211,12 @@ def breaks_budgets(
 
 
 class SwitchingPolicy:
-    """Downgrade at once, upgrade only after a dwell time and by a margin; choose with headroom."""
+    """Downgrade at once, upgrade only after a dwell time and by a margin; choose with headroom. When no
+    variant meets the budgets, ``fallback`` runs (the safe default; None: the fastest predicted)."""
 
-    def __init__(self, dwell_s: float = 2.0, margin: float = 0.005, headroom: float = 0.0) -> None:
+    def __init__(
+        self, dwell_s: float = 2.0, margin: float = 0.005, headroom: float = 0.0, fallback: str | None = None
+    ) -> None:
         if dwell_s < 0 or margin < 0:
             raise ValueError("dwell_s and margin must be >= 0")
         if not 0.0 <= headroom < 1.0:
@@ -218,15 +224,17 @@ class SwitchingPolicy:
         self.dwell_s = dwell_s
         self.margin = margin
         self.headroom = headroom
+        self.fallback = fallback
         self.current: Choice | None = None
         self._upgrade_since: float | None = None  # since when an upgrade has been available
 
     def _choose(self, tables: VariantTables, budgets: Budgets, objective: Objective) -> Choice | None:
         """The best variant within the budgets less the headroom; within the budgets when none is."""
         if self.headroom == 0.0 or math.isinf(budgets.latency_ms):
-            return choose(tables, budgets, objective)
-        best = choose(tables, replace(budgets, latency_ms=budgets.latency_ms * (1.0 - self.headroom)), objective)
-        return best if best is None or best.feasible else choose(tables, budgets, objective)
+            return choose(tables, budgets, objective, fallback=self.fallback)
+        tighter = replace(budgets, latency_ms=budgets.latency_ms * (1.0 - self.headroom))
+        best = choose(tables, tighter, objective, fallback=self.fallback)
+        return best if best is None or best.feasible else choose(tables, budgets, objective, fallback=self.fallback)
 
     def update(
         self,
@@ -255,7 +263,8 @@ class SwitchingPolicy:
             if best.variant_id == current.variant_id:
                 self.current = best  # nothing better exists: keep it, report why
                 return self.current
-            return self._switch(best, f"{current.variant_id} breaks its budget ({broken}): switch now")
+            why = "" if best.feasible else f"; {best.reason}"
+            return self._switch(best, f"{current.variant_id} breaks its budget ({broken}): switch now{why}")
         gain = score(tables, best.variant_id, objective) - score(tables, current.variant_id, objective)
         if best.variant_id == current.variant_id or not best.feasible or gain < self.margin:
             self._upgrade_since = None

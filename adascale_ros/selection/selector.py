@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from adascale_ros.model.directory import USEFUL_ACCURACY_SHARE
 from adascale_ros.selection.policy import Budgets, Choice, Objective, SwitchingPolicy
 from adascale_ros.selection.tables import VariantTables
 
@@ -124,10 +125,14 @@ class VariantSelector:
             raise ValueError(f"safe default variant {safe_default!r} is not in the variant table")
         self.tables = tables
         self.config = config
-        self.stable = SwitchingPolicy(config.dwell_s, config.margin, config.latency_headroom)
+        self.stable = SwitchingPolicy(config.dwell_s, config.margin, config.latency_headroom, fallback=safe_default)
+        # AdaScale's Acc_min is never below what classifies: a variant whose generated branches did not
+        # learn answers near chance, however fast it is.
+        self.accuracy_floor = USEFUL_ACCURACY_SHARE * max(tables.accuracy.values())
         self.current: Profile | None = None
         self.forecast: Profile | None = None
         budgets, source = config.budgets_for(math.nan)
+        budgets = replace(budgets, min_accuracy=max(budgets.min_accuracy, self.accuracy_floor))
         self.in_force = Selection(
             Choice(
                 variant_id=safe_default,
@@ -184,6 +189,7 @@ class VariantSelector:
             (p for p in (self.current, self.forecast) if p is not None), key=lambda p: p.received_s, default=None
         )
         budgets, source = self.config.budgets_for(newest.frame_period_ms if newest else math.nan)
+        budgets = replace(budgets, min_accuracy=max(budgets.min_accuracy, self.accuracy_floor))
         old, fixed = self.in_force.budgets, source == FIXED_BUDGET
         same_latency = (
             budgets.latency_ms == old.latency_ms if fixed else _same_latency(budgets.latency_ms, old.latency_ms)
