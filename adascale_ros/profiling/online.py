@@ -139,7 +139,9 @@ class OnlineProfiler:
         # A no-op before the first prediction, which the correction is learnt against.
         self.correction.partial_fit(sample, float(self._raw_latency[index]), index)
 
-    def _indices(self, variant_id: str, latency_ms: float, exit_index: int, deadline_exited: bool) -> tuple:
+    def _indices(
+        self, variant_id: str, latency_ms: float, exit_index: int, deadline_exited: bool
+    ) -> tuple[int, int | None]:
         try:
             index = self.predictor.variant_index(variant_id)
         except KeyError:
