@@ -790,3 +790,20 @@ def test_a_state_at_a_load_takes_the_readings_given_and_the_typical_rest(fitted)
     assert (given[0], given[1], given[3]) == (0.1, 0.8, 1500.0)
     with pytest.raises(ValueError, match="load index"):
         predictor.state_at(1.2)
+
+
+def test_the_load_session_comparison_times_the_top_variant_idle_and_under_both_placements():
+    from adascale_ros.load.stress import StressSpec
+    from adascale_ros.model.directory import load_variant_table, reference_variants
+    from adascale_ros.model.saved_model import load_model
+    from adascale_ros.profiling.calibration import compare_load_sessions, format_load_sessions
+
+    table = load_variant_table(DEFAULT_MODEL)
+    spec = StressSpec(cpu_workers=1, cpu_load_percent=50)
+    report = compare_load_sessions(load_model(DEFAULT_MODEL), table, spec, frames=3, gap_s=0.01, threads=1, rounds=1)
+    assert report["variant"] == reference_variants(table)["top"]
+    assert set(report["placements"]) == {"idle", "shared", "own"} and report["frames"] == 3
+    assert report["placements"]["idle"]["slowdown"] == 1.0
+    assert all(row["median_ms"] > 0 and row["slowdown"] > 0 for row in report["placements"].values())
+    assert "| in a session of its own |" in format_load_sessions(report)
+    assert "--cpu 1 --cpu-load 50" in report["load"]

@@ -532,19 +532,3 @@ def test_frame_to_array_decodes_raw_and_compressed_frames_alike():
     assert encoding == "bgr8" and np.array_equal(array, rgb[..., ::-1])
     with pytest.raises(FrameError):
         frame_to_array(png, MAX_IMAGE_PIXELS, max_compressed_bytes=10)
-
-
-def test_the_load_session_bench_times_the_top_variant_idle_and_under_both_placements(default_model):
-    from adascale_ros.load.stress import StressSpec
-    from adascale_ros.model.directory import load_variant_table, reference_variants
-    from adascale_ros.runtime.benchmark import bench_load_sessions, format_load_sessions
-
-    table = load_variant_table(REPO_ROOT / "models" / "default")
-    spec = StressSpec(cpu_workers=1, cpu_load_percent=50)
-    report = bench_load_sessions(default_model, table, spec, frames=3, gap_s=0.01, threads=1, rounds=1)
-    assert report["variant"] == reference_variants(table)["top"]
-    assert set(report["placements"]) == {"idle", "shared", "own"} and report["frames"] == 3
-    assert report["placements"]["idle"]["slowdown"] == 1.0
-    assert all(row["median_ms"] > 0 and row["slowdown"] > 0 for row in report["placements"].values())
-    assert "| in a session of its own |" in format_load_sessions(report)
-    assert "--cpu 1 --cpu-load 50" in report["load"]

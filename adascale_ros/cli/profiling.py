@@ -221,14 +221,14 @@ def _cmd_bench_load_session(args: argparse.Namespace) -> int:
     from adascale_ros.model.directory import load_variant_table
     from adascale_ros.model.saved_model import load_model
     from adascale_ros.package_files import default_model_dir
-    from adascale_ros.runtime.benchmark import bench_load_sessions, format_load_sessions
+    from adascale_ros.profiling.calibration import compare_load_sessions, format_load_sessions
 
     trace = LoadTrace.from_yaml(resolve_trace(args.trace))
     if not 0 <= args.phase < len(trace.phases) or trace.phases[args.phase].spec.idle:
         raise ValueError(f"--phase must be a loaded phase of {trace.name} (0 to {len(trace.phases) - 1})")
     model_dir = args.model_dir or default_model_dir()
     spec = trace.phases[args.phase].spec
-    report = bench_load_sessions(
+    report = compare_load_sessions(
         load_model(model_dir),
         load_variant_table(model_dir),
         spec,

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from adascale_ros.load.stress import load_session
+from adascale_ros.load.stress import StressNg, StressSpec, load_session
 from adascale_ros.model.directory import card_resolutions, load_variant_table, reference_variants, write_json
 from adascale_ros.model.elastic import Variant
 from adascale_ros.model.metrics import resolution_suffix
@@ -35,6 +35,7 @@ from adascale_ros.profiling.measurement import (
     CalibrationPlan,
     ModuleCalls,
     default_levels,
+    measure_camera_rate,
     run_calibration,
 )
 from adascale_ros.profiling.predictor import PREDICTOR_DIR, STATE_FEATURES, LatencyPredictor, device_fingerprint
@@ -66,10 +67,9 @@ def engine_calls(
 ) -> tuple[ModuleCalls, Callable[[Variant], object]]:
     """Zero-argument calls of every module at its real batch-1 input, and a whole-variant call.
 
-    The whole-variant call is what the inference node times per frame:
-    pre-processing of one rgb8 camera frame, then the variant. The fixed
-    module is the part of that outside the network, the pre-processing (the
-    soft-max is in the exit's segment graph, ``ElasticEngine``).
+    The whole-variant call is ``variant_call``'s. The fixed module is the part
+    of it outside the network, the pre-processing (the soft-max is in the
+    exit's segment graph, ``ElasticEngine``).
     """
     preprocess = Preprocessor.from_card(model.card)
     backend = engine.backend
@@ -86,10 +86,13 @@ def engine_calls(
             features = backend.stage(stage, next(iter(blocks)), features)
             calls[f"exit{stage}{suffix}"] = lambda s=stage, f=features: backend.head(s, f)
 
-    def run_variant(variant: Variant) -> object:
-        return engine.run(preprocess(frame, "rgb8", variant.resolution), variant)
+    return calls, variant_call(model, engine, frame)
 
-    return calls, run_variant
+
+def variant_call(model: LoadedModel, engine: ElasticEngine, frame: np.ndarray) -> Callable[[Variant], object]:
+    """What the inference node times per frame: pre-processing of one rgb8 camera frame, then the variant."""
+    preprocess = Preprocessor.from_card(model.card)
+    return lambda variant: engine.run(preprocess(frame, "rgb8", variant.resolution), variant)
 
 
 def calibrate_model(
@@ -222,3 +225,61 @@ def predictions_json(predictor: LatencyPredictor, state: np.ndarray, table: dict
         ),
         indent=1,
     )
+
+
+def compare_load_sessions(
+    model: LoadedModel,
+    variants_table: dict[str, Any],
+    spec: StressSpec,
+    frames: int = 60,
+    gap_s: float = 0.066,
+    threads: int = 2,
+    rounds: int = 2,
+) -> dict[str, Any]:
+    """Camera-rate latency of the top variant idle and under ``spec``'s load run in this process's session
+    and in a session of its own, alternating (``rounds`` of each, ``frames`` frames ``gap_s`` apart per
+    round, timed as the calibration times them), with each placement's median over the idle median. What
+    Linux's autogroup scheduler does to a load that a camera-rate classifier shares the CPU with
+    (``load.stress``)."""
+    engine = ElasticEngine.from_net(model.net, model.input_shape, "onnxruntime", threads)
+    run_variant = variant_call(model, engine, np.random.default_rng(3).integers(0, 256, (480, 640, 3), np.uint8))
+    variant = Variant.parse(reference_variants(variants_table)["top"])
+    plan = CalibrationPlan(levels=[], seconds_per_level=0.0, camera_frames=frames, camera_gap_s=gap_s)
+    table: dict[str, list] = {}
+    for _ in range(rounds):
+        measure_camera_rate([variant], run_variant, plan, "idle", table)
+        for placement in ("shared", "own"):
+            with StressNg(spec, timeout_s=frames * gap_s * 3 + 30, own_session=placement == "own"):
+                time.sleep(1.0)  # the workers up
+                measure_camera_rate([variant], run_variant, plan, placement, table)
+    levels, latency = np.array(table["level"]), np.array(table["latency_ms"])
+    samples = {name: latency[levels == name].tolist() for name in ("idle", "shared", "own")}
+    idle = float(np.median(samples["idle"]))
+
+    def summary(values: list[float]) -> dict[str, float]:
+        timing = summarize(values)
+        slowdown = round(timing.median_ms / idle, 3)
+        return {"median_ms": round(timing.median_ms, 4), "p90_ms": round(timing.p90_ms, 4), "slowdown": slowdown}
+
+    return {
+        "variant": variant.id,
+        "load": " ".join(spec.args()),
+        "threads": threads,
+        "frames": frames * rounds,
+        "gap_ms": gap_s * 1e3,
+        "placements": {name: summary(values) for name, values in samples.items()},
+    }
+
+
+def format_load_sessions(report: dict[str, Any]) -> str:
+    lines = [
+        f"{report['variant']} at camera rate ({report['frames']} frames {report['gap_ms']:.0f} ms apart per placement,"
+        f" {report['threads']} threads), load `stress-ng {report['load']}`:",
+        "",
+        "| load | median ms | p90 ms | median / idle |",
+        "|---|---:|---:|---:|",
+    ]
+    names = {"idle": "none", "shared": "in this session", "own": "in a session of its own"}
+    for name, row in report["placements"].items():
+        lines.append(f"| {names[name]} | {row['median_ms']:.2f} | {row['p90_ms']:.2f} | {row['slowdown']:.2f}x |")
+    return "\n".join(lines)

@@ -23,7 +23,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from adascale_ros.load.stress import StressNg, StressSpec
 from adascale_ros.model.directory import card_resolutions, reference_variants
 from adascale_ros.model.elastic import Variant
 from adascale_ros.model.pipeline import best_per_exit
@@ -257,66 +256,4 @@ def format_report(report: dict[str, Any]) -> str:
                 report.get("camera_rate_spinning", False),
             )
         )
-    return "\n".join(lines)
-
-
-def bench_load_sessions(
-    model: LoadedModel,
-    variants_table: dict[str, Any],
-    spec: StressSpec,
-    frames: int = 60,
-    gap_s: float = 0.066,
-    threads: int = 2,
-    rounds: int = 2,
-) -> dict[str, Any]:
-    """Camera-rate latency of the top variant idle and under ``spec``'s load run in this process's session
-    and in a session of its own, alternating (``rounds`` of each, ``frames`` frames ``gap_s`` apart per
-    round), with each placement's median over the idle median. What Linux's autogroup scheduler does to
-    a load that a camera-rate classifier shares the CPU with (``load.stress``)."""
-    engine = ElasticEngine.from_net(model.net, model.input_shape, "onnxruntime", threads)
-    preprocess = Preprocessor.from_card(model.card)
-    variant = Variant.parse(reference_variants(variants_table)["top"])
-    image = np.random.default_rng(3).integers(0, 256, (480, 640, 3), dtype=np.uint8)
-
-    def camera_frames() -> list[float]:
-        samples = []
-        for _ in range(frames):
-            time.sleep(gap_s)
-            start = time.perf_counter()
-            engine.run(preprocess(image, "rgb8", variant.resolution), variant)
-            samples.append((time.perf_counter() - start) * 1e3)
-        return samples
-
-    camera_frames()  # warm
-    samples: dict[str, list[float]] = {"idle": [], "shared": [], "own": []}
-    for _ in range(rounds):
-        samples["idle"] += camera_frames()
-        for placement in ("shared", "own"):
-            with StressNg(spec, timeout_s=frames * gap_s * 3 + 30, own_session=placement == "own"):
-                time.sleep(1.0)  # the workers up
-                samples[placement] += camera_frames()
-    idle = float(np.median(samples["idle"]))
-    return {
-        "variant": variant.id,
-        "load": " ".join(spec.args()),
-        "threads": threads,
-        "frames": frames * rounds,
-        "gap_ms": gap_s * 1e3,
-        "placements": {
-            name: {**_summary(v), "slowdown": round(float(np.median(v)) / idle, 3)} for name, v in samples.items()
-        },
-    }
-
-
-def format_load_sessions(report: dict[str, Any]) -> str:
-    lines = [
-        f"{report['variant']} at camera rate ({report['frames']} frames {report['gap_ms']:.0f} ms apart per placement,"
-        f" {report['threads']} threads), load `stress-ng {report['load']}`:",
-        "",
-        "| load | median ms | p90 ms | median / idle |",
-        "|---|---:|---:|---:|",
-    ]
-    names = {"idle": "none", "shared": "in this session", "own": "in a session of its own"}
-    for name, row in report["placements"].items():
-        lines.append(f"| {names[name]} | {row['median_ms']:.2f} | {row['p90_ms']:.2f} | {row['slowdown']:.2f}x |")
     return "\n".join(lines)
