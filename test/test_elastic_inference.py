@@ -60,7 +60,7 @@ class InferenceHarness:
         from sensor_msgs.msg import CompressedImage, Image
 
         from adascale_msgs.msg import ElasticClassification, VariantSelection
-        from adascale_ros.graph.definition import latched_qos
+        from adascale_ros.nodes.common import latched_qos
 
         args = [
             "-m",

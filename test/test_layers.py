@@ -3,13 +3,15 @@
 The layers, bottom to top; a module may import its own layer and those below,
 never one above (a function-level import counts too):
 
-- the base: ``package_files`` (shipped files) and ``timing`` (the timing primitive);
+- the base: ``package_files`` (shipped files), ``timing`` (the timing primitive) and ``signals`` (stopping on
+  SIGINT and SIGTERM);
 - the domain, without ROS, in its own order: ``resources`` (sensing), ``load``
   (load generation), ``model`` (the network, training, export), ``runtime``
   (inference), ``profiling`` (latency prediction and calibration, which times
   the runtime under generated load), ``selection`` (the decision loop);
-- ``graph``: the node graph's definition, launch support, the local runner, signals;
 - ``nodes``: the thin rclpy nodes;
+- ``graph``: the node graph's definition, launch support, the local runner (process control: it starts
+  the nodes);
 - ``harness``: the experiment harness (evaluation, scoring, soak, campaign, bags);
 - ``cli``: the command line, which may import anything.
 """
@@ -24,19 +26,19 @@ from conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "adascale_ros"
 LAYERS = (
-    ("package_files", "timing"),
+    ("package_files", "timing", "signals"),
     ("resources",),
     ("load",),
     ("model",),
     ("runtime",),
     ("profiling",),
     ("selection",),
-    ("graph",),
     ("nodes",),
+    ("graph",),
     ("harness",),
     ("cli",),
 )
-NO_ROS = {"package_files", "timing", "resources", "load", "model", "runtime", "profiling", "selection"}
+NO_ROS = {"package_files", "timing", "signals", "resources", "load", "model", "runtime", "profiling", "selection"}
 
 
 def forbidden(part: str) -> tuple[str, ...]:

@@ -66,7 +66,7 @@ class RunningGraph:
         from sensor_msgs.msg import Image
 
         from adascale_msgs.msg import ElasticClassification, ResourceState, VariantProfileArray, VariantSelection
-        from adascale_ros.graph.definition import latched_qos
+        from adascale_ros.nodes.common import latched_qos
 
         specs = node_graph(CAMERA)
         self.specs = {s.name: with_parameters(s, latency_budget_ms=0.0) if s.name == "selector" else s for s in specs}

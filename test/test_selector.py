@@ -230,7 +230,8 @@ class SelectorHarness:
 
     def subscribe(self) -> list:
         from adascale_msgs.msg import VariantSelection
-        from adascale_ros.graph.definition import SELECTION_TOPIC, latched_qos
+        from adascale_ros.graph.definition import SELECTION_TOPIC
+        from adascale_ros.nodes.common import latched_qos
 
         received: list = []
         self.node.create_subscription(VariantSelection, SELECTION_TOPIC, received.append, latched_qos())

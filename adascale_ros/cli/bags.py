@@ -65,9 +65,9 @@ def _cmd_make_bag(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from adascale_ros.graph.signals import stop_flag
     from adascale_ros.harness.bag_player import play_bag
     from adascale_ros.harness.bags import ReplaySpec
+    from adascale_ros.signals import stop_flag
 
     spec = ReplaySpec(rate=args.rate, loop=args.loop, start_offset_s=args.start_offset)
     if args.clock is not None and not args.clock > 0:

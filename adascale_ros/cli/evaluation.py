@@ -105,11 +105,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
     from dataclasses import replace
 
-    from adascale_ros.graph.signals import stop_flag
     from adascale_ros.harness.evaluation import EvaluationConfig, calibrated_deadline, evaluate, load_runs, score
     from adascale_ros.harness.report import markdown_table, target_line
     from adascale_ros.load.traces import LoadTrace, resolve_trace
     from adascale_ros.package_files import default_model_dir, default_params_file
+    from adascale_ros.signals import stop_flag
 
     if not args.bag.exists():
         raise FileNotFoundError(f"{args.bag}: no such bag (write one with `adascale make-bag`)")
@@ -184,11 +184,11 @@ def _cmd_replay_correction(args: argparse.Namespace) -> int:
 def _cmd_soak(args: argparse.Namespace) -> int:
     import json
 
-    from adascale_ros.graph.signals import stop_flag
     from adascale_ros.harness.evaluation import EvaluationConfig, calibrated_deadline
     from adascale_ros.harness.soak import soak
     from adascale_ros.load.traces import LoadTrace, resolve_trace
     from adascale_ros.package_files import default_model_dir, default_params_file
+    from adascale_ros.signals import stop_flag
 
     if not args.bag.exists():
         raise FileNotFoundError(f"{args.bag}: no such bag (write one with `adascale make-bag`)")
@@ -221,9 +221,9 @@ def _cmd_soak(args: argparse.Namespace) -> int:
 def _cmd_campaign(args: argparse.Namespace) -> int:
     import json
 
-    from adascale_ros.graph.signals import stop_flag
     from adascale_ros.harness.campaign import run_campaign, write_report
     from adascale_ros.package_files import default_model_dir
+    from adascale_ros.signals import stop_flag
 
     if args.messages < 1:
         raise ValueError(f"--messages must be >= 1, got {args.messages}")

@@ -32,8 +32,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def _cmd_load(args: argparse.Namespace) -> int:
     import time
 
-    from adascale_ros.graph.signals import stop_flag
     from adascale_ros.load.traces import LoadTrace, play_trace, resolve_trace
+    from adascale_ros.signals import stop_flag
 
     trace = LoadTrace.from_yaml(resolve_trace(args.trace))
     print(f"{trace.name}: {trace.description} ({trace.duration_s:g} s{', looping' if args.loop else ''})", flush=True)

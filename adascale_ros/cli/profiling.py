@@ -82,8 +82,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from adascale_ros.graph.signals import stop_on_sigterm
     from adascale_ros.profiling.calibration import REPORT, CalibrateOptions, calibrate_model
+    from adascale_ros.signals import stop_on_sigterm
 
     options = CalibrateOptions(
         quick=args.quick,

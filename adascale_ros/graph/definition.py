@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from adascale_ros.nodes.entry import NODE_MODULES
+
 ENTRY_MODULE = "adascale_ros.nodes.entry"
 
 
@@ -50,13 +52,6 @@ SELECTION_TOPIC = "selector/selection"
 CLASSIFICATION_TOPIC = "elastic_inference/classification"
 DEFAULT_CAMERA_TOPIC = "camera/image_raw"  # /camera/image_raw, or /<namespace>/camera/image_raw
 BAG_CAMERA_TOPIC = f"/{DEFAULT_CAMERA_TOPIC}"  # what a camera bag names (a bag's topics are absolute)
-
-
-def latched_qos():  # noqa: ANN201 (rclpy is imported on call: the launch files need no rclpy to load this)
-    """The selection topic's QoS: reliable, transient local, depth 1, so a late joiner receives the variant in force."""
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-
-    return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def check_namespace(namespace: str) -> str:
@@ -128,12 +123,12 @@ def _graph(camera_topic: str) -> list[NodeSpec]:
         NodeSpec(
             name="resource_monitor",
             executable="resource_monitor",
-            module="adascale_ros.nodes.resource_monitor",
+            module=NODE_MODULES["resource_monitor"],
         ),
         NodeSpec(
             name="profiler",
             executable="profiler",
-            module="adascale_ros.nodes.profiler",
+            module=NODE_MODULES["profiler"],
             remappings=(
                 ("~/resource_state", RESOURCE_STATE_TOPIC),
                 ("~/classification", CLASSIFICATION_TOPIC),
@@ -143,13 +138,13 @@ def _graph(camera_topic: str) -> list[NodeSpec]:
         NodeSpec(
             name="selector",
             executable="selector",
-            module="adascale_ros.nodes.selector",
+            module=NODE_MODULES["selector"],
             remappings=(("~/profiles", PROFILES_TOPIC),),
         ),
         NodeSpec(
             name="elastic_inference",
             executable="elastic_inference",
-            module="adascale_ros.nodes.elastic_inference",
+            module=NODE_MODULES["elastic_inference"],
             remappings=(
                 ("~/image", camera_topic),
                 ("~/image/compressed", f"{camera_topic}/compressed"),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from adascale_ros.graph.definition import RESOURCE_STATE_TOPIC, SELECTION_TOPIC, NodeSpec
-from adascale_ros.graph.signals import stop_flag
+from adascale_ros.signals import stop_flag
 
 # Grace before SIGKILL. Nodes end in well under 2 s on their own; four nodes
 # stopping at once on a busy 2-core machine have been seen to need more.
@@ -146,7 +146,7 @@ def run_graph(
     from rclpy.signals import SignalHandlerOptions
 
     from adascale_msgs.msg import ResourceState, VariantSelection
-    from adascale_ros.graph.definition import latched_qos
+    from adascale_ros.nodes.common import latched_qos
 
     graph = GraphProcesses(specs, params_file, log_level)
     # The runner handles SIGINT/SIGTERM itself: a flag ends the loop below, so the

@@ -344,7 +344,7 @@ class Campaign:
             VariantProfileArray,
             VariantSelection,
         )
-        from adascale_ros.graph.definition import latched_qos
+        from adascale_ros.nodes.common import latched_qos
         from adascale_ros.package_files import default_params_file
 
         self.table = load_variant_table(model_dir)

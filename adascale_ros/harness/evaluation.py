@@ -259,7 +259,7 @@ class Recorder:
         from sensor_msgs.msg import Image
 
         from adascale_msgs.msg import ElasticClassification, ResourceState, VariantSelection
-        from adascale_ros.graph.definition import latched_qos
+        from adascale_ros.nodes.common import latched_qos
 
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.reset()

@@ -12,11 +12,17 @@ import rclpy
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 
-from adascale_ros.graph.signals import stop_flag
 from adascale_ros.nodes.diagnostics import DiagnosticsPublisher
 from adascale_ros.nodes.parameters import Param, check_choices, current_values, declare_parameters, validating_callback
+from adascale_ros.signals import stop_flag
+
+
+def latched_qos() -> QoSProfile:
+    """The selection topic's QoS: reliable, transient local, depth 1, so a late joiner receives the variant in force."""
+    return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 class AdascaleNode(Node):

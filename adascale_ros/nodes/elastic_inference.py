@@ -16,11 +16,10 @@ from typing import Any
 from sensor_msgs.msg import CompressedImage, Image
 
 from adascale_msgs.msg import VariantSelection
-from adascale_ros.graph.definition import latched_qos
 from adascale_ros.model.directory import card_input_shape, cheapest_variant, load_variant_table, read_model_card
 from adascale_ros.nodes.camera_subscription import RELIABILITY_SETTINGS, CameraSubscription
 from adascale_ros.nodes.classification_output import ClassificationOutputs
-from adascale_ros.nodes.common import AdascaleNode, spin_node
+from adascale_ros.nodes.common import AdascaleNode, latched_qos, spin_node
 from adascale_ros.nodes.parameters import Param
 from adascale_ros.profiling.predictor import calibrated_threads
 from adascale_ros.runtime.engine import BACKENDS, ElasticEngine

@@ -12,10 +12,12 @@ import importlib
 import os
 import sys
 
-from adascale_ros.graph.definition import node_graph
-from adascale_ros.graph.signals import stop_flag
+from adascale_ros.signals import stop_flag
 
-NODE_MODULES = {spec.executable: spec.module for spec in node_graph()}
+# Each node's console script and module; the graph definition names its nodes' modules from here.
+NODE_MODULES = {
+    name: f"adascale_ros.nodes.{name}" for name in ("resource_monitor", "profiler", "selector", "elastic_inference")
+}
 
 
 def run(executable: str, args: list[str] | None = None) -> int:

@@ -21,9 +21,8 @@ from statistics import median
 from typing import Any
 
 from adascale_msgs.msg import VariantProfileArray, VariantSelection
-from adascale_ros.graph.definition import latched_qos
 from adascale_ros.model.directory import cheapest_variant, load_variant_table
-from adascale_ros.nodes.common import AdascaleNode, spin_node
+from adascale_ros.nodes.common import AdascaleNode, latched_qos, spin_node
 from adascale_ros.nodes.diagnostics import OK, WARN
 from adascale_ros.nodes.messages import selection_message
 from adascale_ros.nodes.parameters import Param
