@@ -131,8 +131,7 @@ class VariantSelector:
         self.accuracy_floor = USEFUL_ACCURACY_SHARE * max(tables.accuracy.values())
         self.current: Profile | None = None
         self.forecast: Profile | None = None
-        budgets, source = config.budgets_for(math.nan)
-        budgets = replace(budgets, min_accuracy=max(budgets.min_accuracy, self.accuracy_floor))
+        budgets, source = self._budgets_for(math.nan)
         self.in_force = Selection(
             Choice(
                 variant_id=safe_default,
@@ -182,14 +181,18 @@ class VariantSelector:
         """True once profiles were received but none within the timeout (NaN compares false)."""
         return now_s - self.last_profile_s() > self.config.profile_timeout_s
 
+    def _budgets_for(self, frame_period_ms: float) -> tuple[Budgets, str]:
+        """The configuration's budgets for the camera's frame period, Acc_min at least ``accuracy_floor``."""
+        budgets, source = self.config.budgets_for(frame_period_ms)
+        return replace(budgets, min_accuracy=max(budgets.min_accuracy, self.accuracy_floor)), source
+
     def _budgets(self) -> tuple[Budgets, str, bool]:
         """The budgets in force and their source, and whether they differ from the selection's in force
         (a budget from the camera within ``BUDGET_TOLERANCE`` of it is the same: the camera's jitter)."""
         newest = max(
             (p for p in (self.current, self.forecast) if p is not None), key=lambda p: p.received_s, default=None
         )
-        budgets, source = self.config.budgets_for(newest.frame_period_ms if newest else math.nan)
-        budgets = replace(budgets, min_accuracy=max(budgets.min_accuracy, self.accuracy_floor))
+        budgets, source = self._budgets_for(newest.frame_period_ms if newest else math.nan)
         old, fixed = self.in_force.budgets, source == FIXED_BUDGET
         same_latency = (
             budgets.latency_ms == old.latency_ms if fixed else _same_latency(budgets.latency_ms, old.latency_ms)
