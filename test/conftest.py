@@ -58,6 +58,18 @@ def spin_until(node, condition: Callable[[], bool], timeout_s: float) -> bool:
         executor.remove_node(node)
 
 
+def call_service(node, send: Callable[[], object], timeout_s: float = 20.0, resend_after_s: float = 4.0):
+    """The result of an idempotent service request (``send()`` returns its future), sent again when
+    unanswered after ``resend_after_s``: the server can be discovered before it sees the client's
+    reply reader, and then its first reply is lost."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        future = send()
+        if spin_until(node, future.done, timeout_s=min(resend_after_s, deadline - time.monotonic())):
+            return future.result()
+    raise AssertionError(f"no reply within {timeout_s} s")
+
+
 def subscribe_diagnostics(node, node_name: str) -> list:
     """Collect, in the returned list, every /diagnostics status the named adascale node publishes."""
     from diagnostic_msgs.msg import DiagnosticArray

@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, spin_until
+from conftest import REPO_ROOT, call_service, spin_until
 from test_sensors import make_jetson_orin, write
 
 from adascale_ros.graph.definition import RESOURCE_STATE_TOPIC
@@ -130,9 +130,7 @@ def test_parameters_are_validated_at_runtime(tmp_path, ros_node, start_process):
     assert client.wait_for_services(timeout_sec=20.0)
 
     def set_params(*params: Parameter):
-        future = client.set_parameters_atomically(list(params))
-        assert spin_until(ros_node, future.done, timeout_s=10.0)
-        return future.result().result
+        return call_service(ros_node, lambda: client.set_parameters_atomically(list(params))).result
 
     bad_rate = set_params(Parameter("rate_hz", value=-1.0))
     assert not bad_rate.successful and "rate_hz" in bad_rate.reason
@@ -141,17 +139,15 @@ def test_parameters_are_validated_at_runtime(tmp_path, ros_node, start_process):
         Parameter("cpu_weight", value=0.0), Parameter("gpu_weight", value=0.0), Parameter("memory_weight", value=0.0)
     )
     assert not bad_weights.successful and "weight" in bad_weights.reason
-    get = client.get_parameters(["cpu_weight"])
-    assert spin_until(ros_node, get.done, timeout_s=10.0)
-    assert get.result().values[0].double_value == 0.5
+    got = call_service(ros_node, lambda: client.get_parameters(["cpu_weight"]))
+    assert got.values[0].double_value == 0.5
     bad_window = set_params(Parameter("forecast_window", value=3))
     assert not bad_window.successful and "window" in bad_window.reason
     read_only = set_params(Parameter("sys_root", value="/tmp"))
     assert not read_only.successful
     # Ranges are in the descriptors: `ros2 param describe` shows them and rclpy refuses a value outside.
-    described = client.describe_parameters(["cpu_weight", "forecast_order"])
-    assert spin_until(ros_node, described.done, timeout_s=10.0)
-    weight, order = described.result().descriptors
+    described = call_service(ros_node, lambda: client.describe_parameters(["cpu_weight", "forecast_order"]))
+    weight, order = described.descriptors
     assert weight.floating_point_range[0].from_value == 0.0 and order.integer_range[0].from_value == 1
     negative = set_params(Parameter("cpu_weight", value=-0.5))
     assert not negative.successful, negative.reason

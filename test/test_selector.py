@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from conftest import spin_until, subscribe_diagnostics
+from conftest import call_service, spin_until, subscribe_diagnostics
 
 from adascale_ros.selection.benchmark import bench_selector
 from adascale_ros.selection.selector import Profile, SelectorConfig, VariantSelector
@@ -249,9 +249,8 @@ class SelectorHarness:
     def set(self, **params):
         from rclpy.parameter import Parameter
 
-        future = self.params.set_parameters([Parameter(k, value=v) for k, v in params.items()])
-        assert spin_until(self.node, future.done, timeout_s=10.0)
-        return future.result().results[0]
+        parameters = [Parameter(k, value=v) for k, v in params.items()]
+        return call_service(self.node, lambda: self.params.set_parameters(parameters)).results[0]
 
 
 @pytest.mark.ros
