@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from adascale_ros.harness.evaluation import (
     reference_answers,
     run_name,
     score,
+    static_mid,
     static_variants,
 )
 from adascale_ros.harness.metrics import (
@@ -228,11 +230,9 @@ def test_static_variants_and_policy_graphs(tmp_path):
     table = load_variant_table(DEFAULT_MODEL)
     variants = static_variants(table)
     rows = {r["variant_id"]: r for r in table["variants"]}
-    deepest = max(r["exit_index"] for r in rows.values())
     assert variants["static-top"] == reference_variants(table)["top"]
     assert rows[variants["static-top"]]["val_accuracy"] == max(r["val_accuracy"] for r in rows.values())
     assert variants["static-smallest"] == cheapest_variant(table)
-    assert rows[variants["static-mid"]]["exit_index"] == (deepest + 1) // 2
 
     cfg = config(tmp_path, budget_ms=1.5)
     static = policy_graph("static-top", cfg, variants)
@@ -262,6 +262,38 @@ def test_command_line_budgets(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args([*evaluate, "--budget-ms", "soon"])
     assert "expected milliseconds or auto" in capsys.readouterr().err
+
+
+def test_static_mid_is_the_most_accurate_timed_variant_that_met_the_deadline_under_the_heaviest_phase(tmp_path):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    shutil.copy(ROBOT_MODEL / "variants.json", model_dir)
+    rows = sorted(load_variant_table(model_dir)["variants"], key=lambda r: -r["val_accuracy"])
+    top, good, fair = rows[0]["variant_id"], rows[1]["variant_id"], rows[2]["variant_id"]
+
+    def timed(variant_id: str, idle_p90: float, loaded_p90: float) -> dict:
+        levels = {"idle": idle_p90, "cpu1x100": idle_p90 * 1.2, "cpu2x100": loaded_p90}
+        return {"variant_id": variant_id, "levels": {k: {"median_ms": v * 0.9, "p90_ms": v} for k, v in levels.items()}}
+
+    report = {
+        "levels": [
+            {"name": "idle", "idle": True, "stress_ng": []},
+            {"name": "cpu1x100", "idle": False, "stress_ng": ["--cpu", "1", "--cpu-load", "100"]},
+            {"name": "cpu2x100", "idle": False, "stress_ng": ["--cpu", "2", "--cpu-load", "100"]},
+        ],
+        "camera_rate": {"top": timed(top, 5.0, 12.0), "a": timed(good, 3.0, 7.5), "b": timed(fair, 1.0, 2.5)},
+    }
+    (model_dir / "calibration_report.json").write_text(json.dumps(report))
+    step_cpu = LoadTrace.from_yaml(resolve_trace("step-cpu"))  # its load phase: two CPU workers at 100 %
+    chosen, why = static_mid(model_dir, step_cpu, 8.0)
+    assert chosen == good and "cpu2x100" in why and "step-cpu" in why
+    assert static_mid(model_dir, step_cpu, 13.0)[0] == top
+    assert static_mid(model_dir, step_cpu, 5.0)[0] == fair
+    chosen, why = static_mid(model_dir, step_cpu, 2.0)  # none met it: the fastest
+    assert chosen == fair and "no timed variant met" in why
+    # A trace none of whose phases was calibrated: the heaviest level calibrated.
+    chosen, why = static_mid(model_dir, LoadTrace.from_yaml(resolve_trace("step")), 8.0)
+    assert chosen == good and "no phase of step was calibrated" in why
 
 
 def test_the_default_deadline_comes_from_the_calibration_report_before_any_run(tmp_path):

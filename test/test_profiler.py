@@ -16,7 +16,12 @@ import pytest
 from conftest import REPO_ROOT, spin_until, subscribe_diagnostics
 
 from adascale_ros.load.stress import StressSpec
-from adascale_ros.model.directory import ModelLoadError, load_variant_table
+from adascale_ros.model.directory import (
+    ModelLoadError,
+    camera_rate_variants,
+    load_variant_table,
+    reference_variants,
+)
 from adascale_ros.model.elastic import Variant
 from adascale_ros.profiling.energy import EnergyProfile, cache_hit_rate, energy_mj, fit_power_coefficients
 from adascale_ros.profiling.fitting import camera_rate_report, fit_and_report, report_markdown
@@ -281,6 +286,29 @@ def test_camera_rate_report_gives_each_reference_its_median_p90_and_slowdown_per
     assert report["top"]["levels"]["cpu2"]["slowdown"] == 2.0
     assert report["fastest"] == {"variant_id": "e0:b", "levels": {}}  # not timed: nothing made up
     assert camera_rate_report(CalibrationData(device={}, levels=levels)) == {}  # a dataset from before
+
+
+def test_camera_rate_variants_are_the_references_and_the_best_at_each_resolution():
+    table = load_variant_table(REPO_ROOT / "models" / "lite0-fashion-mnist")
+    chosen = camera_rate_variants(table)
+    assert {k: chosen[k] for k in ("top", "largest", "fastest")} == reference_variants(table)
+    assert len(set(chosen.values())) == len(chosen)  # each variant timed once
+    rows = {r["variant_id"]: r for r in table["variants"]}
+    for resolution in sorted({r["resolution"] for r in rows.values()}):
+        best = max(r["val_accuracy"] for r in rows.values() if r["resolution"] == resolution)
+        timed = [v for v in chosen.values() if rows[v]["resolution"] == resolution]
+        assert any(rows[v]["val_accuracy"] == best for v in timed), resolution
+    # A network of one input size: the references alone.
+    tiny = load_variant_table(DEFAULT_MODEL)
+    assert camera_rate_variants(tiny) == reference_variants(tiny)
+    # The report follows the variants the calibration timed.
+    levels = [{"name": "idle", "idle": True}]
+    data = CalibrationData(
+        device={"reference_variants": {"top": "e1:a"}, "camera_rate_variants": {"top": "e1:a", "best @64": "e0:b"}},
+        levels=levels,
+        camera_rate={"variant_id": ["e1:a", "e0:b"], "level": ["idle", "idle"], "latency_ms": [5.0, 1.0]},
+    )
+    assert camera_rate_report(data)["best @64"]["levels"]["idle"]["median_ms"] == 1.0
 
 
 def test_slowdown_by_level_is_the_median_over_variants_of_their_ratio_to_idle():

@@ -15,7 +15,9 @@ Policies
                    resource sensing, no forecast); same selector and budget
   static-top       the most accurate variant (validation), always: what one would deploy
                    without adaptation
-  static-mid       the most accurate variant of the middle exit, always
+  static-mid       the most accurate variant that the model's calibration timed at camera
+                   rate and that met the deadline there (p90) under the trace's heaviest
+                   calibrated phase, always: the static choice made for the worst case
   static-smallest  the cheapest variant that classifies (fewest FLOPs, accuracy at least 90 %
                    of the top's), always
                    (static: no confidence early exit either; the two
@@ -174,6 +176,46 @@ def ground_truth(config: EvaluationConfig, say: Callable[[str], None] = print) -
     return answers, f"agreement with {top} run offline (the bag has no labels)"
 
 
+def read_calibration_report(model_dir: Path) -> dict[str, Any]:
+    """The model's calibration report (``ValueError`` saying what to run when it cannot be read)."""
+    path = Path(model_dir) / "calibration_report.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read the calibration report ({exc}); run `adascale calibrate`") from exc
+
+
+def static_mid(model_dir: Path, trace: LoadTrace, deadline_ms: float) -> tuple[str, str]:
+    """static-mid's variant and why: the most accurate of the variants the calibration timed at camera
+    rate whose p90 met ``deadline_ms`` at the calibration level of the trace's heaviest phase (the phase
+    of the same stress-ng load where static-top ran slowest; every level when no phase was
+    calibrated); the fastest of them when none met it."""
+    from adascale_ros.model.directory import load_variant_table
+
+    report = read_calibration_report(model_dir)
+    timed = {e["variant_id"]: e["levels"] for e in report.get("camera_rate", {}).values()}
+    top = static_variants(load_variant_table(model_dir))["static-top"]
+    if top not in timed:
+        raise ValueError(f"{model_dir}: the calibration report has no camera-rate timing of {top}")
+    loads = {tuple(phase.spec.args()) for phase in trace.phases if not phase.spec.idle}
+    levels = [lv["name"] for lv in report["levels"] if tuple(lv["stress_ng"]) in loads and lv["name"] in timed[top]]
+    where = f"the heaviest calibrated phase of {trace.name}"
+    if not levels:
+        levels, where = list(timed[top]), f"the heaviest calibrated level (no phase of {trace.name} was calibrated)"
+    heaviest = max(levels, key=lambda name: timed[top][name]["median_ms"])
+    accuracy = {row["variant_id"]: row["val_accuracy"] for row in load_variant_table(model_dir)["variants"]}
+    p90 = {v: levels_of[heaviest]["p90_ms"] for v, levels_of in timed.items() if heaviest in levels_of}
+    meeting = [v for v, ms in p90.items() if ms <= deadline_ms]
+    if not meeting:
+        fastest = min(p90, key=p90.get)
+        return fastest, f"{fastest}: no timed variant met {deadline_ms:g} ms at {heaviest} ({where}); the fastest"
+    chosen = max(meeting, key=lambda v: (accuracy[v], -p90[v]))
+    return chosen, (
+        f"{chosen}: the most accurate timed variant within {deadline_ms:g} ms at {heaviest} ({where}),"
+        f" p90 {p90[chosen]:.2f} ms in the calibration"
+    )
+
+
 def calibrated_deadline(model_dir: Path) -> tuple[float, str]:
     """The default deadline [ms], ``DEADLINE_FACTOR`` x static-top's idle p90 at camera rate in the
     model's calibration report, and the sentence that says where it came from; ``ValueError`` when
@@ -182,10 +224,7 @@ def calibrated_deadline(model_dir: Path) -> tuple[float, str]:
 
     top = static_variants(load_variant_table(model_dir))["static-top"]
     path = Path(model_dir) / "calibration_report.json"
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read the calibration report ({exc}); run `adascale calibrate`") from exc
+    report = read_calibration_report(model_dir)
     idle = next((level["name"] for level in report.get("levels", []) if level.get("idle")), None)
     timed = [e for e in report.get("camera_rate", {}).values() if e.get("variant_id") == top]
     if idle is None or not timed or idle not in timed[0]["levels"]:
@@ -208,17 +247,22 @@ def run_name(policy: str, repeat: int, repeats: int) -> str:
 
 
 def static_variants(table: dict[str, Any]) -> dict[str, str]:
-    """The fixed variant of each static policy, from the variant table."""
+    """The fixed variant of static-top and static-smallest, from the variant table (static-mid's
+    depends on the trace and the deadline: ``static_mid``)."""
     from adascale_ros.model.directory import cheapest_variant, reference_variants
-    from adascale_ros.model.pipeline import best_per_exit
 
-    best = best_per_exit(table["variants"], "val_accuracy")
-    deepest = max(best)
-    return {
-        "static-top": reference_variants(table)["top"],
-        "static-mid": best[(deepest + 1) // 2]["variant_id"],
-        "static-smallest": cheapest_variant(table),
-    }
+    return {"static-top": reference_variants(table)["top"], "static-smallest": cheapest_variant(table)}
+
+
+def static_mid_reason(config: EvaluationConfig, variants: dict[str, str]) -> str | None:
+    """Why static-mid ran the variant it ran (None when it did not run)."""
+    if "static-mid" not in variants:
+        return None
+    try:
+        chosen, why = static_mid(config.model_dir, config.trace, config.budget_ms)
+    except ValueError as exc:
+        return f"{variants['static-mid']}, as recorded in the runs ({exc})"
+    return why if chosen == variants["static-mid"] else f"{variants['static-mid']}, as recorded in the runs"
 
 
 def policy_graph(policy: str, config: EvaluationConfig, variants: dict[str, str]) -> list[NodeSpec]:
@@ -546,6 +590,7 @@ def score(
             "model_dir": str(config.model_dir),
             "policies": list(config.policies),
             "accuracy_against": scored_against,
+            "static_mid": static_mid_reason(config, variants),
         },
         "variants": {p: v for p, v in variants.items() if p in pooled},
         "policies": pooled,
@@ -588,6 +633,9 @@ def evaluate(config: EvaluationConfig, stop: threading.Event, say: Callable[[str
     from adascale_ros.model.directory import load_variant_table
 
     variants = static_variants(load_variant_table(config.model_dir))
+    if "static-mid" in config.policies:
+        variants["static-mid"], why = static_mid(config.model_dir, config.trace, config.budget_ms)
+        say(f"static-mid runs {why}")
     camera_reliability = camera_offer(config)
     truth = ground_truth(config, say)
     runs_dir = config.out / "runs"

@@ -142,6 +142,7 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         "",
         markdown_table(report["policies"], report["variants"]),
         "",
+        *([f"static-mid runs {config['static_mid']}.", ""] if config.get("static_mid") else []),
     ]
     if report["targets"]:
         lines += ["## Targets", ""]

@@ -81,6 +81,20 @@ def reference_variants(table: dict[str, Any]) -> dict[str, str]:
     return {"top": top["variant_id"], "largest": largest["variant_id"], "fastest": cheapest_variant(table)}
 
 
+def camera_rate_variants(table: dict[str, Any]) -> dict[str, str]:
+    """The variants a calibration times one camera frame at a time, by role: the reference variants and,
+    for a network with elastic resolution, the most accurate at each input resolution (``best @<r>``),
+    the static choices a user has per frame size. Each variant once, under its first role."""
+    chosen = reference_variants(table)
+    rows = [row for row in table["variants"] if row.get("resolution") is not None]
+    for resolution in sorted({int(row["resolution"]) for row in rows}):
+        at = [row for row in rows if int(row["resolution"]) == resolution]
+        best = max(at, key=lambda row: (row["val_accuracy"], -row["flops"]))["variant_id"]
+        if best not in chosen.values():
+            chosen[f"best @{resolution}"] = best
+    return chosen
+
+
 # A variant whose validation accuracy is below this share of the most accurate one's does not
 # classify (a generated branch that did not learn answers near chance): never a safe choice.
 USEFUL_ACCURACY_SHARE = 0.9

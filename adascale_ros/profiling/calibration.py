@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 
 from adascale_ros.load.stress import StressNg, StressSpec, load_session
-from adascale_ros.model.directory import card_resolutions, load_variant_table, reference_variants, write_json
+from adascale_ros.model.directory import (
+    camera_rate_variants,
+    card_resolutions,
+    load_variant_table,
+    reference_variants,
+    write_json,
+)
 from adascale_ros.model.elastic import Variant
 from adascale_ros.model.metrics import resolution_suffix
 from adascale_ros.model.saved_model import LoadedModel, load_model
@@ -132,7 +138,8 @@ def measure(model_dir: Path, options: CalibrateOptions, progress: bool) -> Calib
         0, 256, (options.frame_height, options.frame_width, 3), dtype=np.uint8
     )
     calls, run_variant = engine_calls(model, engine, frame)
-    references = reference_variants(load_variant_table(model_dir))
+    table = load_variant_table(model_dir)
+    references, camera = reference_variants(table), camera_rate_variants(table)
     levels = default_levels(options.quick)
     seconds = options.seconds_per_level or (2.0 if options.quick else 20.0)
     plan = CalibrationPlan(
@@ -142,6 +149,7 @@ def measure(model_dir: Path, options: CalibrateOptions, progress: bool) -> Calib
         variants_per_exit=8 if options.quick else 30,
         seed=options.seed,
         always=tuple(Variant.parse(v) for v in dict.fromkeys(references.values())),
+        camera_variants=tuple(Variant.parse(v) for v in camera.values()),
         camera_frames=5 if options.quick else 30,
         load_own_session=options.load_own_session,
     )
@@ -153,6 +161,7 @@ def measure(model_dir: Path, options: CalibrateOptions, progress: bool) -> Calib
         "quick": options.quick,
         "load_session": load_session(options.load_own_session),
         "reference_variants": references,
+        "camera_rate_variants": camera,
     }
     bar = None
     if progress:

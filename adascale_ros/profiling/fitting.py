@@ -386,14 +386,15 @@ def fit_and_report(
 
 
 def camera_rate_report(data: CalibrationData) -> dict[str, dict[str, dict[str, float]]]:
-    """Each reference variant's latency one camera frame at a time, per load level: median and p90 [ms]
+    """Each camera-rate variant's latency one camera frame at a time, per load level: median and p90 [ms]
     and the median's slowdown over idle. Empty for a dataset made before these were measured."""
     table = data.table("camera_rate")
     if not table:
         return {}
     idle = [level["name"] for level in data.levels if level["idle"]]
     report: dict[str, dict[str, dict[str, float]]] = {}
-    for role, variant_id in data.device.get("reference_variants", {}).items():
+    roles = data.device.get("camera_rate_variants") or data.device.get("reference_variants", {})
+    for role, variant_id in roles.items():
         per_level = {}
         for level in data.levels:
             mask = (table["variant_id"] == variant_id) & (table["level"] == level["name"])

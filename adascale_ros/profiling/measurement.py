@@ -71,6 +71,8 @@ def default_levels(quick: bool = False) -> list[LoadLevel]:
             levels.append(LoadLevel(f"cpu{workers}x{percent}", StressSpec(workers, percent)))
     levels.append(LoadLevel("vm1", StressSpec(vm_workers=1, vm_bytes="25%")))
     levels.append(LoadLevel(f"cpu{half}x60+vm1", StressSpec(half, 60, vm_workers=1, vm_bytes="25%")))
+    # A robot mapping: every core busy and a sweep through memory (the shipped step trace's load).
+    levels.append(LoadLevel(f"cpu{cores}x100+vm1", StressSpec(cores, 100, vm_workers=1, vm_bytes="25%")))
     return levels
 
 
@@ -264,7 +266,8 @@ class CalibrationPlan:
     variants_per_exit: int = 30
     seed: int = 0
     always: tuple[Variant, ...] = ()  # measured whole at every level besides the sample (the top variant)
-    camera_frames: int = 30  # per reference variant and level, one camera frame at a time
+    camera_frames: int = 30  # per camera-rate variant and level, one camera frame at a time
+    camera_variants: tuple[Variant, ...] = ()  # timed at camera rate (default: ``always``)
     camera_gap_s: float = 1 / 15  # between those frames: a 15 Hz camera
     load_own_session: bool = False  # stress-ng in a session of its own rather than this one (load.stress)
 
@@ -363,7 +366,8 @@ def run_calibration(
                     if progress is not None:
                         level_left = max(0.0, level_end - time.monotonic())
                         progress(done_s + plan.seconds_per_level - level_left)
-                measure_camera_rate(references, run_variant, plan, level.name, data.camera_rate)
+                camera = list(plan.camera_variants) or references
+                measure_camera_rate(camera, run_variant, plan, level.name, data.camera_rate)
                 done_s += plan.seconds_per_level
                 level_load = float(np.nanmean(data.modules["load_index"][-len(keys) :]))
                 for key in keys:
