@@ -143,6 +143,48 @@ def test_dwell_is_on_the_upgrade_not_on_one_candidate():
     assert selector.update(4.3, tables, budgets, Objective()).variant_id == "a"
 
 
+def test_dwell_backs_off_while_the_load_reverses_upgrades_and_resets_when_one_lasts():
+    tables = tables_with(PRED, ACC)
+    budgets = Budgets(latency_ms=10.0)
+    selector = SwitchingPolicy(dwell_s=2.0, margin=0.01, max_dwell_s=8.0)
+    idle, burst = {"slow": (9.0, 8.0)}, {"slow": (12.0, 8.0)}
+
+    def at(t: float, load: dict) -> str:
+        tables.update_predictions(load)
+        return selector.update(t, tables, budgets, Objective()).variant_id
+
+    assert at(0.0, idle) == "slow"
+    # Bursts 4 s apart: each upgrade (after the dwell in force) is reversed by the next burst within it.
+    t, dwells = 0.0, []
+    for _ in range(3):
+        assert at(t + 0.1, burst) == "mid"
+        waited = selector.dwell_in_force_s
+        dwells.append(waited)
+        start = t + 0.2
+        assert at(start, idle) == "mid"
+        assert at(start + waited - 0.1, idle) == "mid"
+        assert at(start + waited, idle) == "slow"
+        t = start + waited + 1.0  # the next burst, 1 s after the upgrade
+    assert dwells == [2.0, 4.0, 8.0]
+    assert at(t + 0.1, burst) == "mid" and selector.dwell_in_force_s == 8.0  # at the ceiling
+    # The load ends: the upgrade after 8 s lasts 8 s, and the dwell is back to 2 s.
+    assert at(t + 0.2, idle) == "mid" and at(t + 8.2, idle) == "slow"
+    assert at(t + 16.3, idle) == "slow" and selector.dwell_in_force_s == 2.0
+    # Without max_dwell_s there is no back-off.
+    plain = SwitchingPolicy(dwell_s=2.0, margin=0.01)
+    tables.update_predictions(idle)
+    plain.update(0.0, tables, budgets, Objective())
+    tables.update_predictions(burst)
+    plain.update(0.1, tables, budgets, Objective())
+    tables.update_predictions(idle)
+    plain.update(0.2, tables, budgets, Objective())
+    plain.update(2.2, tables, budgets, Objective())
+    tables.update_predictions(burst)
+    assert plain.update(2.5, tables, budgets, Objective()).variant_id == "mid" and plain.dwell_in_force_s == 2.0
+    with pytest.raises(ValueError, match="max_dwell_s"):
+        SwitchingPolicy(dwell_s=2.0, max_dwell_s=1.0)
+
+
 def test_headroom_on_new_choices_not_on_the_running_variant():
     tables = tables_with(PRED, ACC)
     budgets = Budgets(latency_ms=10.0)

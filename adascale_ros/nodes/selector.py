@@ -45,6 +45,12 @@ PARAMETERS: dict[str, Param] = {
     "alpha": Param(1.0, "Weight of latency in J = alpha*L + beta*E [1/ms].", low=0.0),
     "beta": Param(0.0, "Weight of energy in J [1/mJ].", low=0.0),
     "dwell_s": Param(2.0, "An upgrade must stay available this long before it is taken [s].", low=0.0),
+    "max_dwell_s": Param(
+        8.0,
+        "The dwell doubles, up to this, each time the load reverses an upgrade within the dwell it waited;"
+        " an upgrade that lasts brings it back to dwell_s; dwell_s: no back-off [s].",
+        low=0.0,
+    ),
     "margin": Param(0.005, "An upgrade must beat the running variant's score by this much.", low=0.0),
     "latency_headroom": Param(
         0.05, "A new choice must be predicted within (1 - this) x the latency budget, in [0, 1); kept up to it."

@@ -212,21 +212,36 @@ def breaks_budgets(
 
 class SwitchingPolicy:
     """Downgrade at once, upgrade only after a dwell time and by a margin; choose with headroom. When no
-    variant meets the budgets, ``fallback`` runs (the safe default; None: the fastest predicted)."""
+    variant meets the budgets, ``fallback`` runs (the safe default; None: the fastest predicted).
+
+    The dwell backs off: an upgrade that the load reverses before it has run for the dwell it waited
+    doubles the dwell, up to ``max_dwell_s``; an upgrade that lasts that long brings it back to
+    ``dwell_s``. A load that comes in bursts then stops costing a switch up and a miss at each one.
+    """
 
     def __init__(
-        self, dwell_s: float = 2.0, margin: float = 0.005, headroom: float = 0.0, fallback: str | None = None
+        self,
+        dwell_s: float = 2.0,
+        margin: float = 0.005,
+        headroom: float = 0.0,
+        fallback: str | None = None,
+        max_dwell_s: float | None = None,
     ) -> None:
         if dwell_s < 0 or margin < 0:
             raise ValueError("dwell_s and margin must be >= 0")
         if not 0.0 <= headroom < 1.0:
             raise ValueError(f"headroom must be in [0, 1), got {headroom}")
+        if max_dwell_s is not None and not max_dwell_s >= dwell_s:
+            raise ValueError(f"max_dwell_s must be >= dwell_s ({dwell_s}), got {max_dwell_s}")
         self.dwell_s = dwell_s
+        self.max_dwell_s = dwell_s if max_dwell_s is None else max_dwell_s
         self.margin = margin
         self.headroom = headroom
         self.fallback = fallback
         self.current: Choice | None = None
+        self.dwell_in_force_s = dwell_s
         self._upgrade_since: float | None = None  # since when an upgrade has been available
+        self._upgraded_at: float | None = None  # when the running variant came by an upgrade, until it lasted
 
     def _choose(self, tables: VariantTables, budgets: Budgets, objective: Objective) -> Choice | None:
         """The best variant within the budgets less the headroom; within the budgets when none is."""
@@ -252,6 +267,7 @@ class SwitchingPolicy:
         if current is None:
             return self._switch(best, f"initial selection: {best.reason}")
         broken = breaks_budgets(tables, current.variant_id, budgets, measured_latency_ms)
+        self._back_off(now_s, reversed_=broken is not None)
         if broken is not None:
             predicted = tables.latency_ms.get(current.variant_id, math.nan)
             if measured_latency_ms is not None and measured_latency_ms > predicted > 0:
@@ -271,11 +287,26 @@ class SwitchingPolicy:
             return current
         if self._upgrade_since is None:
             self._upgrade_since = now_s
-        if now_s - self._upgrade_since >= self.dwell_s:
-            return self._switch(best, f"upgrade after {self.dwell_s:g} s: {best.reason}")
+        if now_s - self._upgrade_since >= self.dwell_in_force_s:
+            upgraded = self._switch(best, f"upgrade after {self.dwell_in_force_s:g} s: {best.reason}")
+            self._upgraded_at = now_s
+            return upgraded
         return current
+
+    def _back_off(self, now_s: float, reversed_: bool) -> None:
+        """Double the dwell when the load reverses an upgrade within the dwell it waited; reset it when
+        the upgrade lasted."""
+        if self._upgraded_at is None:
+            return
+        if reversed_ and now_s - self._upgraded_at < self.dwell_in_force_s:
+            self.dwell_in_force_s = min(2.0 * self.dwell_in_force_s, self.max_dwell_s)
+            self._upgraded_at = None
+        elif now_s - self._upgraded_at >= self.dwell_in_force_s:
+            self.dwell_in_force_s = self.dwell_s
+            self._upgraded_at = None
 
     def _switch(self, choice: Choice, reason: str) -> Choice:
         self._upgrade_since = None
+        self._upgraded_at = None
         self.current = replace(choice, reason=reason)
         return self.current

@@ -46,6 +46,7 @@ class SelectorConfig:
     budgets: Budgets = field(default_factory=Budgets)
     objective: Objective = field(default_factory=Objective)
     dwell_s: float = 2.0
+    max_dwell_s: float = 8.0
     margin: float = 0.005
     latency_headroom: float = 0.0
     use_forecast: bool = True
@@ -67,6 +68,9 @@ class SelectorConfig:
         for name in ("dwell_s", "margin"):
             if not (math.isfinite(float(values[name])) and float(values[name]) >= 0.0):
                 raise ValueError(f"{name} must be >= 0, got {values[name]}")
+        max_dwell = float(values["max_dwell_s"])
+        if not (math.isfinite(max_dwell) and max_dwell >= float(values["dwell_s"])):
+            raise ValueError(f"max_dwell_s must be >= dwell_s ({values['dwell_s']}), got {values['max_dwell_s']}")
         if not 0.0 <= float(values["latency_headroom"]) < 1.0:
             raise ValueError(f"latency_headroom must be in [0, 1), got {values['latency_headroom']}")
         fraction = float(values["budget_fraction_of_frame_period"])
@@ -76,6 +80,7 @@ class SelectorConfig:
             budgets=Budgets(limits["latency_budget_ms"], limits["energy_budget_mj"], float(values["min_accuracy"])),
             objective=Objective(str(values["objective"]), float(values["alpha"]), float(values["beta"])),
             dwell_s=float(values["dwell_s"]),
+            max_dwell_s=max_dwell,
             margin=float(values["margin"]),
             latency_headroom=float(values["latency_headroom"]),
             use_forecast=bool(values["use_forecast"]),
@@ -125,7 +130,9 @@ class VariantSelector:
             raise ValueError(f"safe default variant {safe_default!r} is not in the variant table")
         self.tables = tables
         self.config = config
-        self.stable = SwitchingPolicy(config.dwell_s, config.margin, config.latency_headroom, fallback=safe_default)
+        self.stable = SwitchingPolicy(
+            config.dwell_s, config.margin, config.latency_headroom, safe_default, config.max_dwell_s
+        )
         # AdaScale's Acc_min is never below what classifies: a variant whose generated branches did not
         # learn answers near chance, however fast it is.
         self.accuracy_floor = USEFUL_ACCURACY_SHARE * max(tables.accuracy.values())
@@ -152,6 +159,8 @@ class VariantSelector:
         """New parameters take effect at once; returns the new selection when it changed."""
         self.config = config
         self.stable.dwell_s, self.stable.margin = config.dwell_s, config.margin
+        self.stable.max_dwell_s = config.max_dwell_s
+        self.stable.dwell_in_force_s = min(max(self.stable.dwell_in_force_s, config.dwell_s), config.max_dwell_s)
         self.stable.headroom = config.latency_headroom
         return self._decide(now_s)
 
