@@ -306,6 +306,8 @@ def test_node_follows_load_and_budgets(tmp_path, ros_node, start_process):
 
     assert spin_until(ros_node, lambda: "camera" in budget_source(), timeout_s=5.0)
     print("selector diagnostics: budget", budget_source())
+    values = {kv.key: kv.value for kv in harness.diagnostics[-1].values}
+    assert 2.0 <= float(values["dwell_in_force_s"]) <= 8.0  # between dwell_s and max_dwell_s
 
 
 @pytest.mark.ros

@@ -172,6 +172,7 @@ class SelectorNode(AdascaleNode):
             "load_is_forecast": selection.load_is_forecast,
             "latency_budget_ms": selection.budgets.latency_ms,
             "budget_source": selection.budget_source,
+            "dwell_in_force_s": self.core.stable.dwell_in_force_s,
             "profiles_received": self.profiles_received,
             "profiles_rejected": self.profiles_rejected,
             "unknown_variant_ids": self.unknown_ids,
