@@ -194,7 +194,8 @@ def static_mid(model_dir: Path, trace: LoadTrace, deadline_ms: float) -> tuple[s
 
     report = read_calibration_report(model_dir)
     timed = {e["variant_id"]: e["levels"] for e in report.get("camera_rate", {}).values()}
-    top = static_variants(load_variant_table(model_dir))["static-top"]
+    table = load_variant_table(model_dir)
+    top = static_variants(table)["static-top"]
     if top not in timed:
         raise ValueError(f"{model_dir}: the calibration report has no camera-rate timing of {top}")
     loads = {tuple(phase.spec.args()) for phase in trace.phases if not phase.spec.idle}
@@ -203,7 +204,7 @@ def static_mid(model_dir: Path, trace: LoadTrace, deadline_ms: float) -> tuple[s
     if not levels:
         levels, where = list(timed[top]), f"the heaviest calibrated level (no phase of {trace.name} was calibrated)"
     heaviest = max(levels, key=lambda name: timed[top][name]["median_ms"])
-    accuracy = {row["variant_id"]: row["val_accuracy"] for row in load_variant_table(model_dir)["variants"]}
+    accuracy = {row["variant_id"]: row["val_accuracy"] for row in table["variants"]}
     p90 = {v: levels_of[heaviest]["p90_ms"] for v, levels_of in timed.items() if heaviest in levels_of}
     meeting = [v for v, ms in p90.items() if ms <= deadline_ms]
     if not meeting:

@@ -312,6 +312,7 @@ def run_calibration(
     data = CalibrationData(device={**device, "throughput": measure_throughput()}, levels=[])
     truth = ground_truth_variants(variants, plan.variants_per_exit, plan.seed, plan.always)
     references = [v for v in truth if v in plan.always]
+    camera = list(plan.camera_variants) or references
     rng = random.Random(plan.seed)
     flush = CacheFlusher()
     probe = StateProbe(weights or LoadIndexWeights())
@@ -366,7 +367,6 @@ def run_calibration(
                     if progress is not None:
                         level_left = max(0.0, level_end - time.monotonic())
                         progress(done_s + plan.seconds_per_level - level_left)
-                camera = list(plan.camera_variants) or references
                 measure_camera_rate(camera, run_variant, plan, level.name, data.camera_rate)
                 done_s += plan.seconds_per_level
                 level_load = float(np.nanmean(data.modules["load_index"][-len(keys) :]))
