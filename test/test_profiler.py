@@ -33,7 +33,7 @@ from adascale_ros.profiling.measurement import (
     run_calibration,
     variant_module_keys,
 )
-from adascale_ros.profiling.online import OnlineProfiler
+from adascale_ros.profiling.online import MEASURED_MIN_RESULTS, OnlineProfiler
 from adascale_ros.profiling.predictor import (
     LatencyCorrection,
     LatencyPredictor,
@@ -790,9 +790,11 @@ def test_the_online_profiler_rejects_what_cannot_describe_a_load_and_forgets_aft
         core.on_result("e9:nothing", 1.0, 0, False, False, 66.0, now_s=0.2)
     with pytest.raises(ValueError, match="latency_ms"):
         core.on_result(variant, math.nan, 0, False, False, 66.0, now_s=0.2)
-    for k in range(5):  # three times the prediction: learnt as this variant's own offset
-        core.on_result(variant, 3 * float(current.latency_ms[0]), 0, False, False, 66.0, now_s=0.3 + 0.01 * k)
     index = predictor.variant_index(variant)
+    # Three times the prediction: from the third result on (a measured latency's minimum) also its own offset.
+    for k in range(MEASURED_MIN_RESULTS):
+        assert index not in core.correction.measured_offsets_
+        core.on_result(variant, 3 * float(current.latency_ms[0]), 0, False, False, 66.0, now_s=0.3 + 0.01 * k)
     assert index in core.correction.measured_offsets_ and core.frame_period_ms == 66.0
     (corrected, _) = core.profiles(now_s=0.4)
     assert corrected.latency_ms[index] > 2 * current.latency_ms[index]
@@ -802,7 +804,7 @@ def test_the_online_profiler_rejects_what_cannot_describe_a_load_and_forgets_aft
     assert core.counts | {"profiles": 0} == {
         "states": 3,
         "states_rejected": 1,
-        "results": 7,
+        "results": 2 + MEASURED_MIN_RESULTS,
         "results_rejected": 2,
         "profiles": 0,
         "corrections_reset": 1,

@@ -40,7 +40,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sel = bench.add_parser(
         "selector",
         parents=[MODEL_DIR, JSON],
-        help="decision time of the selector: B+ tree vs sorted array vs linear scan",
+        help="decision time of the selector: shipped index vs B+ tree vs sorted array vs linear scan",
     )
     sel.add_argument("--decisions", type=int, default=2000, help="decisions timed per method and table")
     sel.add_argument("--synthetic", type=int, default=10_000, help="variants in the synthetic table")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -18,6 +19,34 @@ from rclpy.signals import SignalHandlerOptions
 from adascale_ros.nodes.diagnostics import DiagnosticsPublisher
 from adascale_ros.nodes.parameters import Param, check_choices, current_values, declare_parameters, validating_callback
 from adascale_ros.signals import stop_flag
+
+# The helper nodes' CPU niceness: the inference node's threads (niceness 0) then win a core from
+# their bursts (docs/decisions/helper-nodes-yield-the-cpu.md).
+HELPER_NICE = 10
+
+
+def nice_parameter() -> Param:
+    """The ``nice`` parameter of a node that yields the CPU to the classifier."""
+    return Param(
+        HELPER_NICE,
+        "CPU niceness of the node's process, 0-19 (higher yields more); never lowers an inherited one.",
+        read_only=True,
+        low=0,
+        high=19,
+    )
+
+
+def raise_niceness(nice: int) -> int:
+    """Raise every thread of this process to niceness ``nice`` (Linux niceness is per thread; one that
+    is already nicer keeps its own); returns the main thread's niceness after."""
+    tasks = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
+    for task in tasks:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, task) < nice:
+                os.setpriority(os.PRIO_PROCESS, task, nice)
+        except ProcessLookupError:  # a thread that ended meanwhile
+            continue
+    return os.getpriority(os.PRIO_PROCESS, 0)
 
 
 def latched_qos() -> QoSProfile:
@@ -52,6 +81,8 @@ class AdascaleNode(Node):
         check_choices(parameters, self.settings)
         if check is not None:
             check(self.settings)
+        if "nice" in self.settings:
+            raise_niceness(int(self.settings["nice"]))
 
     def model_dir(self) -> str:
         """The ``model_dir`` parameter, or the embedded default model when it is empty."""

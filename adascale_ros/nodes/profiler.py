@@ -16,7 +16,7 @@ from typing import Any
 
 from adascale_msgs.msg import ElasticClassification, ResourceState, VariantProfileArray
 from adascale_ros.model.directory import load_variant_table
-from adascale_ros.nodes.common import AdascaleNode, spin_node
+from adascale_ros.nodes.common import AdascaleNode, nice_parameter, spin_node
 from adascale_ros.nodes.diagnostics import OK, WARN
 from adascale_ros.nodes.messages import float32_array, profile_message
 from adascale_ros.nodes.parameters import Param
@@ -58,6 +58,7 @@ PARAMETERS: dict[str, Param] = {
         "the measured/predicted ratio; resource states are ignored.",
         read_only=True,
     ),
+    "nice": nice_parameter(),
 }
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from adascale_msgs.msg import ResourceState
-from adascale_ros.nodes.common import AdascaleNode, spin_node
+from adascale_ros.nodes.common import AdascaleNode, nice_parameter, spin_node
 from adascale_ros.nodes.diagnostics import OK, WARN
 from adascale_ros.nodes.messages import resource_state_message
 from adascale_ros.nodes.parameters import Param
@@ -40,6 +40,7 @@ PARAMETERS: dict[str, Param] = {
     "proc_root": Param("/proc", "Where procfs is mounted.", read_only=True),
     "sys_root": Param("/sys", "Where sysfs is mounted.", read_only=True),
     "use_nvml": Param(True, "Read NVIDIA GPUs through NVML when a driver is present.", read_only=True),
+    "nice": nice_parameter(),
 }
 
 MAX_RATE_HZ = 100.0

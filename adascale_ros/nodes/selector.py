@@ -22,7 +22,7 @@ from typing import Any
 
 from adascale_msgs.msg import VariantProfileArray, VariantSelection
 from adascale_ros.model.directory import cheapest_variant, load_variant_table
-from adascale_ros.nodes.common import AdascaleNode, latched_qos, spin_node
+from adascale_ros.nodes.common import AdascaleNode, latched_qos, nice_parameter, spin_node
 from adascale_ros.nodes.diagnostics import OK, WARN
 from adascale_ros.nodes.messages import selection_message
 from adascale_ros.nodes.parameters import Param
@@ -69,6 +69,7 @@ PARAMETERS: dict[str, Param] = {
         low=0.0,
         high=3600.0,
     ),
+    "nice": nice_parameter(),
 }
 
 

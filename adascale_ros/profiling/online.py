@@ -69,10 +69,13 @@ class OnlineProfiler:
     ) -> None:
         self.predictor = predictor
         self.correct = correction_window > 0
+        # A variant has its own offset from as many results as its measured latency needs: one that the
+        # selector left for what it measured is then priced by it, not tried again at a transferred offset.
         self.correction = LatencyCorrection(
             max(correction_window, 1),
             correction_quantile,
             incidence=predictor.incidence,
+            variant_min_samples=MEASURED_MIN_RESULTS,
             tail_window=correction_tail_window,
         )
         self.resource_aware = resource_aware

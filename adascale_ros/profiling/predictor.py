@@ -380,7 +380,7 @@ class LatencyCorrection:
         quantile: float = 0.9,
         low: float = 0.25,
         high: float = 4.0,
-        min_samples: int = 10,
+        min_samples: int = 20,
         incidence: np.ndarray | None = None,
         variant_min_samples: int = 5,
         ridge: float = 0.1,

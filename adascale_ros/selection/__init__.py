@@ -1,1 +1,1 @@
-"""Variant selection: tables with B+ tree indexes, the constrained search, stable switching (no ROS here)."""
+"""Variant selection: tables with ordered indexes, the constrained search, stable switching (no ROS here)."""

@@ -125,7 +125,7 @@ def _most_accurate(tables: VariantTables, budgets: Budgets, objective: Objective
 
 
 def _cheapest(tables: VariantTables, budgets: Budgets, objective: Objective) -> str | None:
-    """Walk the B+ tree of the weighted term up to its budget; stop once that term alone costs more than the best J."""
+    """Walk the index of the weighted term up to its budget; stop once that term alone costs more than the best J."""
     if objective.alpha > 0:
         keys, weight = tables.by_latency.up_to(budgets.latency_ms), objective.alpha
     else:
@@ -143,7 +143,7 @@ def _cheapest(tables: VariantTables, budgets: Budgets, objective: Objective) -> 
 
 
 def search_indexed(tables: VariantTables, budgets: Budgets, objective: Objective) -> str | None:
-    """The best feasible variant, using the accuracy order and the B+ tree indexes."""
+    """The best feasible variant, using the accuracy order and the ordered indexes."""
     if objective.kind == "max_accuracy":
         return _most_accurate(tables, budgets, objective)
     return _cheapest(tables, budgets, objective)

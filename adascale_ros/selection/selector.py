@@ -138,6 +138,7 @@ class VariantSelector:
         self.accuracy_floor = USEFUL_ACCURACY_SHARE * max(tables.accuracy.values())
         self.current: Profile | None = None
         self.forecast: Profile | None = None
+        self._in_tables: Profile | None = None  # the profile whose predictions the tables hold
         budgets, source = self._budgets_for(math.nan)
         self.in_force = Selection(
             Choice(
@@ -219,7 +220,9 @@ class VariantSelector:
                 self.in_force = replace(self.in_force, budgets=budgets, budget_source=source)
                 return self.in_force
             return None
-        self.tables.update_predictions(profile.predictions)
+        if profile is not self._in_tables:  # a profile that is not acted on costs no table update
+            self.tables.update_predictions(profile.predictions)
+            self._in_tables = profile
         running = self.stable.current.variant_id if self.stable.current else None
         measured = profile.measured_latency_ms.get(running, math.nan) if running else math.nan
         before = self.in_force.choice

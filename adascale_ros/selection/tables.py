@@ -1,4 +1,4 @@
-"""AdaScale's variant tables, indexed by B+ trees.
+"""AdaScale's variant tables and their ordered indexes.
 
 - Performance Index Table: what a variant *is* (accuracy, parameters,
   storage, FLOPs, memory accesses); fixed for a trained model, so its
@@ -6,16 +6,19 @@
 - Predictive Performance Table: what a variant *costs now* (predicted
   latency and energy at the current load); updated by every profile.
 
-The predictive table is indexed by two B+ trees (``BTrees.OOBTree.OOTreeSet``)
-keyed on ``(predicted latency, variant id)`` and ``(predicted energy, variant
-id)``, so "every variant within T ms" is a range query and "the fastest" is
-the first key. A new profile only moves the keys whose prediction changed. A
-variant whose prediction is unknown (NaN) is in no index and so never
-selectable.
+The predictive table is indexed twice, keyed on ``(predicted latency,
+variant id)`` and ``(predicted energy, variant id)``, so "every variant
+within T ms" is a range query and "the fastest" is the first key. A new
+profile only moves the keys whose prediction changed. A variant whose
+prediction is unknown (NaN) is in no index and so never selectable.
 
-``SortedArrayKeys`` (a Python list kept sorted with ``bisect``) and
-``UnorderedKeys`` (no index at all) have the same interface; they exist so
-the selector benchmark can compare the index structures side by side.
+The shipped index, ``SortedOnQueryKeys``, is a sorted list brought up to
+date at the first query after a change: the profiler moves every variant's
+key at once, and one sort of the nearly sorted list costs less than moving
+each key in AdaScale's B+ tree (``BTreeKeys``, ``BTrees.OOBTree.OOTreeSet``).
+``SortedArrayKeys`` (a list kept sorted with ``bisect``) and ``UnorderedKeys``
+(no index at all) have the same interface; ``adascale bench selector``
+compares them all side by side.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ class KeyIndex(Protocol):
 
 
 class BTreeKeys:
-    """The shipped index: a B+ tree set, O(log n) updates."""
+    """AdaScale's index: a B+ tree set, O(log n) updates."""
 
     def __init__(self) -> None:
         self._tree = OOTreeSet()
@@ -131,7 +134,68 @@ class UnorderedKeys:
         return len(self._keys)
 
 
-INDEX_KINDS: dict[str, type] = {"btree": BTreeKeys, "sorted_array": SortedArrayKeys, "unordered": UnorderedKeys}
+class SortedOnQueryKeys:
+    """A sorted list brought up to date at the first query after changes: the shipped index.
+
+    Updates only note what changed. At the query, a few changes go in one by
+    one with ``bisect`` (as ``SortedArrayKeys``); many (a whole profile: every
+    variant's prediction moves at once) merge in one sort of the nearly sorted
+    list, which costs less than moving each key in a tree.
+    """
+
+    FEW = 32  # up to this many pending changes go in one by one
+
+    def __init__(self) -> None:
+        self._sorted: list[Key] = []
+        self._added: set[Key] = set()
+        self._removed: set[Key] = set()
+
+    def add(self, key: Key) -> None:
+        if key in self._removed:
+            self._removed.discard(key)
+        else:
+            self._added.add(key)
+
+    def remove(self, key: Key) -> None:
+        if key in self._added:
+            self._added.discard(key)
+        else:
+            self._removed.add(key)
+
+    def _ordered(self) -> list[Key]:
+        added, removed, keys = self._added, self._removed, self._sorted
+        if len(added) + len(removed) <= self.FEW:
+            for key in removed:
+                del keys[bisect.bisect_left(keys, key)]
+            for key in added:
+                bisect.insort(keys, key)
+        else:
+            keys = [key for key in keys if key not in removed] if removed else keys
+            keys.extend(added)
+            keys.sort()
+            self._sorted = keys
+        added.clear()
+        removed.clear()
+        return keys
+
+    def up_to(self, bound: float) -> Iterator[Key]:
+        ordered = self._ordered()
+        return iter(ordered[: bisect.bisect_right(ordered, (bound, _AFTER_ALL_IDS))])
+
+    def first(self) -> Key | None:
+        ordered = self._ordered()
+        return ordered[0] if ordered else None
+
+    def __len__(self) -> int:
+        return len(self._sorted) + len(self._added) - len(self._removed)
+
+
+INDEX_KINDS: dict[str, type] = {
+    "btree": BTreeKeys,
+    "sorted_on_query": SortedOnQueryKeys,
+    "sorted_array": SortedArrayKeys,
+    "unordered": UnorderedKeys,
+}
 
 
 def _usable(value: float) -> bool:
@@ -139,9 +203,9 @@ def _usable(value: float) -> bool:
 
 
 class VariantTables:
-    """Both tables and their indexes (B+ trees unless ``index_kind`` says otherwise)."""
+    """Both tables and their indexes (``SortedOnQueryKeys`` unless ``index_kind`` says otherwise)."""
 
-    def __init__(self, entries: Iterable[VariantEntry], index_kind: str = "btree") -> None:
+    def __init__(self, entries: Iterable[VariantEntry], index_kind: str = "sorted_on_query") -> None:
         if index_kind not in INDEX_KINDS:
             raise ValueError(f"index_kind must be one of {sorted(INDEX_KINDS)}, got {index_kind!r}")
         self.index: dict[str, VariantEntry] = {}
@@ -158,7 +222,7 @@ class VariantTables:
         self.by_energy: KeyIndex = INDEX_KINDS[index_kind]()
 
     @classmethod
-    def from_variant_table(cls, table: Mapping[str, Any], index_kind: str = "btree") -> VariantTables:
+    def from_variant_table(cls, table: Mapping[str, Any], index_kind: str = "sorted_on_query") -> VariantTables:
         try:
             entries = [VariantEntry.from_row(row) for row in table["variants"]]
         except (KeyError, TypeError, ValueError) as exc:
