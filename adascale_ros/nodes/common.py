@@ -36,9 +36,9 @@ def nice_parameter() -> Param:
     )
 
 
-def raise_niceness(nice: int) -> int:
+def raise_niceness(nice: int) -> None:
     """Raise every thread of this process to niceness ``nice`` (Linux niceness is per thread; one that
-    is already nicer keeps its own); returns the main thread's niceness after."""
+    is already nicer keeps its own)."""
     tasks = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
     for task in tasks:
         try:
@@ -46,7 +46,6 @@ def raise_niceness(nice: int) -> int:
                 os.setpriority(os.PRIO_PROCESS, task, nice)
         except ProcessLookupError:  # a thread that ended meanwhile
             continue
-    return os.getpriority(os.PRIO_PROCESS, 0)
 
 
 def latched_qos() -> QoSProfile:
