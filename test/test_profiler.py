@@ -239,6 +239,7 @@ def test_fitting_recovers_a_known_device_and_reports_it(fitted):
     ((role, top_slowdown),) = report["reference_slowdown_by_level"].items()
     assert role.startswith("top (e") and top_slowdown["idle"] == 1.0 and max(top_slowdown.values()) > 1.1
     assert f"Measured slowdown of the {role}: idle 1.00x" in text
+    assert "The ground truth's own repeatability" in text and report["ground_truth_split_half"]["pairs"]["idle"] > 0
 
 
 def test_no_variant_is_predicted_faster_at_a_higher_load(fitted):
@@ -326,6 +327,26 @@ def test_slowdown_by_level_is_the_median_over_variants_of_their_ratio_to_idle():
     assert slowdown["idle"] == 1.0
     assert slowdown["busy"] == pytest.approx(1.75)  # a: 2.2 / 1.1, b: 3.0 / 2.0
     assert math.isnan(slowdown["unmeasured"])
+
+
+def test_split_half_agreement_says_how_often_a_pairs_two_halves_agree_within_10_percent():
+    from adascale_ros.profiling.fitting import split_half_agreement
+
+    rows = [  # (variant, level, round, ms); in calibration order by round, whatever the row order
+        *[("a", "idle", r, ms) for r, ms in enumerate([1.0, 1.05, 1.0, 1.02])],  # halves 1.0 / 1.035: agree
+        *[("b", "idle", r, ms) for r, ms in enumerate([1.0, 2.0, 1.1, 2.1])],  # 1.05 / 2.05: disagree
+        *[("a", "busy", r, ms) for r, ms in reversed(list(enumerate([2.0, 2.1, 2.0, 2.1, 2.0])))],  # agree
+        ("b", "busy", 0, 3.0),  # fewer than 4 samples: not counted
+    ]
+    table = {
+        "variant_id": np.array([r[0] for r in rows]),
+        "level": np.array([r[1] for r in rows]),
+        "round": np.array([r[2] for r in rows]),
+        "latency_ms": np.array([r[3] for r in rows]),
+    }
+    agreement = split_half_agreement(table, table["level"] == "idle")
+    assert agreement["idle"] == 0.5 and agreement["load"] == 1.0
+    assert agreement["pairs"] == {"idle": 2, "load": 1}
 
 
 def test_predictions_follow_the_law_and_rise_with_load(fitted):

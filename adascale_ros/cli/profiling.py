@@ -18,6 +18,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     cal.add_argument("model_dir", type=Path)
     cal.add_argument("--quick", action="store_true", help="two load levels, 2 s each (CI)")
     cal.add_argument("--seconds-per-level", type=float, help="default: 20 (2 with --quick)")
+    cal.add_argument(
+        "--variants-per-exit",
+        type=int,
+        help="whole variants measured per exit as the predictor's ground truth (default: 10, 8 with --quick);"
+        " fewer gives each more samples in the same time",
+    )
     cal.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime")
     cal.add_argument("--threads", type=int, default=1, help="intra-op threads, as the inference node's")
     cal.add_argument("--energy-profile", type=Path, help="default: config/energy/x86_64_generic.yaml")
@@ -88,6 +94,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     options = CalibrateOptions(
         quick=args.quick,
         seconds_per_level=args.seconds_per_level,
+        variants_per_exit=args.variants_per_exit,
         backend=args.backend,
         threads=args.threads,
         energy_profile=args.energy_profile,

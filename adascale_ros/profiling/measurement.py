@@ -263,7 +263,7 @@ class CalibrationPlan:
     settle_s: float = 1.0
     round_s: float = 0.2
     repeats: int = 7
-    variants_per_exit: int = 30
+    variants_per_exit: int = 10
     seed: int = 0
     always: tuple[Variant, ...] = ()  # measured whole at every level besides the sample (the top variant)
     camera_frames: int = 30  # per camera-rate variant and level, one camera frame at a time
