@@ -92,13 +92,14 @@ def split_half_agreement(table: dict[str, np.ndarray], idle: np.ndarray, min_sam
     agree: dict[str, list[bool]] = {"idle": [], "load": []}
     order = np.argsort(table["round"], kind="stable")
     ids, levels, latency = table["variant_id"][order], table["level"][order], table["latency_ms"][order]
+    idle = idle[order]
     for item, level in sorted(set(zip(ids, levels, strict=True))):
         mine = (ids == item) & (levels == level)
         samples = latency[mine].astype(np.float64)
         if len(samples) < min_samples:
             continue
         even, odd = float(np.median(samples[0::2])), float(np.median(samples[1::2]))
-        agree["idle" if idle[order][mine][0] else "load"].append(abs(even - odd) <= 0.10 * odd)
+        agree["idle" if idle[mine][0] else "load"].append(abs(even - odd) <= 0.10 * odd)
     return {
         **{name: float(np.mean(values)) if values else math.nan for name, values in agree.items()},
         "pairs": {name: len(values) for name, values in agree.items()},
