@@ -58,7 +58,7 @@ DEFAULT_ENERGY_PROFILE = "config/energy/x86_64_generic.yaml"
 class CalibrateOptions:
     quick: bool = False
     seconds_per_level: float | None = None  # default: 20 s, or 2 s with quick
-    variants_per_exit: int | None = None  # ground-truth variants per exit; default: 10, or 8 with quick
+    variants_per_exit: int | None = None  # ground-truth variants per exit; default: the plan's, or 8 with quick
     backend: str = "onnxruntime"
     threads: int = 1
     frame_width: int = 640
@@ -147,7 +147,7 @@ def measure(model_dir: Path, options: CalibrateOptions, progress: bool) -> Calib
         levels=levels,
         seconds_per_level=seconds,
         settle_s=0.5 if options.quick else 1.0,
-        variants_per_exit=options.variants_per_exit or (8 if options.quick else 10),
+        variants_per_exit=options.variants_per_exit or (8 if options.quick else CalibrationPlan.variants_per_exit),
         seed=options.seed,
         always=tuple(Variant.parse(v) for v in dict.fromkeys(references.values())),
         camera_variants=tuple(Variant.parse(v) for v in camera.values()),
