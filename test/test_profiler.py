@@ -605,6 +605,15 @@ def test_calibration_gives_whole_variants_the_time_of_modules_and_each_level_its
 
 
 @pytest.mark.slow
+def test_calibrate_refuses_fewer_than_one_variant_per_exit_before_measuring(capsys):
+    from adascale_ros.cli.main import main as cli
+
+    for bad in ("0", "-1"):
+        assert cli(["calibrate", str(REPO_ROOT / "models" / "lite0-fashion-mnist"), "--variants-per-exit", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "variants per exit must be >= 1" in err
+
+
 def test_calibrate_and_predict_commands_on_the_real_model(tmp_path):
     model_dir = tmp_path / "model"
     shutil.copytree(DEFAULT_MODEL, model_dir, ignore=shutil.ignore_patterns("profiler", "calibration_report.*"))

@@ -68,6 +68,10 @@ class CalibrateOptions:
     load_own_session: bool = False  # the load in a session of its own (navigation from another terminal)
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.variants_per_exit is not None and self.variants_per_exit < 1:
+            raise ValueError(f"variants per exit must be >= 1, got {self.variants_per_exit}")
+
 
 def engine_calls(
     model: LoadedModel, engine: ElasticEngine, frame: np.ndarray
