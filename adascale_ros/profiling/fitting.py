@@ -265,7 +265,9 @@ class Fitter:
         # Least squares on the relative error, as the predictor is judged (within 10 %): on the
         # absolute error the slow variants and the many loaded pairs outweigh the fast and idle ones.
         relative = 1.0 / measured
-        scale = lsq_linear(design * relative[:, None], measured * relative, bounds=(lower, np.full(4, np.inf))).x
+        scale = lsq_linear(
+            design * relative[:, None], measured * relative, bounds=(lower, np.full(4, np.inf)), method="bvls"
+        ).x  # BVLS always ends (see regressors.Linear)
         scores = {}
         for mode, coefficients in (("additive", ADDITIVE), ("scaled", scale)):
             predictor.mode, predictor.scale = mode, coefficients.copy()

@@ -63,7 +63,9 @@ class Linear:
         if increasing is not None:
             lower[:-1][np.asarray(increasing, bool)] = 0.0
         design = np.hstack([x, np.ones((len(x), 1))])
-        solution = lsq_linear(design, y, bounds=(lower, np.full_like(lower, np.inf))).x
+        # BVLS, an active-set method, always ends; the default trust-region method can loop forever in
+        # its backtracking on some calibrations (seen on a quick one of the tiny model).
+        solution = lsq_linear(design, y, bounds=(lower, np.full_like(lower, np.inf)), method="bvls").x
         return {"coef": solution[:-1].astype(np.float64), "intercept": solution[-1:].astype(np.float64)}
 
     @staticmethod
