@@ -486,11 +486,12 @@ def test_latency_correction_learns_offsets_per_variant_and_shares_them_through_m
         correction.partial_fit(0.9, 1.0, variant=0)
     offsets = correction.offsets(4)
     assert offsets[:2] == pytest.approx([-0.1, 0.6])  # measured: their own medians
-    # Never run: each gets the sum of its modules' offsets, fitted to the two measured ones (the
-    # smallest set of offsets that explains them: stem 1/6, big 13/30, small -4/15 ms). Variant 2
-    # (stem+big+small) is corrected upwards, by less than variant 1 for its small block; the stem
-    # alone carries a little of both.
-    assert offsets[2:] == pytest.approx([1 / 6 + 13 / 30 - 4 / 15, 1 / 6], abs=0.02)  # ridge shrinks a little
+    # Never run: each gets the per-frame offset plus the sum of its modules' ones, fitted to the two
+    # measured (the smallest module offsets that explain them: per frame 0.25, big 0.35, small -0.35
+    # ms; the stem, in every variant, is the per-frame term's). Variant 2 (stem+big+small) is
+    # corrected by the frame's offset alone, its big and small blocks cancelling; the stem alone pays
+    # the frame's.
+    assert offsets[2:] == pytest.approx([0.25, 0.25], abs=0.02)  # ridge shrinks a little
     # Measured variants' ratios are now 1, so the tail is 1.
     assert correction.ratio_ == pytest.approx(1.0)
     assert correction.corrected(raw)[:2] == pytest.approx([0.9, 1.9])
@@ -509,6 +510,19 @@ def test_latency_correction_learns_offsets_per_variant_and_shares_them_through_m
     for _ in range(10):
         correction.partial_fit(0.3, 1.5, variant=2)
     assert correction.corrected(raw)[2] >= 0.25 * raw[2] * correction.ratio_
+
+
+def test_what_no_module_explains_every_variant_pays_so_an_untried_one_never_looks_cheaper_for_it():
+    # Modules: stem, a, b, c. Variant 0 = stem+a has run under a load, 3 ms over its prediction;
+    # variant 1 = stem+b+c shares only the stem and is predicted 1 ms slower than it.
+    incidence = np.array([[1, 1, 0, 0], [1, 0, 1, 1]], float)
+    correction = LatencyCorrection(window=10, min_samples=100, incidence=incidence, variant_min_samples=3)
+    for _ in range(5):
+        correction.partial_fit(5.0, 2.0, variant=0)
+    corrected = correction.corrected(np.array([2.0, 3.0]))
+    # One measured variant cannot tell a slow frame from slow blocks: the offset is the frame's, and
+    # the variant that computes more stays the slower (split over stem and a, it was priced 4.5 ms).
+    assert corrected.tolist() == pytest.approx([5.0, 6.0], abs=0.01)
 
 
 def test_the_tail_is_the_spread_about_known_offsets_not_the_error_of_transferred_ones():
@@ -782,7 +796,13 @@ def test_interrupted_calibrate_leaves_no_stress_ng(tmp_path, start_process):
 
 
 def test_replaying_recorded_results_through_the_correction(fitted, tmp_path):
-    from adascale_ros.harness.correction_replay import load_evaluation_runs, markdown, replay, replay_evaluation
+    from adascale_ros.harness.correction_replay import (
+        evaluation_deadline_ms,
+        load_evaluation_runs,
+        markdown,
+        replay,
+        replay_evaluation,
+    )
     from adascale_ros.harness.records import PolicyRun, ResultRecord, StateRecord
 
     _, _, predictor, _ = fitted
@@ -792,15 +812,32 @@ def test_replaying_recorded_results_through_the_correction(fitted, tmp_path):
     results = [ResultRecord(0.1 * i, i, variant, 0, 0, ms) for i, ms in enumerate(latencies)]
     states = [StateRecord(0.05 + 0.1 * i, 0.1, 0.1, 20000.0, math.nan) for i in range(400)]
     run = PolicyRun("adascale", 40.0, [], results, states, [(0.0, 0)])
-    replayed, over, tails = replay(run, predictor, window=30, tail_window=100, quantile=0.9)
+    deadline = 1.5  # between the variant's usual and slow frames: its tail prices it over
+    replayed, over, tails, inverted = replay(run, predictor, 30, 100, 0.9, budget_ms=deadline)
     # Over: slow frames the tail does not cover, and the first few before the offset is learnt.
     assert replayed == 400 and 0.05 <= over / replayed <= 0.125
     assert tails[-1] > 1.0
+    # Priced over the deadline, yet no variant the raw model puts above it priced within: what one
+    # variant measured is every frame's offset.
+    raw = predictor.latency_ms(states[0].vector()[None, :])[0]
+    assert np.sum(raw > raw[predictor.variant_index(variant)]) > 10 and inverted == 0
+    # A slower variant that measured fast, then this one slow: the one is priced over, the other within.
+    slower = predictor.variant_ids[int(np.argmax(raw))]
+    both = [ResultRecord(0.1 * i, i, slower if i < 20 else variant, 0, 0, 1.0 if i < 20 else 3.0) for i in range(40)]
+    *_, inverted = replay(
+        PolicyRun("adascale", 4.0, [], both, states[:40], [(0.0, 0)]), predictor, 30, 100, 0.9, True, 1.5
+    )
+    assert inverted > 10
     (tmp_path / "runs").mkdir()
     run.save(tmp_path / "runs" / "adascale.json.gz")
-    rows = replay_evaluation(load_evaluation_runs(tmp_path), predictor, [10, 100])
+    assert evaluation_deadline_ms(tmp_path) == math.inf  # no config.json recorded
+    (tmp_path / "runs" / "config.json").write_text(json.dumps({"budgets_ms": [deadline]}))
+    assert evaluation_deadline_ms(tmp_path) == deadline
+    rows = replay_evaluation(load_evaluation_runs(tmp_path), predictor, [10, 100], budget_ms=deadline)
     assert [(r.policy, r.tail_window, r.results) for r in rows] == [("adascale", 10, 400), ("adascale", 100, 400)]
-    assert "| adascale | 100 | 400 |" in markdown(rows, 0.9)
+    assert "| adascale | 100 | 400 |" in markdown(rows, 0.9, deadline) and "deadline (1.5 ms)" in markdown(
+        rows, 0.9, 1.5
+    )
     with pytest.raises(FileNotFoundError, match="no recorded runs"):
         load_evaluation_runs(tmp_path / "nothing")
 

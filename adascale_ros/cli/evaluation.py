@@ -170,14 +170,20 @@ def _cmd_results_table(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay_correction(args: argparse.Namespace) -> int:
-    from adascale_ros.harness.correction_replay import load_evaluation_runs, markdown, replay_evaluation
+    from adascale_ros.harness.correction_replay import (
+        evaluation_deadline_ms,
+        load_evaluation_runs,
+        markdown,
+        replay_evaluation,
+    )
     from adascale_ros.package_files import default_model_dir
     from adascale_ros.profiling.predictor import LatencyPredictor
 
     runs = load_evaluation_runs(args.evaluation)
     predictor = LatencyPredictor.load(args.model_dir or default_model_dir())
-    results = replay_evaluation(runs, predictor, args.tail_windows, args.window, args.quantile)
-    print(markdown(results, args.quantile))
+    deadline = evaluation_deadline_ms(args.evaluation)
+    results = replay_evaluation(runs, predictor, args.tail_windows, args.window, args.quantile, deadline)
+    print(markdown(results, args.quantile, deadline))
     return 0
 
 

@@ -6,7 +6,11 @@ order, through ``LatencyCorrection`` with other settings shows what those
 settings would have predicted, without running the robot again: for each
 result, the corrected prediction of its variant just before it arrived, and
 whether the measured latency stayed under it. With ``correction_quantile``
-0.9 about one frame in ten should not.
+0.9 about one frame in ten should not. Against the evaluation's deadline it
+also counts the results at which the running variant was priced over the
+deadline while a variant that computes more (a higher raw prediction) was
+priced within it: the selector would leave the one for the other, on the
+strength of what the other had not yet measured.
 
 It is a replay, not a rerun: the selector's choices, and so the variants
 that ran, stay those of the recording. Predictions are made at the newest
@@ -17,6 +21,8 @@ as its profiler does.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from adascale_ros.harness.records import PolicyRun
+from adascale_ros.profiling.online import MEASURED_MIN_RESULTS
 from adascale_ros.profiling.predictor import LatencyCorrection, LatencyPredictor, latency_sample
 
 
@@ -35,6 +42,7 @@ class ReplayResult:
     over_prediction: float  # fraction of results slower than their variant's corrected prediction
     tail_median: float
     tail_p90: float
+    inverted: float  # fraction of results priced over the deadline while a slower variant was within it
 
 
 def replay(
@@ -44,13 +52,21 @@ def replay(
     tail_window: int,
     quantile: float,
     resource_aware: bool = True,
-) -> tuple[int, int, list[float]]:
-    """(results replayed, results over their corrected prediction, the tail after each)."""
-    correction = LatencyCorrection(window, quantile, incidence=predictor.incidence, tail_window=tail_window)
+    budget_ms: float = math.inf,
+) -> tuple[int, int, list[float], int]:
+    """(results replayed, results over their corrected prediction, the tail after each, results at which
+    the running variant was priced over ``budget_ms`` and a variant of a higher raw prediction within it)."""
+    correction = LatencyCorrection(
+        window,
+        quantile,
+        incidence=predictor.incidence,
+        variant_min_samples=MEASURED_MIN_RESULTS,
+        tail_window=tail_window,
+    )
     times = np.array([s.t_s for s in run.states])
     idle = predictor.idle_state()
     raw_at: dict[int, np.ndarray] = {}
-    replayed, over, tails = 0, 0, []
+    replayed, over, inverted, tails = 0, 0, 0, []
     for result in run.results:
         if not result.latency_ms > 0.0:
             continue  # as the profiler: a rejected result
@@ -63,11 +79,14 @@ def replay(
         latency = latency_sample(result.latency_ms, result.early_exited, result.deadline_exited, raw, index, prefix)
         if latency is None:
             continue  # as the profiler: not a sample of the variant's latency
-        over += latency > correction.corrected(raw)[index]
+        corrected = correction.corrected(raw)
+        over += latency > corrected[index]
+        if corrected[index] > budget_ms:
+            inverted += bool(np.any((raw >= raw[index]) & (corrected <= budget_ms)))
         correction.partial_fit(latency, float(raw[index]), index)
         replayed += 1
         tails.append(correction.ratio_)
-    return replayed, over, tails
+    return replayed, over, tails, inverted
 
 
 def replay_evaluation(
@@ -76,19 +95,34 @@ def replay_evaluation(
     tail_windows: Sequence[int],
     window: int = 30,
     quantile: float = 0.9,
+    budget_ms: float = math.inf,
 ) -> list[ReplayResult]:
     """Every policy's runs replayed once per tail window; the runs of a policy pooled."""
     out = []
     for policy, policy_runs in runs.items():
         for tail_window in tail_windows:
-            replayed, over, tails = 0, 0, []
+            replayed, over, inverted, tails = 0, 0, 0, []
             for run in policy_runs:
-                n, o, t = replay(run, predictor, window, tail_window, quantile, resource_aware=policy != "reactive")
-                replayed, over, tails = replayed + n, over + o, tails + t
+                n, o, t, i = replay(run, predictor, window, tail_window, quantile, policy != "reactive", budget_ms)
+                replayed, over, inverted, tails = replayed + n, over + o, inverted + i, tails + t
             if replayed:
                 median, p90 = np.percentile(tails, [50, 90])
-                out.append(ReplayResult(policy, tail_window, replayed, over / replayed, float(median), float(p90)))
+                out.append(
+                    ReplayResult(
+                        policy, tail_window, replayed, over / replayed, float(median), float(p90), inverted / replayed
+                    )
+                )
     return out
+
+
+def evaluation_deadline_ms(directory: Path) -> float:
+    """The deadline an evaluation in ``directory`` ran against (its ``runs/config.json``); inf when
+    it recorded none."""
+    try:
+        budgets = json.loads((Path(directory) / "runs" / "config.json").read_text()).get("budgets_ms") or []
+    except (OSError, ValueError):
+        return math.inf
+    return float(budgets[0]) if budgets else math.inf
 
 
 def load_evaluation_runs(directory: Path) -> dict[str, list[PolicyRun]]:
@@ -103,15 +137,16 @@ def load_evaluation_runs(directory: Path) -> dict[str, list[PolicyRun]]:
     return runs
 
 
-def markdown(results: Sequence[ReplayResult], quantile: float) -> str:
+def markdown(results: Sequence[ReplayResult], quantile: float, budget_ms: float = math.inf) -> str:
+    deadline = f"{budget_ms:g} ms" if math.isfinite(budget_ms) else "no deadline recorded"
     rows = [
         f"| policy | tail window | results | over their corrected prediction (target {1 - quantile:.0%}) "
-        "| tail median | tail p90 |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| tail median | tail p90 | priced over the deadline ({deadline}), a slower variant within it |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         rows.append(
             f"| {r.policy} | {r.tail_window} | {r.results} | {r.over_prediction:.1%} "
-            f"| {r.tail_median:.2f} | {r.tail_p90:.2f} |"
+            f"| {r.tail_median:.2f} | {r.tail_p90:.2f} | {r.inverted:.1%} |"
         )
     return "\n".join(rows)

@@ -357,10 +357,11 @@ class LatencyCorrection:
     A variant's raw prediction L is corrected to (L + offset) * tail:
 
     - offset [ms]: a variant with ``variant_min_samples`` results or more has its own, the median of
-      measured - predicted over its last ``window`` results; any other variant gets the sum of
-      per-module offsets fitted (ridge least squares) to the measured variants' offsets through the
-      variant-module ``incidence`` matrix, so a variant that shares blocks with measured ones shares
-      their correction. Without ``incidence`` only measured variants are corrected.
+      measured - predicted over its last ``window`` results; any other variant gets a per-frame offset
+      every variant shares plus the sum of per-module offsets, fitted (least squares, the module terms
+      ridge-penalised) to the measured variants' offsets through the variant-module ``incidence``
+      matrix, so a variant that shares blocks with measured ones shares their correction, and what no
+      block explains is paid by every frame. Without ``incidence`` only measured variants are corrected.
     - tail: the ``quantile`` of the last ``tail_window`` (default: ``window``) ratios measured /
       corrected prediction, 1 until ``min_samples`` are in; only results of variants with their own
       offset count (all results when no variant is given), so it is the spread about a known centre.
@@ -484,8 +485,11 @@ class LatencyCorrection:
             return offsets
         own = np.array([self.measured_offsets_[i] for i in measured])
         if self.incidence is not None and len(self.incidence) == count:
-            a = self.incidence[measured]
-            gram = a.T @ a + self.ridge * np.eye(a.shape[1])
-            offsets = self.incidence @ np.linalg.solve(gram, a.T @ own)
+            # Column 0 is the per-frame offset, unpenalised; the Gram matrix stays positive definite.
+            a = np.hstack([np.ones((len(measured), 1)), self.incidence[measured]])
+            penalty = self.ridge * np.eye(a.shape[1])
+            penalty[0, 0] = 0.0
+            coefficients = np.linalg.solve(a.T @ a + penalty, a.T @ own)
+            offsets = coefficients[0] + self.incidence @ coefficients[1:]
         offsets[measured] = own
         return offsets
