@@ -525,6 +525,24 @@ def test_what_no_module_explains_every_variant_pays_so_an_untried_one_never_look
     assert corrected.tolist() == pytest.approx([5.0, 6.0], abs=0.01)
 
 
+def test_no_variant_that_computes_more_is_priced_below_the_latest_measured_one():
+    incidence = np.array([[1, 1, 0], [1, 0, 1]], float)  # two variants, each with its own block
+    correction = LatencyCorrection(window=10, min_samples=100, incidence=incidence, variant_min_samples=3)
+    raw = np.array([2.0, 3.0])  # variant 1 computes 1 ms more
+    for _ in range(5):
+        correction.partial_fit(3.0, 3.0, variant=1)  # variant 1 ran at its prediction, a while ago
+    for _ in range(5):
+        correction.partial_fit(6.0, 2.0, variant=0)  # now variant 0 runs 4 ms over: a load came
+    # Variant 1's own offset (0 ms) is from before the load; variant 0's results are the load's measure.
+    assert correction.corrected(raw).tolist() == pytest.approx([6.0, 7.0])
+    for _ in range(5):
+        correction.partial_fit(3.0, 3.0, variant=1)  # the load has gone: variant 1 runs at its prediction
+    assert correction.corrected(raw).tolist() == pytest.approx([6.0, 3.0])  # a faster one is not raised
+    correction.partial_fit(6.0, 2.0, variant=0)
+    correction.forget_measured()
+    assert correction.corrected(raw).tolist() == pytest.approx(raw.tolist())  # nothing measured: no floor
+
+
 def test_the_tail_is_the_spread_about_known_offsets_not_the_error_of_transferred_ones():
     incidence = np.array([[1, 0], [1, 1]], float)  # variant 1 = variant 0's module and one more
     correction = LatencyCorrection(window=10, min_samples=3, incidence=incidence, variant_min_samples=3)
@@ -821,13 +839,19 @@ def test_replaying_recorded_results_through_the_correction(fitted, tmp_path):
     # variant measured is every frame's offset.
     raw = predictor.latency_ms(states[0].vector()[None, :])[0]
     assert np.sum(raw > raw[predictor.variant_index(variant)]) > 10 and inverted == 0
-    # A slower variant that measured fast, then this one slow: the one is priced over, the other within.
-    slower = predictor.variant_ids[int(np.argmax(raw))]
-    both = [ResultRecord(0.1 * i, i, slower if i < 20 else variant, 0, 0, 1.0 if i < 20 else 3.0) for i in range(40)]
-    *_, inverted = replay(
-        PolicyRun("adascale", 4.0, [], both, states[:40], [(0.0, 0)]), predictor, 30, 100, 0.9, True, 1.5
-    )
-    assert inverted > 10
+    # A slower variant that measured fast, this one slow, then one frame of a third: with no offset of
+    # its own the third sets no floor, and the next frame of this one finds the slower priced within.
+    slower, third = (predictor.variant_ids[int(i)] for i in (np.argmax(raw), np.argmin(raw)))
+    plan = [(slower, 1.0)] * 20 + [(variant, 3.0)] * 10 + [(third, 1.0), (variant, 3.0)]
+    results = [ResultRecord(0.1 * i, i, v, 0, 0, ms) for i, (v, ms) in enumerate(plan)]
+
+    def inversions(rs: list[ResultRecord]) -> int:
+        return replay(
+            PolicyRun("adascale", 4.0, [], rs, states[: len(rs)], [(0.0, 0)]), predictor, 30, 100, 0.9, True, 1.5
+        )[3]
+
+    assert inversions(results[:30]) == 0  # the floor holds
+    assert inversions(results) >= 1
     (tmp_path / "runs").mkdir()
     run.save(tmp_path / "runs" / "adascale.json.gz")
     assert evaluation_deadline_ms(tmp_path) == math.inf  # no config.json recorded

@@ -44,7 +44,7 @@ PARAMETERS: dict[str, Param] = {
     "min_accuracy": Param(0.0, "Minimum validation accuracy Acc_min.", low=0.0, high=1.0),
     "alpha": Param(1.0, "Weight of latency in J = alpha*L + beta*E [1/ms].", low=0.0),
     "beta": Param(0.0, "Weight of energy in J [1/mJ].", low=0.0),
-    "dwell_s": Param(2.0, "An upgrade must stay available this long before it is taken [s].", low=0.0),
+    "dwell_s": Param(1.5, "An upgrade must stay available this long before it is taken [s].", low=0.0),
     "max_dwell_s": Param(
         8.0,
         "The dwell doubles, up to this, each time the load reverses an upgrade within the dwell it waited;"

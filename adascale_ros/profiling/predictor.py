@@ -367,6 +367,11 @@ class LatencyCorrection:
       offset count (all results when no variant is given), so it is the spread about a known centre.
     - expiry: a variant's own offset is dropped once ``offset_max_age`` results of other variants have
       arrived since its last one; it goes back to the transferred offset.
+    - floor: no variant the raw model puts above the latest measured one (the variant of the last
+      result, once it has its own offset) is priced below it: a variant that computes ``d`` ms more
+      is priced at least ``d * tail`` ms above it. Its results are the freshest measure of the load;
+      an offset learnt at another moment, or transferred, must not make a variant that does more
+      work look cheaper now.
 
     Why each part exists: docs/decisions/latency-correction.md.
 
@@ -408,6 +413,7 @@ class LatencyCorrection:
         self._last_update: dict[int, int] = {}  # variant index -> self.n_updates_ at its last result
         self._offsets: np.ndarray | None = None  # every variant's offset, as last fitted
         self._refit = True  # a measured offset changed since
+        self._latest: int | None = None  # the variant of the last result
         self.ratio_ = 1.0  # the tail
         self.n_updates_ = 0
 
@@ -428,6 +434,7 @@ class LatencyCorrection:
         if variant is not None:
             self._expire()
             self._last_update[variant] = self.n_updates_
+            self._latest = variant
             own = self._own.setdefault(variant, deque(maxlen=self.window))
             own.append(measured_ms - predicted_ms)
             if len(own) >= self.variant_min_samples:
@@ -442,6 +449,7 @@ class LatencyCorrection:
         self.ratio_ = 1.0
         self._own.clear()
         self._last_update.clear()
+        self._latest = None
         if self.measured_offsets_:
             self.measured_offsets_.clear()
             self._refit = True
@@ -461,9 +469,16 @@ class LatencyCorrection:
         return self._offsets
 
     def corrected(self, raw_ms: np.ndarray) -> np.ndarray:
-        """Raw predictions of every variant (last axis) corrected: (raw + offset) * tail."""
+        """Raw predictions of every variant (last axis) corrected: (raw + offset) * tail, floored at the
+        latest measured variant's."""
         raw_ms = np.asarray(raw_ms, np.float64)
-        return self._with_offset(raw_ms, self.offsets(raw_ms.shape[-1])) * self.ratio_
+        corrected = self._with_offset(raw_ms, self.offsets(raw_ms.shape[-1])) * self.ratio_
+        latest = self._latest
+        if latest is None or latest not in self.measured_offsets_ or latest >= raw_ms.shape[-1]:
+            return corrected
+        extra = raw_ms - raw_ms[..., latest : latest + 1]
+        floor = corrected[..., latest : latest + 1] + extra * self.ratio_
+        return np.where(extra >= 0.0, np.maximum(corrected, floor), corrected)
 
     def _with_offset(self, raw_ms: np.ndarray | float, offset: np.ndarray | float) -> np.ndarray:
         # A negative offset never takes a prediction below ``low`` times the raw one.

@@ -221,7 +221,7 @@ class SwitchingPolicy:
 
     def __init__(
         self,
-        dwell_s: float = 2.0,
+        dwell_s: float = 1.5,
         margin: float = 0.005,
         headroom: float = 0.0,
         fallback: str | None = None,

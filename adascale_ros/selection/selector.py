@@ -45,7 +45,7 @@ def _same_latency(new_ms: float, old_ms: float) -> bool:
 class SelectorConfig:
     budgets: Budgets = field(default_factory=Budgets)
     objective: Objective = field(default_factory=Objective)
-    dwell_s: float = 2.0
+    dwell_s: float = 1.5
     max_dwell_s: float = 8.0
     margin: float = 0.005
     latency_headroom: float = 0.0
