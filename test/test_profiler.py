@@ -525,9 +525,11 @@ def test_what_no_module_explains_every_variant_pays_so_an_untried_one_never_look
     assert corrected.tolist() == pytest.approx([5.0, 6.0], abs=0.01)
 
 
-def test_no_variant_that_computes_more_is_priced_below_the_latest_measured_one():
+def test_every_variant_is_priced_from_the_latest_measured_one_and_the_work_it_adds_or_saves():
     incidence = np.array([[1, 1, 0], [1, 0, 1]], float)  # two variants, each with its own block
-    correction = LatencyCorrection(window=10, min_samples=100, incidence=incidence, variant_min_samples=3)
+    correction = LatencyCorrection(
+        window=10, min_samples=100, tail_window=100, incidence=incidence, variant_min_samples=3
+    )  # the tail stays 1
     raw = np.array([2.0, 3.0])  # variant 1 computes 1 ms more
     for _ in range(5):
         correction.partial_fit(3.0, 3.0, variant=1)  # variant 1 ran at its prediction, a while ago
@@ -537,8 +539,11 @@ def test_no_variant_that_computes_more_is_priced_below_the_latest_measured_one()
     assert correction.corrected(raw).tolist() == pytest.approx([6.0, 7.0])
     for _ in range(5):
         correction.partial_fit(3.0, 3.0, variant=1)  # the load has gone: variant 1 runs at its prediction
-    assert correction.corrected(raw).tolist() == pytest.approx([6.0, 3.0])  # a faster one is not raised
-    correction.partial_fit(6.0, 2.0, variant=0)
+    assert correction.corrected(raw).tolist() == pytest.approx([6.0, 3.0])  # variant 0's price is its own
+    for _ in range(10):
+        correction.partial_fit(8.0, 3.0, variant=1)  # a load again, measured on variant 1
+    # Variant 0 saves the 1 ms it does not compute, not the 5 ms variant 1's offset grew by.
+    assert correction.corrected(raw).tolist() == pytest.approx([7.0, 8.0])
     correction.forget_measured()
     assert correction.corrected(raw).tolist() == pytest.approx(raw.tolist())  # nothing measured: no floor
 

@@ -367,11 +367,12 @@ class LatencyCorrection:
       offset count (all results when no variant is given), so it is the spread about a known centre.
     - expiry: a variant's own offset is dropped once ``offset_max_age`` results of other variants have
       arrived since its last one; it goes back to the transferred offset.
-    - floor: no variant the raw model puts above the latest measured one (the variant of the last
-      result, once it has its own offset) is priced below it: a variant that computes ``d`` ms more
-      is priced at least ``d * tail`` ms above it. Its results are the freshest measure of the load;
-      an offset learnt at another moment, or transferred, must not make a variant that does more
-      work look cheaper now.
+    - floor: every variant is priced at least at the latest measured one's price (the variant of
+      the last result, once it has its own offset) plus the difference of their raw predictions
+      times the tail: a variant that computes ``d`` ms more costs at least ``d * tail`` more, one
+      that computes ``d`` ms less saves at most that. The last results are the freshest measure of
+      the load; an offset learnt at another moment, or transferred, must not make a variant look
+      cheaper now than its work says.
 
     Why each part exists: docs/decisions/latency-correction.md.
 
@@ -469,16 +470,15 @@ class LatencyCorrection:
         return self._offsets
 
     def corrected(self, raw_ms: np.ndarray) -> np.ndarray:
-        """Raw predictions of every variant (last axis) corrected: (raw + offset) * tail, floored at the
-        latest measured variant's."""
+        """Raw predictions of every variant (last axis) corrected: (raw + offset) * tail, floored by the
+        latest measured variant's price."""
         raw_ms = np.asarray(raw_ms, np.float64)
         corrected = self._with_offset(raw_ms, self.offsets(raw_ms.shape[-1])) * self.ratio_
         latest = self._latest
         if latest is None or latest not in self.measured_offsets_ or latest >= raw_ms.shape[-1]:
             return corrected
-        extra = raw_ms - raw_ms[..., latest : latest + 1]
-        floor = corrected[..., latest : latest + 1] + extra * self.ratio_
-        return np.where(extra >= 0.0, np.maximum(corrected, floor), corrected)
+        floor = corrected[..., latest : latest + 1] + (raw_ms - raw_ms[..., latest : latest + 1]) * self.ratio_
+        return np.maximum(corrected, floor)
 
     def _with_offset(self, raw_ms: np.ndarray | float, offset: np.ndarray | float) -> np.ndarray:
         # A negative offset never takes a prediction below ``low`` times the raw one.
