@@ -823,6 +823,7 @@ def test_replaying_recorded_results_through_the_correction(fitted, tmp_path):
         evaluation_deadline_ms,
         load_evaluation_runs,
         markdown,
+        priced_above_more_work,
         replay,
         replay_evaluation,
     )
@@ -844,19 +845,12 @@ def test_replaying_recorded_results_through_the_correction(fitted, tmp_path):
     # variant measured is every frame's offset.
     raw = predictor.latency_ms(states[0].vector()[None, :])[0]
     assert np.sum(raw > raw[predictor.variant_index(variant)]) > 10 and inverted == 0
-    # A slower variant that measured fast, this one slow, then one frame of a third: with no offset of
-    # its own the third sets no floor, and the next frame of this one finds the slower priced within.
-    slower, third = (predictor.variant_ids[int(i)] for i in (np.argmax(raw), np.argmin(raw)))
-    plan = [(slower, 1.0)] * 20 + [(variant, 3.0)] * 10 + [(third, 1.0), (variant, 3.0)]
-    results = [ResultRecord(0.1 * i, i, v, 0, 0, ms) for i, (v, ms) in enumerate(plan)]
-
-    def inversions(rs: list[ResultRecord]) -> int:
-        return replay(
-            PolicyRun("adascale", 4.0, [], rs, states[: len(rs)], [(0.0, 0)]), predictor, 30, 100, 0.9, True, 1.5
-        )[3]
-
-    assert inversions(results[:30]) == 0  # the floor holds
-    assert inversions(results) >= 1
+    # The count itself: over the deadline, and a variant of more raw work within it.
+    raw2, budget = np.array([1.0, 2.0, 3.0]), 5.0
+    assert priced_above_more_work(raw2, np.array([6.0, 4.0, 7.0]), 0, budget)  # variant 1 looks cheaper
+    assert not priced_above_more_work(raw2, np.array([6.0, 7.0, 8.0]), 0, budget)  # priced by their work
+    assert not priced_above_more_work(raw2, np.array([4.0, 6.0, 7.0]), 0, budget)  # within the deadline
+    assert not priced_above_more_work(raw2, np.array([4.0, 6.0, 7.0]), 1, budget)  # only less work within
     (tmp_path / "runs").mkdir()
     run.save(tmp_path / "runs" / "adascale.json.gz")
     assert evaluation_deadline_ms(tmp_path) == math.inf  # no config.json recorded

@@ -81,12 +81,17 @@ def replay(
             continue  # as the profiler: not a sample of the variant's latency
         corrected = correction.corrected(raw)
         over += latency > corrected[index]
-        if corrected[index] > budget_ms:
-            inverted += bool(np.any((raw >= raw[index]) & (corrected <= budget_ms)))
+        inverted += priced_above_more_work(raw, corrected, index, budget_ms)
         correction.partial_fit(latency, float(raw[index]), index)
         replayed += 1
         tails.append(correction.ratio_)
     return replayed, over, tails, inverted
+
+
+def priced_above_more_work(raw: np.ndarray, corrected: np.ndarray, index: int, budget_ms: float) -> bool:
+    """Whether variant ``index`` is priced over ``budget_ms`` while a variant with at least its raw
+    prediction is priced within it: the selector would leave it for one that does more work."""
+    return bool(corrected[index] > budget_ms and np.any((raw >= raw[index]) & (corrected <= budget_ms)))
 
 
 def replay_evaluation(

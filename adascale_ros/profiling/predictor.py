@@ -368,7 +368,7 @@ class LatencyCorrection:
     - expiry: a variant's own offset is dropped once ``offset_max_age`` results of other variants have
       arrived since its last one; it goes back to the transferred offset.
     - floor: every variant is priced at least at the latest measured one's price (the variant of
-      the last result, once it has its own offset) plus the difference of their raw predictions
+      the newest result that had its own offset) plus the difference of their raw predictions
       times the tail: a variant that computes ``d`` ms more costs at least ``d * tail`` more, one
       that computes ``d`` ms less saves at most that. The last results are the freshest measure of
       the load; an offset learnt at another moment, or transferred, must not make a variant look
@@ -414,7 +414,7 @@ class LatencyCorrection:
         self._last_update: dict[int, int] = {}  # variant index -> self.n_updates_ at its last result
         self._offsets: np.ndarray | None = None  # every variant's offset, as last fitted
         self._refit = True  # a measured offset changed since
-        self._latest: int | None = None  # the variant of the last result
+        self._latest: int | None = None  # the variant of the newest result that had its own offset
         self.ratio_ = 1.0  # the tail
         self.n_updates_ = 0
 
@@ -435,12 +435,13 @@ class LatencyCorrection:
         if variant is not None:
             self._expire()
             self._last_update[variant] = self.n_updates_
-            self._latest = variant
             own = self._own.setdefault(variant, deque(maxlen=self.window))
             own.append(measured_ms - predicted_ms)
             if len(own) >= self.variant_min_samples:
                 self.measured_offsets_[variant] = float(np.median(own))
                 self._refit = True
+                # A variant just switched to prices nothing until it has an offset of its own.
+                self._latest = variant
         return True
 
     def forget_measured(self) -> None:
