@@ -106,6 +106,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from adascale_ros.harness.evaluation import EvaluationConfig, calibrated_deadline, evaluate, load_runs, score
+    from adascale_ros.harness.records import saved_run_config
     from adascale_ros.harness.report import markdown_table, target_line
     from adascale_ros.load.traces import LoadTrace, resolve_trace
     from adascale_ros.package_files import default_model_dir, default_params_file
@@ -132,13 +133,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     if args.rescore:
-        saved = json.loads((args.out / "runs" / "config.json").read_text())
-        # The budgets (one per round) and the number of repeats the runs were made with; records
-        # from before per-round budgets hold one budget for every round.
-        repeats = int(saved.get("repeats", 1))
-        budgets = (
-            [float(b) for b in saved["budgets_ms"]] if "budgets_ms" in saved else [float(saved["budget_ms"])] * repeats
-        )
+        saved = saved_run_config(args.out)
+        budgets, repeats = saved["budgets_ms"], saved["repeats"]
         config = replace(config, budget_ms=budgets[0], repeats=repeats)
         report = score(config, load_runs(config), saved["variants"], budgets)
     else:

@@ -21,7 +21,6 @@ as its profiler does.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from adascale_ros.harness.records import PolicyRun
-from adascale_ros.profiling.online import MEASURED_MIN_RESULTS
-from adascale_ros.profiling.predictor import LatencyCorrection, LatencyPredictor, latency_sample
+from adascale_ros.harness.records import PolicyRun, saved_run_config
+from adascale_ros.profiling.online import profiler_correction
+from adascale_ros.profiling.predictor import LatencyPredictor, latency_sample
 
 
 @dataclass(frozen=True)
@@ -56,13 +55,7 @@ def replay(
 ) -> tuple[int, int, list[float], int]:
     """(results replayed, results over their corrected prediction, the tail after each, results at which
     the running variant was priced over ``budget_ms`` and a variant of a higher raw prediction within it)."""
-    correction = LatencyCorrection(
-        window,
-        quantile,
-        incidence=predictor.incidence,
-        variant_min_samples=MEASURED_MIN_RESULTS,
-        tail_window=tail_window,
-    )
+    correction = profiler_correction(predictor, window, quantile, tail_window)
     times = np.array([s.t_s for s in run.states])
     idle = predictor.idle_state()
     raw_at: dict[int, np.ndarray] = {}
@@ -124,10 +117,10 @@ def evaluation_deadline_ms(directory: Path) -> float:
     """The deadline an evaluation in ``directory`` ran against (its ``runs/config.json``); inf when
     it recorded none."""
     try:
-        budgets = json.loads((Path(directory) / "runs" / "config.json").read_text()).get("budgets_ms") or []
-    except (OSError, ValueError):
+        budgets = saved_run_config(Path(directory))["budgets_ms"]
+    except (OSError, ValueError, KeyError):
         return math.inf
-    return float(budgets[0]) if budgets else math.inf
+    return budgets[0] if budgets else math.inf
 
 
 def load_evaluation_runs(directory: Path) -> dict[str, list[PolicyRun]]:

@@ -67,7 +67,7 @@ from adascale_ros.harness.metrics import (
     pooled_metrics,
 )
 from adascale_ros.harness.plots import plot_report
-from adascale_ros.harness.records import FrameRecord, PolicyRun, ResultRecord, StateRecord
+from adascale_ros.harness.records import FrameRecord, PolicyRun, ResultRecord, StateRecord, save_run_config
 from adascale_ros.harness.report import markdown_report
 from adascale_ros.harness.targets import adaptation_targets
 from adascale_ros.load.stress import load_session
@@ -645,8 +645,7 @@ def evaluate(config: EvaluationConfig, stop: threading.Event, say: Callable[[str
     budgets: list[float] = []  # one per round (the same one: fixed before anything ran)
 
     def save_config() -> None:
-        saved = {"budgets_ms": budgets, "variants": variants, "repeats": config.repeats}
-        (runs_dir / "config.json").write_text(json.dumps(saved))
+        save_run_config(runs_dir, budgets, variants, config.repeats)
 
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("adascale_evaluate")

@@ -85,3 +85,22 @@ class PolicyRun:
             )
         except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}: not a recorded evaluation run ({exc})") from exc
+
+
+def save_run_config(runs_dir: Path, budgets_ms: list[float], variants: dict[str, str], repeats: int) -> None:
+    """What an evaluation's runs were made with (``runs_dir/config.json``): the budget of each round, the
+    static policies' variants and the number of repeats."""
+    saved = {"budgets_ms": budgets_ms, "variants": variants, "repeats": repeats}
+    (runs_dir / "config.json").write_text(json.dumps(saved))
+
+
+def saved_run_config(out: Path) -> dict:
+    """``out/runs/config.json`` as written by ``save_run_config``, ``budgets_ms`` one float per round
+    (records from before per-round budgets hold one ``budget_ms`` for every round)."""
+    saved = json.loads((out / "runs" / "config.json").read_text())
+    repeats = int(saved.get("repeats", 1))
+    if "budgets_ms" in saved:
+        budgets = [float(b) for b in saved["budgets_ms"]]
+    else:
+        budgets = [float(saved["budget_ms"])] * repeats
+    return {**saved, "budgets_ms": budgets, "repeats": repeats}

@@ -40,6 +40,22 @@ def state_vector(load_index: float, cpu_util: float, mem_available_mb: float, cp
     return np.array([cpu_util, load_index, *readings])
 
 
+def profiler_correction(
+    predictor: LatencyPredictor, window: int, quantile: float, tail_window: int
+) -> LatencyCorrection:
+    """The latency correction as the profiler keeps it (``window`` 0: a correction the profiler leaves
+    unused, built with a window of 1)."""
+    # A variant has its own offset from as many results as its measured latency needs: one that the
+    # selector left for what it measured is then priced by it, not tried again at a transferred offset.
+    return LatencyCorrection(
+        max(window, 1),
+        quantile,
+        incidence=predictor.incidence,
+        variant_min_samples=MEASURED_MIN_RESULTS,
+        tail_window=tail_window,
+    )
+
+
 @dataclass(frozen=True)
 class Profile:
     """Every variant's corrected latency and energy predicted at one load."""
@@ -69,15 +85,7 @@ class OnlineProfiler:
     ) -> None:
         self.predictor = predictor
         self.correct = correction_window > 0
-        # A variant has its own offset from as many results as its measured latency needs: one that the
-        # selector left for what it measured is then priced by it, not tried again at a transferred offset.
-        self.correction = LatencyCorrection(
-            max(correction_window, 1),
-            correction_quantile,
-            incidence=predictor.incidence,
-            variant_min_samples=MEASURED_MIN_RESULTS,
-            tail_window=correction_tail_window,
-        )
+        self.correction = profiler_correction(predictor, correction_window, correction_quantile, correction_tail_window)
         self.resource_aware = resource_aware
         self.publish_forecast = publish_forecast
         self.state_timeout_s = state_timeout_s
