@@ -414,7 +414,6 @@ class LatencyCorrection:
         self._last_update: dict[int, int] = {}  # variant index -> self.n_updates_ at its last result
         self._offsets: np.ndarray | None = None  # every variant's offset, as last fitted
         self._refit = True  # a measured offset changed since
-        self._latest: int | None = None  # the variant of the newest result that had its own offset
         self.ratio_ = 1.0  # the tail
         self.n_updates_ = 0
 
@@ -440,8 +439,6 @@ class LatencyCorrection:
             if len(own) >= self.variant_min_samples:
                 self.measured_offsets_[variant] = float(np.median(own))
                 self._refit = True
-                # A variant just switched to prices nothing until it has an offset of its own.
-                self._latest = variant
         return True
 
     def forget_measured(self) -> None:
@@ -451,7 +448,6 @@ class LatencyCorrection:
         self.ratio_ = 1.0
         self._own.clear()
         self._last_update.clear()
-        self._latest = None
         if self.measured_offsets_:
             self.measured_offsets_.clear()
             self._refit = True
@@ -475,8 +471,9 @@ class LatencyCorrection:
         latest measured variant's price."""
         raw_ms = np.asarray(raw_ms, np.float64)
         corrected = self._with_offset(raw_ms, self.offsets(raw_ms.shape[-1])) * self.ratio_
-        latest = self._latest
-        if latest is None or latest not in self.measured_offsets_ or latest >= raw_ms.shape[-1]:
+        # The newest variant with an offset of its own: one just switched to prices nothing until it has one.
+        latest = max(self.measured_offsets_, key=self._last_update.__getitem__, default=None)
+        if latest is None or latest >= raw_ms.shape[-1]:
             return corrected
         floor = corrected[..., latest : latest + 1] + (raw_ms - raw_ms[..., latest : latest + 1]) * self.ratio_
         return np.maximum(corrected, floor)
