@@ -19,7 +19,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from adascale_ros.model.accuracy import Normalization
 from adascale_ros.model.elastic import Variant
 from adascale_ros.model.saved_model import load_model
-from adascale_ros.runtime.engine import ElasticEngine, SegmentTimes, softmax
+from adascale_ros.runtime.engine import ElasticEngine, ExitPayoff, SegmentTimes, softmax
 from adascale_ros.runtime.frames import FramePeriod, LatestSlot
 from adascale_ros.runtime.images import (
     MAX_COMPRESSED_BYTES,
@@ -337,38 +337,76 @@ def test_segment_times_follow_recent_durations():
     times.record(1, "res", 4.0)
     assert times.expected_ms(1, "res") == pytest.approx(3.0)
     assert times.expected_ms(1, "dws") is None
+    assert times.expected_ms(1, "res", head=False) is None  # with and without the exit head apart
     with pytest.raises(ValueError, match="smoothing"):
         SegmentTimes(smoothing=0.0)
 
 
-def test_deadline_guard_answers_with_the_last_exit_reached(default_model):
+def test_deadline_guard_answers_with_the_exit_before_the_stage_that_would_overrun(default_model):
     import time
 
     model = default_model
     engine = ElasticEngine.from_net(model.net, model.input_shape, "onnxruntime", threads=1)
     variant = Variant.parse("e3:res-mbc-fac-fac")
     x = np.random.default_rng(5).standard_normal((1, *model.input_shape)).astype(np.float32)
-    # No stage timed yet: nothing to judge by, the whole path runs (and is timed).
+    # No stage timed yet: nothing to judge by, the whole path runs (and is timed, headless but the last).
     first = engine.run(x, variant, deadline_s=time.perf_counter() - 1.0)
     assert first.exit_index == 3 and not first.deadline_exited
-    assert all(engine.segment_times.expected_ms(s, op) > 0 for s, op in enumerate(variant.operators))
+    times = engine.segment_times
+    assert all(times.expected_ms(s, op, head=s == 3) > 0 for s, op in enumerate(variant.operators))
     # Time to spare: the same answer as without the guard.
     relaxed = engine.run(x, variant, deadline_s=time.perf_counter() + 10.0)
     assert relaxed.exit_index == 3 and not relaxed.early_exited and not relaxed.deadline_exited
     np.testing.assert_allclose(relaxed.probabilities, engine.run(x, variant).probabilities, atol=1e-6)
-    # Past the deadline: stage 0 always runs, and its exit answers.
+    # Past the deadline: stage 0 always runs, and its exit answers (its head run then).
     late = engine.run(x, variant, deadline_s=time.perf_counter() - 1.0)
     assert late.exit_index == 0 and late.early_exited and late.deadline_exited
     np.testing.assert_allclose(late.probabilities, engine.run(x, variant.prefix(0)).probabilities, atol=1e-6)
     # Room for two stages by their recorded durations: exit 1 answers.
-    spent = engine.segment_times.expected_ms(0, "res") + engine.segment_times.expected_ms(1, "mbc")
-    engine.segment_times.record(2, "fac", 1e6)  # stage 2 "takes" 1000 s from now on
+    spent = times.expected_ms(0, "res", head=False) + times.expected_ms(1, "mbc", head=False)
+    times.record(2, "fac", 1e6, head=False)  # stage 2 "takes" 1000 s from now on
     middle = engine.run(x, variant, deadline_s=time.perf_counter() + 10 * spent / 1e3)
     assert middle.exit_index == 1 and middle.deadline_exited
+    np.testing.assert_allclose(middle.probabilities, engine.run(x, variant.prefix(1)).probabilities, atol=1e-6)
     # Warming a path (no deadline) leaves the learnt durations alone.
-    before = engine.segment_times.expected_ms(0, "res")
+    before = times.expected_ms(0, "res", head=False)
     engine.warm(variant)
-    assert engine.segment_times.expected_ms(0, "res") == before
+    assert times.expected_ms(0, "res", head=False) == before
+
+
+def test_an_exit_is_evaluated_while_what_it_saves_outweighs_its_head():
+    payoff = ExitPayoff(smoothing=1.0, explore_every=4)
+    # Unknown cost, saving or rate: evaluated, but the 4th frame at the exit skips it.
+    assert [payoff.evaluate("k", None, 2.0) for _ in range(4)] == [True, True, True, False]
+    payoff.record("k", answered=False)
+    # Answers none of its frames: skipped, but the 4th frame evaluates it to learn again.
+    assert [payoff.evaluate("k", 0.1, 2.0) for _ in range(4)] == [False, False, False, True]
+    payoff.record("k", answered=True)  # smoothing 1: the rate is now 1
+    assert payoff.evaluate("k", 0.1, 2.0) and payoff.rates_ == {"k": 1.0}
+    assert not payoff.evaluate("k", 3.0, 2.0)  # a head dearer than the whole rest of the path
+    with pytest.raises(ValueError, match="explore_every"):
+        ExitPayoff(explore_every=1)
+
+
+def test_early_exit_skips_an_exit_that_does_not_pay_and_the_answer_stays_the_paths(default_model):
+    model = default_model
+    engine = ElasticEngine.from_net(model.net, model.input_shape, "onnxruntime", threads=1)
+    variant = Variant.parse("e3:res-mbc-fac-fac")
+    x = np.random.default_rng(2).standard_normal((1, *model.input_shape)).astype(np.float32)
+    full = engine.run(x, variant).probabilities
+    # A threshold above every score: no exit ever answers, so after its first frames none pays.
+    answers = [engine.run(x, variant, early_exit_threshold=1.0) for _ in range(30)]
+    assert all(a.exit_index == 3 and not a.early_exited for a in answers)
+    np.testing.assert_allclose(answers[-1].probabilities, full, atol=1e-6)
+    assert set(engine.exit_payoff.rates_.values()) == {0.0}
+    headless = engine.segment_times.expected_ms(0, "res", head=False)
+    assert headless is not None  # frames ran stage 0 without its head
+    engine.exit_payoff = ExitPayoff(explore_every=1000)  # now only the rule decides
+    for _ in range(3):
+        engine.run(x, variant, early_exit_threshold=1.0)
+    assert engine.segment_times.expected_ms(0, "res", head=False) != headless
+    # Threshold 0: the first exit answers every frame it evaluates; with the payoff off, every frame.
+    assert engine.run(x, variant, early_exit_threshold=0.0, exit_payoff=False).exit_index == 0
 
 
 def test_fused_segment_is_its_modules_in_one_graph(default_model):
