@@ -74,7 +74,7 @@ def test_early_exit_accuracy_decides_per_input_as_the_engine_does():
     # Between the two, each input answers where the engine's early exit answers it.
     engine = ElasticEngine.from_net(net, (1, 16, 16), "torch", threads=1)
     x = norm(data.images).numpy()
-    answers = [engine.run(x[i : i + 1], variant, 0.15, exit_payoff=False) for i in range(len(data))]
+    answers = [engine.run(x[i : i + 1], variant, 0.15) for i in range(len(data))]
     shares = np.bincount([a.exit_index for a in answers], minlength=3) / len(data)
     np.testing.assert_allclose(by_threshold[0.15]["exit_share"], shares.round(4))
     assert 0 < shares[0] < 1  # the threshold splits this data

@@ -19,7 +19,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from adascale_ros.model.accuracy import Normalization
 from adascale_ros.model.elastic import Variant
 from adascale_ros.model.saved_model import load_model
-from adascale_ros.runtime.engine import ElasticEngine, ExitPayoff, SegmentTimes, softmax
+from adascale_ros.runtime.engine import ElasticEngine, SegmentTimes, softmax
 from adascale_ros.runtime.frames import FramePeriod, LatestSlot
 from adascale_ros.runtime.images import (
     MAX_COMPRESSED_BYTES,
@@ -374,41 +374,6 @@ def test_deadline_guard_answers_with_the_exit_before_the_stage_that_would_overru
     assert times.expected_ms(0, "res", head=False) == before
 
 
-def test_an_exit_is_evaluated_while_what_it_saves_outweighs_its_head():
-    payoff = ExitPayoff(smoothing=1.0, explore_every=4)
-    # Unknown cost, saving or rate: evaluated, but the 4th frame at the exit skips it.
-    assert [payoff.evaluate("k", None, 2.0) for _ in range(4)] == [True, True, True, False]
-    payoff.record("k", answered=False)
-    # Answers none of its frames: skipped, but the 4th frame evaluates it to learn again.
-    assert [payoff.evaluate("k", 0.1, 2.0) for _ in range(4)] == [False, False, False, True]
-    payoff.record("k", answered=True)  # smoothing 1: the rate is now 1
-    assert payoff.evaluate("k", 0.1, 2.0) and payoff.rates_ == {"k": 1.0}
-    assert not payoff.evaluate("k", 3.0, 2.0)  # a head dearer than the whole rest of the path
-    with pytest.raises(ValueError, match="explore_every"):
-        ExitPayoff(explore_every=1)
-
-
-def test_early_exit_skips_an_exit_that_does_not_pay_and_the_answer_stays_the_paths(default_model):
-    model = default_model
-    engine = ElasticEngine.from_net(model.net, model.input_shape, "onnxruntime", threads=1)
-    variant = Variant.parse("e3:res-mbc-fac-fac")
-    x = np.random.default_rng(2).standard_normal((1, *model.input_shape)).astype(np.float32)
-    full = engine.run(x, variant).probabilities
-    # A threshold above every score: no exit ever answers, so after its first frames none pays.
-    answers = [engine.run(x, variant, early_exit_threshold=1.0) for _ in range(30)]
-    assert all(a.exit_index == 3 and not a.early_exited for a in answers)
-    np.testing.assert_allclose(answers[-1].probabilities, full, atol=1e-6)
-    assert set(engine.exit_payoff.rates_.values()) == {0.0}
-    headless = engine.segment_times.expected_ms(0, "res", head=False)
-    assert headless is not None  # frames ran stage 0 without its head
-    engine.exit_payoff = ExitPayoff(explore_every=1000)  # now only the rule decides
-    for _ in range(3):
-        engine.run(x, variant, early_exit_threshold=1.0)
-    assert engine.segment_times.expected_ms(0, "res", head=False) != headless
-    # Threshold 0: the first exit answers every frame it evaluates; with the payoff off, every frame.
-    assert engine.run(x, variant, early_exit_threshold=0.0, exit_payoff=False).exit_index == 0
-
-
 def test_fused_segment_is_its_modules_in_one_graph(default_model):
     """A block fused with its exit head (and the soft-max) gives what the modules give one by one."""
     import onnxruntime as ort
@@ -430,14 +395,19 @@ def test_fused_segment_is_its_modules_in_one_graph(default_model):
 
 def test_camera_rate_benchmark_compares_segments_with_modules(default_model):
     from adascale_ros.model.directory import load_variant_table
-    from adascale_ros.runtime.benchmark import bench_camera_rate, format_camera_rate, run_module_by_module
+    from adascale_ros.runtime.benchmark import (
+        bench_camera_rate,
+        format_camera_rate,
+        run_every_exit,
+        run_module_by_module,
+    )
 
     table = load_variant_table(REPO_ROOT / "models" / "default")
     rows = bench_camera_rate(default_model, table, frames=3, gap_s=0.001, threads=1)
     assert [row["role"] for row in rows] == ["first exit", "last exit", "top", "largest", "fastest"]
     assert [row["exit"] for row in rows][:2] == [0, 3]
     for row in rows:
-        for path in ("segments", "modules", "whole_graph"):
+        for path in ("segments", "modules", "whole_graph", "every_exit"):
             assert 0 < row[path]["min_ms"] <= row[path]["median_ms"] <= row[path]["p90_ms"]
         assert row["segments_over_modules"] == pytest.approx(
             row["segments"]["mean_ms"] / row["modules"]["mean_ms"], abs=1e-3
@@ -453,6 +423,8 @@ def test_camera_rate_benchmark_compares_segments_with_modules(default_model):
     variant = Variant.parse("e2:mbc-dense-res")
     by_modules = run_module_by_module(engine, x, variant)
     np.testing.assert_allclose(by_modules, engine.run(x, variant).probabilities, atol=1e-6)
+    # So does the path with every exit's head on the way.
+    np.testing.assert_allclose(run_every_exit(engine, x, variant), by_modules, atol=1e-6)
 
 
 def test_inference_benchmark_times_both_backends_per_exit(default_model):

@@ -54,11 +54,6 @@ PARAMETERS: dict[str, Param] = {
         low=0.0,
         high=1.0,
     ),
-    "early_exit_payoff": Param(
-        True,
-        "Evaluate an earlier exit only while its head costs less than the time it saves on the frames it"
-        " answers (learnt from the frames); false: evaluate every exit on the path.",
-    ),
     "deadline_guard": Param(
         True,
         "Answer at the last exit reached when the next stage would overrun the selection's latency budget"
@@ -161,7 +156,7 @@ class ElasticInferenceNode(AdascaleNode):
         x = self.preprocess(image, encoding, variant.resolution)
         threshold = float(settings["early_exit_threshold"]) or math.inf
         deadline = start + budget_ms / 1e3 if settings["deadline_guard"] and math.isfinite(budget_ms) else None
-        result = self.engine.run(x, variant, threshold, deadline, bool(settings["early_exit_payoff"]))
+        result = self.engine.run(x, variant, threshold, deadline)
         latency_ms = (time.perf_counter() - start) * 1e3
         top_k, period_ms = int(settings["top_k"]), self.stats.frame_period_ms()
         self.outputs.publish(msg.header, variant.id, result, latency_ms, top_k, period_ms)

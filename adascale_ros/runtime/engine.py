@@ -20,12 +20,9 @@ copy of the weights); the unfused modules stay, for calibration's per-module
 timing.
 
 Confidence early exit (AdaScale's per-input early termination): with a
-threshold t, the exits on the selected path before the selected one are
+threshold t, every exit on the selected path before the selected one is
 evaluated, and the first whose top softmax score is >= t answers; the later
-stages are never computed. An exit's head costs time on every frame that
-reaches it and saves the rest of the path only on the frames it answers, so
-by default an exit is evaluated only where that pays on the frames so far
-(``ExitPayoff``); ``run(..., exit_payoff=False)`` evaluates every one.
+stages are never computed.
 
 Deadline guard (anytime inference): given the instant a frame's answer is
 due, the engine compares, before each stage after the first, the time left
@@ -187,7 +184,7 @@ class OnnxBackend:
 
 class SegmentTimes:
     """Recent duration of each segment, (stage, op, resolution, with its exit head or not) -> exponential
-    average [ms]: the deadline guard's estimate and ``ExitPayoff``'s costs."""
+    average [ms]: the deadline guard's estimate."""
 
     def __init__(self, smoothing: float = 0.2) -> None:
         if not 0.0 < smoothing <= 1.0:
@@ -202,40 +199,6 @@ class SegmentTimes:
         key = (stage, op, resolution, head)
         previous = self._ms.get(key)
         self._ms[key] = ms if previous is None else previous + self.smoothing * (ms - previous)
-
-
-class ExitPayoff:
-    """Whether evaluating an early exit pays, learnt from the frames that reached it.
-
-    Evaluating exit k costs its head, ``cost`` ms, on every frame that reaches it, and saves the rest of
-    the path, ``saving`` ms, on the share ``rate`` of them it answers: it is evaluated while
-    ``rate * saving > cost``, which minimises the expected time of a frame. ``rate`` is an exponential
-    average (``smoothing``) per exit and path prefix, the data the exit sees. Until the three are known
-    the exit is evaluated; and every ``explore_every``-th frame that reaches an exit does the opposite
-    of the rule, so that a skipped exit's rate and an evaluated one's cost stay measured.
-    """
-
-    def __init__(self, smoothing: float = 0.05, explore_every: int = 10) -> None:
-        if not 0.0 < smoothing <= 1.0:
-            raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
-        if explore_every < 2:
-            raise ValueError(f"explore_every must be >= 2, got {explore_every}")
-        self.smoothing, self.explore_every = smoothing, explore_every
-        self.rates_: dict[Any, float] = {}  # exit key -> share of the frames reaching it that it answered
-        self._reached: dict[Any, int] = {}
-
-    def evaluate(self, key: Any, cost_ms: float | None, saving_ms: float | None) -> bool:
-        """Whether the frame now at exit ``key`` evaluates it (counts the frame as having reached it)."""
-        reached = self._reached[key] = self._reached.get(key, 0) + 1
-        rate = self.rates_.get(key)
-        pays = rate is None or cost_ms is None or saving_ms is None or rate * saving_ms > cost_ms
-        return pays != (reached % self.explore_every == 0)
-
-    def record(self, key: Any, answered: bool) -> None:
-        """Exit ``key`` was evaluated and answered the frame (its score reached the threshold) or not."""
-        previous = self.rates_.get(key)
-        value = float(answered)
-        self.rates_[key] = value if previous is None else previous + self.smoothing * (value - previous)
 
 
 def _check(backend: str, threads: int) -> None:
@@ -269,8 +232,7 @@ class ElasticEngine:
         channels = input_shape[0]
         sizes = {r: (channels, r, r) for r in self.resolutions} if self.resolutions else {None: input_shape}
         self._blank = {r: np.zeros((1, *shape), np.float32) for r, shape in sizes.items()}
-        self.segment_times = SegmentTimes()  # learnt from frames with early exit or the guard on
-        self.exit_payoff = ExitPayoff()
+        self.segment_times = SegmentTimes()  # learnt from guarded frames only
         for shape in sizes.values():
             self._warm_up(shape)
 
@@ -355,20 +317,17 @@ class ElasticEngine:
         variant: Variant,
         early_exit_threshold: float = math.inf,
         deadline_s: float | None = None,
-        exit_payoff: bool = True,
     ) -> Inference:
         """Classify a (1, C, H, W) float32 array; ``early_exit_threshold`` > 1 (or inf) disables early exit.
 
         ``deadline_s``, a ``time.perf_counter()`` instant, turns on the deadline guard: the first stage
         always runs; a later one runs only if its recent duration fits before the deadline.
-        ``exit_payoff``: early exits are evaluated where that pays (``ExitPayoff``); false: every one.
         """
         features: object = x
         last, early_exit, guarded = variant.exit_index, early_exit_threshold <= 1.0, deadline_s is not None
-        timed = early_exit or guarded
         answer: np.ndarray | None = None  # the exit of the stage before, when it was evaluated
         for stage, op in enumerate(variant.operators):
-            head = stage == last or (early_exit and (not exit_payoff or self._evaluates_exit(variant, stage)))
+            head = early_exit or stage == last
             if guarded and stage > 0:
                 expected_ms = self.segment_times.expected_ms(stage, op, variant.resolution, head)
                 if expected_ms is not None and time.perf_counter() + expected_ms / 1e3 > deadline_s:
@@ -377,7 +336,7 @@ class ElasticEngine:
                     return Inference(stage - 1, True, answer, deadline_exited=True)
             started = time.perf_counter()
             features, probabilities = self.backend.segment(stage, op, features, head=head)
-            if timed:
+            if guarded:
                 spent_ms = (time.perf_counter() - started) * 1e3
                 self.segment_times.record(stage, op, spent_ms, variant.resolution, head)
             answer = probabilities
@@ -385,30 +344,6 @@ class ElasticEngine:
                 continue
             if stage == last:
                 return Inference(stage, False, probabilities)
-            answered = bool(probabilities.max() >= early_exit_threshold)
-            if exit_payoff:
-                self.exit_payoff.record(self._exit_key(variant, stage), answered)
-            if answered:
+            if probabilities.max() >= early_exit_threshold:
                 return Inference(stage, True, probabilities)
         raise AssertionError("unreachable: the loop returns at the variant's exit")
-
-    @staticmethod
-    def _exit_key(variant: Variant, stage: int) -> tuple[int | None, tuple[str, ...]]:
-        return variant.resolution, variant.operators[: stage + 1]
-
-    def _evaluates_exit(self, variant: Variant, stage: int) -> bool:
-        """Early exit at ``stage`` (before the variant's own exit): whether this frame evaluates it."""
-        times, resolution, ops = self.segment_times, variant.resolution, variant.operators
-        with_head = times.expected_ms(stage, ops[stage], resolution)
-        without = times.expected_ms(stage, ops[stage], resolution, head=False)
-        cost = None if with_head is None or without is None else max(0.0, with_head - without)
-
-        # What answering here saves: the later stages, each headless but the last where that was
-        # timed, else with its head (the heads of exits evaluated on the way only add to it).
-        def later_ms(s: int) -> float | None:
-            headless = times.expected_ms(s, ops[s], resolution, head=False) if s < variant.exit_index else None
-            return headless if headless is not None else times.expected_ms(s, ops[s], resolution)
-
-        later = [later_ms(s) for s in range(stage + 1, variant.exit_index + 1)]
-        saving = None if any(ms is None for ms in later) else sum(later)
-        return self.exit_payoff.evaluate(self._exit_key(variant, stage), cost, saving)
