@@ -374,6 +374,21 @@ def test_deadline_guard_answers_with_the_exit_before_the_stage_that_would_overru
     assert times.expected_ms(0, "res", head=False) == before
 
 
+def test_a_stage_the_guard_skipped_is_tried_again_once_its_estimate_has_decayed(default_model):
+    """One slow run (a cold first frame, a load that ended) must not keep a stage skipped for good."""
+    import time
+
+    model = default_model
+    engine = ElasticEngine.from_net(model.net, model.input_shape, "onnxruntime", threads=1)
+    variant = Variant.parse("e3:res-mbc-fac-fac")
+    x = np.random.default_rng(5).standard_normal((1, *model.input_shape)).astype(np.float32)
+    engine.run(x, variant, deadline_s=time.perf_counter() + 1.0)  # every stage timed
+    engine.segment_times.record(2, "fac", 1e4, head=False)  # stage 2 "took" 10 s once
+    exits = [engine.run(x, variant, deadline_s=time.perf_counter() + 1.0).exit_index for _ in range(40)]
+    assert exits[0] == 1 and exits[-1] == 3  # skipped at first, run again once its estimate fits
+    assert engine.segment_times.expected_ms(2, "fac", head=False) < 1e3  # and measured afresh
+
+
 def test_fused_segment_is_its_modules_in_one_graph(default_model):
     """A block fused with its exit head (and the soft-max) gives what the modules give one by one."""
     import onnxruntime as ort

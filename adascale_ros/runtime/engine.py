@@ -29,7 +29,8 @@ due, the engine compares, before each stage after the first, the time left
 with that stage's recent duration (an exponential average of what it took on
 the frames before, so it follows the load); when the stage would overrun, the
 exit of the stage before answers (its head run then, if early exit did not
-already). A multi-exit network always has an answer in hand, and a late one
+already), and the stage's estimate decays, so that a stage once slow is tried
+again. A multi-exit network always has an answer in hand, and a late one
 is worth less to a robot than an earlier, shallower one.
 """
 
@@ -200,6 +201,16 @@ class SegmentTimes:
         previous = self._ms.get(key)
         self._ms[key] = ms if previous is None else previous + self.smoothing * (ms - previous)
 
+    def decay(self, stage: int, op: str, resolution: int | None = None, head: bool = True) -> None:
+        """The guard skipped this segment on its estimate: shrink the estimate by the smoothing factor.
+
+        A skipped segment is not timed, so without this one slow run (a cold first frame, a load that
+        has ended) would keep it skipped for good; decayed, it runs again once it seems to fit, and
+        that run measures it afresh."""
+        key = (stage, op, resolution, head)
+        if key in self._ms:
+            self._ms[key] *= 1.0 - self.smoothing
+
 
 def _check(backend: str, threads: int) -> None:
     if backend not in BACKENDS:
@@ -331,6 +342,7 @@ class ElasticEngine:
             if guarded and stage > 0:
                 expected_ms = self.segment_times.expected_ms(stage, op, variant.resolution, head)
                 if expected_ms is not None and time.perf_counter() + expected_ms / 1e3 > deadline_s:
+                    self.segment_times.decay(stage, op, variant.resolution, head)
                     if answer is None:
                         answer = softmax(self.backend.head(stage - 1, features))
                     return Inference(stage - 1, True, answer, deadline_exited=True)
