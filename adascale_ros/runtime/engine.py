@@ -202,7 +202,7 @@ class SegmentTimes:
         self._ms[key] = ms if previous is None else previous + self.smoothing * (ms - previous)
 
     def decay(self, stage: int, op: str, resolution: int | None = None, head: bool = True) -> None:
-        """The guard skipped this segment on its estimate: shrink the estimate by the smoothing factor.
+        """The guard skipped this segment on its estimate: multiply the estimate by 1 - smoothing.
 
         A skipped segment is not timed, so without this one slow run (a cold first frame, a load that
         has ended) would keep it skipped for good; decayed, it runs again once it seems to fit, and
