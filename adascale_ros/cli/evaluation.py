@@ -133,7 +133,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     if args.rescore:
-        saved = saved_run_config(args.out)
+        saved = saved_run_config(args.out / "runs")
         budgets, repeats = saved["budgets_ms"], saved["repeats"]
         config = replace(config, budget_ms=budgets[0], repeats=repeats)
         report = score(config, load_runs(config), saved["variants"], budgets)

@@ -117,7 +117,7 @@ def evaluation_deadline_ms(directory: Path) -> float:
     """The deadline an evaluation in ``directory`` ran against (its ``runs/config.json``); inf when
     it recorded none."""
     try:
-        budgets = saved_run_config(Path(directory))["budgets_ms"]
+        budgets = saved_run_config(Path(directory) / "runs")["budgets_ms"]
     except (OSError, ValueError, KeyError):
         return math.inf
     return budgets[0] if budgets else math.inf

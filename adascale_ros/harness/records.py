@@ -94,10 +94,10 @@ def save_run_config(runs_dir: Path, budgets_ms: list[float], variants: dict[str,
     (runs_dir / "config.json").write_text(json.dumps(saved))
 
 
-def saved_run_config(out: Path) -> dict:
-    """``out/runs/config.json`` as written by ``save_run_config``, ``budgets_ms`` one float per round
+def saved_run_config(runs_dir: Path) -> dict:
+    """``runs_dir/config.json`` as written by ``save_run_config``, ``budgets_ms`` one float per round
     (records from before per-round budgets hold one ``budget_ms`` for every round)."""
-    saved = json.loads((out / "runs" / "config.json").read_text())
+    saved = json.loads((runs_dir / "config.json").read_text())
     repeats = int(saved.get("repeats", 1))
     if "budgets_ms" in saved:
         budgets = [float(b) for b in saved["budgets_ms"]]
