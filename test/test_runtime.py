@@ -391,6 +391,7 @@ def test_a_stage_the_guard_skipped_is_tried_again_once_its_estimate_has_decayed(
 
 def test_fused_segment_is_its_modules_in_one_graph(default_model):
     """A block fused with its exit head (and the soft-max) gives what the modules give one by one."""
+    import onnx
     import onnxruntime as ort
 
     from adascale_ros.runtime.onnx_modules import export_modules, fuse
@@ -399,6 +400,8 @@ def test_fused_segment_is_its_modules_in_one_graph(default_model):
     modules = export_modules(model.net, model.input_shape)
     fused = ort.InferenceSession(fuse([modules.stem, modules.stages[0]["fac"], modules.heads[0]], True, True))
     assert [o.name for o in fused.get_outputs()][1] == "probabilities"
+    domains = [opset.domain for opset in onnx.load_from_string(fuse([modules.stem, modules.heads[0]])).opset_import]
+    assert len(domains) == len(set(domains))  # one opset import per domain, as ONNX requires
     engine = ElasticEngine.from_net(model.net, model.input_shape, "onnxruntime", threads=1)
     x = np.random.default_rng(4).standard_normal((1, *model.input_shape)).astype(np.float32)
     features, probabilities = fused.run(None, {fused.get_inputs()[0].name: x})

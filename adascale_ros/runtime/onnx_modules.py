@@ -83,6 +83,13 @@ def fuse(graphs: Sequence[bytes], keep_features: bool = False, softmax: bool = F
         features = fused.graph.output[0].name
         outputs = [features, model.graph.output[0].name] if keep_features and i == len(models) - 1 else None
         fused = compose.merge_models(fused, model, io_map=[(features, model.graph.input[0].name)], outputs=outputs)
+    # merge_models lists every part's opset imports; one per domain is what the ONNX spec allows
+    # (ONNX Runtime tolerates the repeats, its quantizer does not).
+    opsets = {}
+    for opset in fused.opset_import:
+        opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
+    del fused.opset_import[:]
+    fused.opset_import.extend(helper.make_opsetid(domain, version) for domain, version in opsets.items())
     if softmax:
         last = fused.graph.output[-1]
         fused.graph.node.append(helper.make_node("Softmax", [last.name], ["probabilities"], axis=-1))
