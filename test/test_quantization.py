@@ -50,3 +50,21 @@ def test_int8_modules_are_integer_graphs_that_answer_as_the_float_ones(modules_a
 def test_quantizing_needs_calibration_inputs(modules_and_images):
     with pytest.raises(ValueError, match="at least one calibration input"):
         quantize_graph(modules_and_images[1].stem, [])
+
+
+def test_int8_benchmark_scores_and_times_both_precisions_per_role(modules_and_images):
+    from adascale_ros.harness.bags import camera_frame
+    from adascale_ros.model.directory import load_variant_table
+    from adascale_ros.runtime.benchmark import bench_int8, format_int8
+
+    model, modules, calibration, _, labels = modules_and_images
+    splits = load_splits(DatasetSpec(limit_train=600, limit_test=20))
+    frames = [camera_frame(image[0].numpy(), 64, 48) for image in splits.test.images]
+    table = load_variant_table(REPO_ROOT / "models" / "default")
+    rows = bench_int8(model, table, modules, quantize_modules(modules, calibration), frames, labels[:20], 2, 0.001, 1)
+    assert [row["role"] for row in rows] == ["first exit", "last exit", "top", "largest", "fastest"]
+    for row in rows:
+        assert set(row["accuracy"]) == {"float", "int8"} and all(0.5 < a <= 1 for a in row["accuracy"].values())
+        assert row["speedup"] == pytest.approx(row["float"]["median_ms"] / row["int8"]["median_ms"], abs=1e-3)
+    assert rows[2]["float_over_float_top"] == 1.0
+    assert "int8/top" in format_int8(rows, 20, 0.001, 1, "64 x 48")

@@ -74,6 +74,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="camera rate with ONNX Runtime's idle workers spinning (its default; the engine lets them sleep)",
     )
     inf.set_defaults(func=_cmd_bench_inference)
+    q8 = bench.add_parser(
+        "int8",
+        parents=[MODEL_DIR, JSON],
+        help="the modules in int8 (static quantization) against float: accuracy and camera-rate latency",
+    )
+    q8.add_argument("--calibration-images", type=int, default=64, help="validation images the ranges come from")
+    q8.add_argument("--test-images", type=int, default=1000, help="test images each variant is scored on")
+    q8.add_argument("--camera-rate-frames", type=int, default=40, help="camera frames per variant and precision")
+    q8.add_argument("--camera-gap-ms", type=float, default=66.0, help="time between camera frames (66: 15 Hz)")
+    q8.add_argument("--threads", type=int, default=2, help="intra-op threads, as the inference node's")
+    q8.set_defaults(func=_cmd_bench_int8)
     ses = bench.add_parser(
         "load-session",
         parents=[MODEL_DIR, JSON],
@@ -218,6 +229,51 @@ def _cmd_bench_inference(args: argparse.Namespace) -> int:
             model, table, args.camera_rate_frames, gap_s, args.threads, spinning=args.ort_spinning
         )
     print(json.dumps(report, indent=1) if args.json else format_report(report))
+    return 0
+
+
+def _cmd_bench_int8(args: argparse.Namespace) -> int:
+    import json
+
+    from adascale_ros.harness.bags import camera_frame
+    from adascale_ros.model.backbone_pipeline import card_dataset
+    from adascale_ros.model.datasets import load_splits
+    from adascale_ros.model.directory import card_resolutions, load_variant_table
+    from adascale_ros.model.saved_model import load_model
+    from adascale_ros.package_files import default_model_dir
+    from adascale_ros.runtime.benchmark import bench_int8, format_int8
+    from adascale_ros.runtime.onnx_modules import export_modules
+    from adascale_ros.runtime.preprocess import Preprocessor
+    from adascale_ros.runtime.quantization import quantize_modules
+
+    if min(args.calibration_images, args.test_images, args.camera_rate_frames) < 1:
+        raise ValueError("--calibration-images, --test-images and --camera-rate-frames must be >= 1")
+    model_dir = args.model_dir or default_model_dir()
+    model, table = load_model(model_dir), load_variant_table(model_dir)
+    splits = load_splits(card_dataset(model.card))
+    width, height = 640, 480
+
+    def frames(images: object, count: int) -> list:  # (N, C, H, W) uint8 -> rgb8 camera frames
+        chosen = images[:count].numpy()  # type: ignore[index]
+        chosen = chosen[:, 0] if chosen.shape[1] == 1 else chosen.transpose(0, 2, 3, 1)
+        return [camera_frame(image, width, height) for image in chosen]
+
+    preprocess = Preprocessor.from_card(model.card)
+    resolutions = card_resolutions(model.card) or (None,)
+    calibration = [
+        preprocess(frame, "rgb8", resolutions[i % len(resolutions)])
+        for i, frame in enumerate(frames(splits.val.images, args.calibration_images))
+    ]
+    modules = export_modules(model.net, model.input_shape)
+    int8 = quantize_modules(modules, calibration)
+    test = frames(splits.test.images, args.test_images)
+    gap_s = args.camera_gap_ms / 1e3
+    labels = splits.test.labels[: len(test)].tolist()
+    rows = bench_int8(model, table, modules, int8, test, labels, args.camera_rate_frames, gap_s, args.threads)
+    if args.json:
+        print(json.dumps({"test_frames": len(test), "gap_s": gap_s, "threads": args.threads, "rows": rows}, indent=1))
+    else:
+        print(format_int8(rows, len(test), gap_s, args.threads, f"{width} x {height}"))
     return 0
 
 

@@ -13,11 +13,16 @@ finds the CPU cold; through the engine's fused segments and, interleaved,
 module by module (one session call per module and a numpy soft-max, the
 engine's path before the segments) and through one fused graph of the whole
 variant (what a network without elastic stages would run).
+
+``bench_int8`` (``adascale bench int8``) sets the modules against their int8
+copy (``adascale_ros.runtime.quantization``), per variant of the same roles:
+accuracy on labelled camera frames and the camera-rate latency, interleaved.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
@@ -271,4 +276,80 @@ def format_report(report: dict[str, Any]) -> str:
                 report.get("camera_rate_spinning", False),
             )
         )
+    return "\n".join(lines)
+
+
+def bench_int8(
+    model: LoadedModel,
+    variants_table: dict[str, Any],
+    modules: OnnxModules,
+    int8: OnnxModules,
+    test_frames: Sequence[np.ndarray],
+    test_labels: Sequence[int],
+    frames: int = 40,
+    gap_s: float = 0.066,
+    threads: int = 2,
+) -> list[dict[str, Any]]:
+    """Per variant of ``camera_rate_variants``, the float modules against their int8 copy: accuracy on
+    labelled rgb8 camera frames, and the latency of one such frame every ``gap_s`` through the engine's
+    fused segments, pre-processing included, the two interleaved."""
+    resolutions = card_resolutions(model.card)
+    engines = {
+        precision: ElasticEngine(OnnxBackend(m, threads), m.stage_ops, model.input_shape, precision, resolutions)
+        for precision, m in (("float", modules), ("int8", int8))
+    }
+    preprocess = Preprocessor.from_card(model.card)
+    inputs: dict[int | None, list[np.ndarray]] = {}
+    labels = np.asarray(test_labels)
+    rows = []
+    for role, variant in camera_rate_variants(variants_table).items():
+        if variant.resolution not in inputs:
+            inputs[variant.resolution] = [preprocess(frame, "rgb8", variant.resolution) for frame in test_frames]
+        accuracy = {
+            precision: float(
+                np.mean([engine.run(x, variant).probabilities.argmax() for x in inputs[variant.resolution]] == labels)
+            )
+            for precision, engine in engines.items()
+        }
+        samples: dict[str, list[float]] = {precision: [] for precision in engines}
+        for i in range(frames):
+            frame = test_frames[i % len(test_frames)]
+            for precision, engine in engines.items():
+                time.sleep(gap_s)
+                start = time.perf_counter()
+                engine.run(preprocess(frame, "rgb8", variant.resolution), variant)
+                samples[precision].append((time.perf_counter() - start) * 1e3)
+        figures = {precision: _summary(s) for precision, s in samples.items()}
+        rows.append(
+            {
+                "role": role,
+                "variant": variant.id,
+                "accuracy": {precision: round(a, 4) for precision, a in accuracy.items()},
+                **figures,
+                "speedup": round(figures["float"]["median_ms"] / figures["int8"]["median_ms"], 3),
+            }
+        )
+    top = next(row for row in rows if row["role"] == "top")["float"]["median_ms"]
+    for row in rows:
+        row["int8_over_float_top"] = round(row["int8"]["median_ms"] / top, 3)
+        row["float_over_float_top"] = round(row["float"]["median_ms"] / top, 3)
+    return rows
+
+
+def format_int8(rows: list[dict[str, Any]], test_frames: int, gap_s: float, threads: int, frame: str) -> str:
+    lines = [
+        f"float against int8 modules: accuracy on {test_frames} labelled {frame} rgb8 test frames; latency of one"
+        f" such frame every {gap_s * 1e3:g} ms (pre-processing included, fused segments), {threads} thread(s):",
+        "role        variant                         float acc  int8 acc   float median (p90)   int8 median (p90)"
+        "  speedup  float/top  int8/top",
+    ]
+    for row in rows:
+        f, q = row["float"], row["int8"]
+        lines.append(
+            f"{row['role']:<11} {row['variant']:<31} {row['accuracy']['float'] * 100:>7.2f} %"
+            f" {row['accuracy']['int8'] * 100:>7.2f} %  {f['median_ms']:>8.3f} ({f['p90_ms']:.3f})"
+            f"  {q['median_ms']:>8.3f} ({q['p90_ms']:.3f})    {row['speedup']:>5.2f}x"
+            f"     {row['float_over_float_top']:>5.2f}     {row['int8_over_float_top']:>5.2f}"
+        )
+    lines.append("float/top and int8/top: the median over the float top variant's median")
     return "\n".join(lines)
