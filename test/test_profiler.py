@@ -24,7 +24,7 @@ from adascale_ros.model.directory import (
 )
 from adascale_ros.model.elastic import Variant
 from adascale_ros.profiling.energy import EnergyProfile, cache_hit_rate, energy_mj, fit_power_coefficients
-from adascale_ros.profiling.fitting import camera_rate_report, fit_and_report, report_markdown
+from adascale_ros.profiling.fitting import _camera_rate_lines, camera_rate_report, fit_and_report, report_markdown
 from adascale_ros.profiling.measurement import (
     CalibrationData,
     CalibrationPlan,
@@ -287,6 +287,14 @@ def test_camera_rate_report_gives_each_reference_its_median_p90_and_slowdown_per
     assert report["top"]["levels"]["cpu2"]["slowdown"] == 2.0
     assert report["fastest"] == {"variant_id": "e0:b", "levels": {}}  # not timed: nothing made up
     assert camera_rate_report(CalibrationData(device={}, levels=levels)) == {}  # a dataset from before
+    assert "cpu_median_ms" not in idle  # not measured in this dataset: no CPU column, none in the report
+    assert "CPU time" not in "\n".join(_camera_rate_lines(report, ["idle", "cpu2"]))
+    # Where the CPU time per frame was measured, the report gives its median per level and a table of it.
+    data.camera_rate["cpu_ms"] = [4.0, 4.0, 5.0, 6.0, 4.0] + [4.5] * 5
+    report = camera_rate_report(data)
+    assert [report["top"]["levels"][level]["cpu_median_ms"] for level in ("idle", "cpu2")] == [4.0, 4.5]
+    lines = _camera_rate_lines(report, ["idle", "cpu2"])
+    assert "| top `e1:a` | 4.00 | 4.50 |" in lines and "| fastest `e0:b` | n/a | n/a |" in lines
 
 
 def test_camera_rate_variants_are_the_references_and_the_best_at_each_resolution():
@@ -925,5 +933,6 @@ def test_the_load_session_comparison_times_the_top_variant_idle_and_under_both_p
     assert set(report["placements"]) == {"idle", "shared", "own"} and report["frames"] == 3
     assert report["placements"]["idle"]["slowdown"] == 1.0
     assert all(row["median_ms"] > 0 and row["slowdown"] > 0 for row in report["placements"].values())
+    assert all(0 < row["cpu_median_ms"] for row in report["placements"].values())
     assert "| in a session of its own |" in format_load_sessions(report)
     assert "--cpu 1 --cpu-load 50" in report["load"]

@@ -266,14 +266,18 @@ def compare_load_sessions(
             with StressNg(spec, timeout_s=frames * gap_s * 3 + 30, own_session=placement == "own"):
                 time.sleep(1.0)  # the workers up
                 measure_camera_rate([variant], run_variant, plan, placement, table)
-    levels, latency = np.array(table["level"]), np.array(table["latency_ms"])
-    samples = {name: latency[levels == name].tolist() for name in ("idle", "shared", "own")}
-    idle = float(np.median(samples["idle"]))
+    levels, latency, cpu = np.array(table["level"]), np.array(table["latency_ms"]), np.array(table["cpu_ms"])
+    placements = ("idle", "shared", "own")
+    idle = float(np.median(latency[levels == "idle"]))
 
-    def summary(values: list[float]) -> dict[str, float]:
-        timing = summarize(values)
-        slowdown = round(timing.median_ms / idle, 3)
-        return {"median_ms": round(timing.median_ms, 4), "p90_ms": round(timing.p90_ms, 4), "slowdown": slowdown}
+    def summary(name: str) -> dict[str, float]:
+        timing = summarize(latency[levels == name].tolist())
+        return {
+            "median_ms": round(timing.median_ms, 4),
+            "p90_ms": round(timing.p90_ms, 4),
+            "slowdown": round(timing.median_ms / idle, 3),
+            "cpu_median_ms": round(float(np.median(cpu[levels == name])), 4),
+        }
 
     return {
         "variant": variant.id,
@@ -281,7 +285,7 @@ def compare_load_sessions(
         "threads": threads,
         "frames": frames * rounds,
         "gap_ms": gap_s * 1e3,
-        "placements": {name: summary(values) for name, values in samples.items()},
+        "placements": {name: summary(name) for name in placements},
     }
 
 
@@ -290,10 +294,14 @@ def format_load_sessions(report: dict[str, Any]) -> str:
         f"{report['variant']} at camera rate ({report['frames']} frames {report['gap_ms']:.0f} ms apart per placement,"
         f" {report['threads']} threads), load `stress-ng {report['load']}`:",
         "",
-        "| load | median ms | p90 ms | median / idle |",
-        "|---|---:|---:|---:|",
+        "| load | median ms | p90 ms | median / idle | CPU median ms |",
+        "|---|---:|---:|---:|---:|",
     ]
     names = {"idle": "none", "shared": "in this session", "own": "in a session of its own"}
     for name, row in report["placements"].items():
-        lines.append(f"| {names[name]} | {row['median_ms']:.2f} | {row['p90_ms']:.2f} | {row['slowdown']:.2f}x |")
+        lines.append(
+            f"| {names[name]} | {row['median_ms']:.2f} | {row['p90_ms']:.2f} | {row['slowdown']:.2f}x"
+            f" | {row['cpu_median_ms']:.2f} |"
+        )
+    lines += ["", "CPU median: the process's CPU time per frame, its threads together."]
     return "\n".join(lines)

@@ -416,8 +416,9 @@ def fit_and_report(
 
 
 def camera_rate_report(data: CalibrationData) -> dict[str, dict[str, dict[str, float]]]:
-    """Each camera-rate variant's latency one camera frame at a time, per load level: median and p90 [ms]
-    and the median's slowdown over idle. Empty for a dataset made before these were measured."""
+    """Each camera-rate variant's latency one camera frame at a time, per load level: median and p90 [ms],
+    the median's slowdown over idle and, where measured, the median CPU time of a frame
+    (``cpu_median_ms``). Empty for a dataset made before these were measured."""
     table = data.table("camera_rate")
     if not table:
         return {}
@@ -431,6 +432,8 @@ def camera_rate_report(data: CalibrationData) -> dict[str, dict[str, dict[str, f
             if mask.any():
                 ms = table["latency_ms"][mask]
                 per_level[level["name"]] = {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90))}
+                if "cpu_ms" in table:
+                    per_level[level["name"]]["cpu_median_ms"] = float(np.median(table["cpu_ms"][mask]))
         if idle and idle[0] in per_level:
             base = per_level[idle[0]]["median_ms"]
             for figures in per_level.values():
@@ -468,7 +471,23 @@ def _camera_rate_lines(camera_rate: dict[str, Any], levels: list[str]) -> list[s
             slowdown = f" ({f['slowdown']:.2f}x)" if f and "slowdown" in f else ""
             cells.append(f"{f['median_ms']:.2f} / {f['p90_ms']:.2f}{slowdown}" if f else "n/a")
         lines.append(f"| {role} `{entry['variant_id']}` | " + " | ".join(cells) + " |")
-    return [*lines, ""]
+    lines.append("")
+    if any("cpu_median_ms" in f for entry in camera_rate.values() for f in entry["levels"].values()):
+        lines += [
+            "The CPU time of those frames (the process's threads together), median ms: where the latency grows"
+            " under a load and this does not, the frames waited for a core rather than computed slower.",
+            "",
+            "| variant | " + " | ".join(levels) + " |",
+            "|---|" + "---:|" * len(levels),
+        ]
+        for role, entry in camera_rate.items():
+            cells = [
+                f"{f['cpu_median_ms']:.2f}" if (f := entry["levels"].get(level)) and "cpu_median_ms" in f else "n/a"
+                for level in levels
+            ]
+            lines.append(f"| {role} `{entry['variant_id']}` | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def _pct(x: float) -> str:

@@ -138,7 +138,8 @@ class CalibrationData:
     cache: dict[str, list] = field(default_factory=dict)  # key, level, cold_ms, warm_ms, load_index
     energy: dict[str, list] = field(default_factory=dict)  # variant_id, energy_mj (where a power sensor exists)
     # The reference variants one camera frame at a time (``CalibrationPlan.camera_gap_s`` apart), as the
-    # inference node runs them: variant_id, level, latency_ms. Absent from datasets made before it.
+    # inference node runs them: variant_id, level, latency_ms, cpu_ms. Absent from datasets made before it
+    # (cpu_ms from those made before it was measured).
     camera_rate: dict[str, list] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
@@ -284,13 +285,18 @@ def measure_camera_rate(
     Back to back (the module and whole-variant timings) the caches stay warm and
     the inference threads awake; a frame that comes after a camera's gap finds
     neither, and under load it competes with the load's threads for a core it
-    has to wake up on. That is the latency a deadline is about.
+    has to wake up on. That is the latency a deadline is about. ``cpu_ms`` is the
+    CPU time the process spent on the frame, all its threads together: where
+    the latency grows under load and it does not, the frame waited for a core.
     """
     for variant in variants:
         run_variant(variant)  # its sessions warm, as the inference node warms a variant it switches to
         for _ in range(plan.camera_frames):
             time.sleep(plan.camera_gap_s)
-            _append(table, variant_id=variant.id, level=level, latency_ms=_time_ms(lambda v=variant: run_variant(v)))
+            cpu_start, start = time.process_time(), time.perf_counter()
+            run_variant(variant)
+            latency_ms, cpu_ms = (time.perf_counter() - start) * 1e3, (time.process_time() - cpu_start) * 1e3
+            _append(table, variant_id=variant.id, level=level, latency_ms=latency_ms, cpu_ms=cpu_ms)
 
 
 def run_calibration(
