@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import onnx
 import pytest
@@ -61,10 +63,13 @@ def test_int8_benchmark_scores_and_times_both_precisions_per_role(modules_and_im
     splits = load_splits(DatasetSpec(limit_train=600, limit_test=20))
     frames = [camera_frame(image[0].numpy(), 64, 48) for image in splits.test.images]
     table = load_variant_table(REPO_ROOT / "models" / "default")
-    rows = bench_int8(model, table, modules, quantize_modules(modules, calibration), frames, labels[:20], 2, 0.001, 1)
+    int8 = quantize_modules(modules, calibration)
+    rows = bench_int8(model, table, modules, int8, frames, labels[:20], 2, 0.001, 1, contextlib.nullcontext())
     assert [row["role"] for row in rows] == ["first exit", "last exit", "top", "largest", "fastest"]
     for row in rows:
         assert set(row["accuracy"]) == {"float", "int8"} and all(0.5 < a <= 1 for a in row["accuracy"].values())
         assert row["speedup"] == pytest.approx(row["float"]["median_ms"] / row["int8"]["median_ms"], abs=1e-3)
+        assert 0 < row["int8_loaded"]["median_ms"] and 0 < row["float_loaded"]["median_ms"]
     assert rows[2]["float_over_float_top"] == 1.0
     assert "int8/top" in format_int8(rows, 20, 0.001, 1, "64 x 48")
+    assert "under the load `none`" in format_int8(rows, 20, 0.001, 1, "64 x 48", "none")

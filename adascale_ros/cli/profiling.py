@@ -84,6 +84,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q8.add_argument("--camera-rate-frames", type=int, default=40, help="camera frames per variant and precision")
     q8.add_argument("--camera-gap-ms", type=float, default=66.0, help="time between camera frames (66: 15 Hz)")
     q8.add_argument("--threads", type=int, default=2, help="intra-op threads, as the inference node's")
+    q8.add_argument("--trace", help="also time under this trace's (a YAML or a shipped one's) load, in this session")
+    q8.add_argument("--phase", type=int, default=1, help="with --trace: which of its phases' load (default: 1)")
     q8.set_defaults(func=_cmd_bench_int8)
     ses = bench.add_parser(
         "load-session",
@@ -248,6 +250,16 @@ def _cmd_bench_int8(args: argparse.Namespace) -> int:
 
     if min(args.calibration_images, args.test_images, args.camera_rate_frames) < 1:
         raise ValueError("--calibration-images, --test-images and --camera-rate-frames must be >= 1")
+    load, load_name = None, ""
+    if args.trace:
+        from adascale_ros.load.stress import StressNg
+        from adascale_ros.load.traces import LoadTrace, resolve_trace
+
+        trace = LoadTrace.from_yaml(resolve_trace(args.trace))
+        if not 0 <= args.phase < len(trace.phases) or trace.phases[args.phase].spec.idle:
+            raise ValueError(f"--phase must be a loaded phase of {trace.name} (0 to {len(trace.phases) - 1})")
+        spec = trace.phases[args.phase].spec
+        load, load_name = StressNg(spec), "stress-ng " + " ".join(spec.args())
     model_dir = args.model_dir or default_model_dir()
     model, table = load_model(model_dir), load_variant_table(model_dir)
     splits = load_splits(card_dataset(model.card))
@@ -269,11 +281,12 @@ def _cmd_bench_int8(args: argparse.Namespace) -> int:
     test = frames(splits.test.images, args.test_images)
     gap_s = args.camera_gap_ms / 1e3
     labels = splits.test.labels[: len(test)].tolist()
-    rows = bench_int8(model, table, modules, int8, test, labels, args.camera_rate_frames, gap_s, args.threads)
+    rows = bench_int8(model, table, modules, int8, test, labels, args.camera_rate_frames, gap_s, args.threads, load)
     if args.json:
-        print(json.dumps({"test_frames": len(test), "gap_s": gap_s, "threads": args.threads, "rows": rows}, indent=1))
+        report = {"test_frames": len(test), "gap_s": gap_s, "threads": args.threads, "load": load_name, "rows": rows}
+        print(json.dumps(report, indent=1))
     else:
-        print(format_int8(rows, len(test), gap_s, args.threads, f"{width} x {height}"))
+        print(format_int8(rows, len(test), gap_s, args.threads, f"{width} x {height}", load_name))
     return 0
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import cv2
@@ -289,10 +290,13 @@ def bench_int8(
     frames: int = 40,
     gap_s: float = 0.066,
     threads: int = 2,
+    load: AbstractContextManager[Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Per variant of ``camera_rate_variants``, the float modules against their int8 copy: accuracy on
     labelled rgb8 camera frames, and the latency of one such frame every ``gap_s`` through the engine's
-    fused segments, pre-processing included, the two interleaved."""
+    fused segments, pre-processing included, the two interleaved. With ``load`` (a context that runs a
+    load while it is open, ``load.stress.StressNg``) the latency is timed under it too
+    (``float_loaded``, ``int8_loaded``)."""
     resolutions = card_resolutions(model.card)
     engines = {
         precision: ElasticEngine(OnnxBackend(m, threads), m.stage_ops, model.input_shape, precision, resolutions)
@@ -311,15 +315,23 @@ def bench_int8(
             )
             for precision, engine in engines.items()
         }
-        samples: dict[str, list[float]] = {precision: [] for precision in engines}
-        for i in range(frames):
-            frame = test_frames[i % len(test_frames)]
-            for precision, engine in engines.items():
-                time.sleep(gap_s)
-                start = time.perf_counter()
-                engine.run(preprocess(frame, "rgb8", variant.resolution), variant)
-                samples[precision].append((time.perf_counter() - start) * 1e3)
-        figures = {precision: _summary(s) for precision, s in samples.items()}
+
+        def timed(suffix: str, v: Variant = variant) -> dict[str, dict[str, float]]:
+            samples: dict[str, list[float]] = {precision + suffix: [] for precision in engines}
+            for i in range(frames):
+                frame = test_frames[i % len(test_frames)]
+                for precision, engine in engines.items():
+                    time.sleep(gap_s)
+                    start = time.perf_counter()
+                    engine.run(preprocess(frame, "rgb8", v.resolution), v)
+                    samples[precision + suffix].append((time.perf_counter() - start) * 1e3)
+            return {name: _summary(s) for name, s in samples.items()}
+
+        figures = timed("")
+        if load is not None:
+            with load:
+                time.sleep(1.0)  # the load's workers up
+                figures |= timed("_loaded")
         rows.append(
             {
                 "role": role,
@@ -336,7 +348,9 @@ def bench_int8(
     return rows
 
 
-def format_int8(rows: list[dict[str, Any]], test_frames: int, gap_s: float, threads: int, frame: str) -> str:
+def format_int8(
+    rows: list[dict[str, Any]], test_frames: int, gap_s: float, threads: int, frame: str, load: str = ""
+) -> str:
     lines = [
         f"float against int8 modules: accuracy on {test_frames} labelled {frame} rgb8 test frames; latency of one"
         f" such frame every {gap_s * 1e3:g} ms (pre-processing included, fused segments), {threads} thread(s):",
@@ -352,4 +366,13 @@ def format_int8(rows: list[dict[str, Any]], test_frames: int, gap_s: float, thre
             f"     {row['float_over_float_top']:>5.2f}     {row['int8_over_float_top']:>5.2f}"
         )
     lines.append("float/top and int8/top: the median over the float top variant's median")
+    if load and all("float_loaded" in row for row in rows):
+        lines.append(f"under the load `{load}`, the same frames:")
+        lines.append("role        variant                         float median (p90)   int8 median (p90)")
+        for row in rows:
+            f, q = row["float_loaded"], row["int8_loaded"]
+            lines.append(
+                f"{row['role']:<11} {row['variant']:<31} {f['median_ms']:>8.3f} ({f['p90_ms']:.3f})"
+                f"  {q['median_ms']:>8.3f} ({q['p90_ms']:.3f})"
+            )
     return "\n".join(lines)
