@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from adascale_ros.cli.options import JSON, LOAD_OWN_SESSION, MODEL_DIR, NO_PROGRESS
 
@@ -265,8 +266,8 @@ def _cmd_bench_int8(args: argparse.Namespace) -> int:
     splits = load_splits(card_dataset(model.card))
     width, height = 640, 480
 
-    def frames(images: object, count: int) -> list:  # (N, C, H, W) uint8 -> rgb8 camera frames
-        chosen = images[:count].numpy()  # type: ignore[index]
+    def frames(images: Any, count: int) -> list[Any]:  # (N, C, H, W) uint8 -> rgb8 camera frames
+        chosen = images[:count].numpy()
         chosen = chosen[:, 0] if chosen.shape[1] == 1 else chosen.transpose(0, 2, 3, 1)
         return [camera_frame(image, width, height) for image in chosen]
 

@@ -309,29 +309,17 @@ def bench_int8(
     for role, variant in camera_rate_variants(variants_table).items():
         if variant.resolution not in inputs:
             inputs[variant.resolution] = [preprocess(frame, "rgb8", variant.resolution) for frame in test_frames]
+        xs = inputs[variant.resolution]
         accuracy = {
-            precision: float(
-                np.mean([engine.run(x, variant).probabilities.argmax() for x in inputs[variant.resolution]] == labels)
-            )
+            precision: float(np.mean(np.array([engine.run(x, variant).probabilities.argmax() for x in xs]) == labels))
             for precision, engine in engines.items()
         }
-
-        def timed(suffix: str, v: Variant = variant) -> dict[str, dict[str, float]]:
-            samples: dict[str, list[float]] = {precision + suffix: [] for precision in engines}
-            for i in range(frames):
-                frame = test_frames[i % len(test_frames)]
-                for precision, engine in engines.items():
-                    time.sleep(gap_s)
-                    start = time.perf_counter()
-                    engine.run(preprocess(frame, "rgb8", v.resolution), v)
-                    samples[precision + suffix].append((time.perf_counter() - start) * 1e3)
-            return {name: _summary(s) for name, s in samples.items()}
-
-        figures = timed("")
+        figures = _interleaved_camera_rate(engines, preprocess, test_frames, variant, frames, gap_s)
         if load is not None:
             with load:
                 time.sleep(1.0)  # the load's workers up
-                figures |= timed("_loaded")
+                loaded = _interleaved_camera_rate(engines, preprocess, test_frames, variant, frames, gap_s)
+            figures |= {f"{precision}_loaded": timing for precision, timing in loaded.items()}
         rows.append(
             {
                 "role": role,
@@ -346,6 +334,27 @@ def bench_int8(
         row["int8_over_float_top"] = round(row["int8"]["median_ms"] / top, 3)
         row["float_over_float_top"] = round(row["float"]["median_ms"] / top, 3)
     return rows
+
+
+def _interleaved_camera_rate(
+    engines: dict[str, ElasticEngine],
+    preprocess: Preprocessor,
+    camera_frames: Sequence[np.ndarray],
+    variant: Variant,
+    frames: int,
+    gap_s: float,
+) -> dict[str, dict[str, float]]:
+    """Per engine, the latency of an rgb8 camera frame every ``gap_s`` (pre-processing included), the
+    engines taking turns frame by frame."""
+    samples: dict[str, list[float]] = {name: [] for name in engines}
+    for i in range(frames):
+        frame = camera_frames[i % len(camera_frames)]
+        for name, engine in engines.items():
+            time.sleep(gap_s)
+            start = time.perf_counter()
+            engine.run(preprocess(frame, "rgb8", variant.resolution), variant)
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: _summary(s) for name, s in samples.items()}
 
 
 def format_int8(
