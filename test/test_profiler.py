@@ -610,7 +610,7 @@ def test_calibration_measures_under_stress_ng_and_leaves_nothing_behind():
     variants = [Variant.parse("e0:res")]
     plan = CalibrationPlan(
         levels=[LoadLevel("idle", StressSpec()), LoadLevel("cpu2x100", StressSpec(2, 100))],
-        seconds_per_level=1.0, settle_s=0.3, round_s=0.1, repeats=3,
+        seconds_per_level=1.0, settle_s=0.3, round_s=0.1, repeats=3, always=(variants[0],), camera_frames=3,
     )  # fmt: skip
     data = run_calibration(plan, calls, lambda v: work @ work, variants, device_fingerprint())
     modules = data.table("modules")
@@ -619,6 +619,8 @@ def test_calibration_measures_under_stress_ng_and_leaves_nothing_behind():
     loaded = modules["cpu_util"][modules["level"] == "cpu2x100"]
     assert np.nanmedian(loaded) > np.nanmedian(idle) + 0.3  # background load is seen, our own is not
     assert len(data.table("variants")["variant_id"]) > 0 and len(data.cache["key"]) == 2 * len(calls)
+    camera = data.table("camera_rate")  # one frame at a time: its latency and the CPU time it took
+    assert set(camera["level"]) == {"idle", "cpu2x100"} and (camera["cpu_ms"] > 0).all()
     assert not _stress_ng_running()
 
     def interrupt(done_s: float) -> None:
