@@ -19,6 +19,7 @@ features (the ablation).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, NamedTuple
 
@@ -455,38 +456,27 @@ def _fit_energy(predictor: LatencyPredictor, data: CalibrationData, profile: Ene
 
 
 def _camera_rate_lines(camera_rate: dict[str, Any], levels: list[str]) -> list[str]:
+    def table(caption: str, cell: Callable[[dict[str, float]], str]) -> list[str]:
+        """One row per variant, one column per level; ``cell`` formats a level's figures."""
+        lines = [caption, "", "| variant | " + " | ".join(levels) + " |", "|---|" + "---:|" * len(levels)]
+        for role, entry in camera_rate.items():
+            cells = [cell(f) if (f := entry["levels"].get(level)) else "n/a" for level in levels]
+            lines.append(f"| {role} `{entry['variant_id']}` | " + " | ".join(cells) + " |")
+        return [*lines, ""]
+
     if not camera_rate:
         return []
-    lines = [
+    lines = table(
         "At camera rate (one frame at a time, a 15 Hz camera's gap before each; pre-processing of the"
         " frame included), median / p90 ms and the median's slowdown over idle:",
-        "",
-        "| variant | " + " | ".join(levels) + " |",
-        "|---|" + "---:|" * len(levels),
-    ]
-    for role, entry in camera_rate.items():
-        cells = []
-        for level in levels:
-            f = entry["levels"].get(level)
-            slowdown = f" ({f['slowdown']:.2f}x)" if f and "slowdown" in f else ""
-            cells.append(f"{f['median_ms']:.2f} / {f['p90_ms']:.2f}{slowdown}" if f else "n/a")
-        lines.append(f"| {role} `{entry['variant_id']}` | " + " | ".join(cells) + " |")
-    lines.append("")
+        lambda f: f"{f['median_ms']:.2f} / {f['p90_ms']:.2f}" + (f" ({f['slowdown']:.2f}x)" if "slowdown" in f else ""),
+    )
     if any("cpu_median_ms" in f for entry in camera_rate.values() for f in entry["levels"].values()):
-        lines += [
+        lines += table(
             "The CPU time of those frames (the process's threads together), median ms: where the latency grows"
             " under a load and this does not, the frames waited for a core rather than computed slower.",
-            "",
-            "| variant | " + " | ".join(levels) + " |",
-            "|---|" + "---:|" * len(levels),
-        ]
-        for role, entry in camera_rate.items():
-            cells = [
-                f"{f['cpu_median_ms']:.2f}" if (f := entry["levels"].get(level)) and "cpu_median_ms" in f else "n/a"
-                for level in levels
-            ]
-            lines.append(f"| {role} `{entry['variant_id']}` | " + " | ".join(cells) + " |")
-        lines.append("")
+            lambda f: f"{f['cpu_median_ms']:.2f}" if "cpu_median_ms" in f else "n/a",
+        )
     return lines
 
 
