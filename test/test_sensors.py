@@ -20,7 +20,6 @@ from adascale_ros.resources.sensors import (
     RaplPowerReader,
     parse_proc_stat,
     read_memory,
-    run_queue_wait_ms,
 )
 
 # Two snapshots in the kernel's format: user nice system idle iowait irq softirq steal guest guest_nice.
@@ -306,15 +305,3 @@ def test_sampler_without_optional_sensors_reports_nan_not_zero(tmp_path):
     for unknown in (s.gpu_util, s.gpu_mem_util, s.power_w, s.cpu_freq_mhz):
         assert math.isnan(unknown)
     assert s.power_source == ""
-
-
-def test_run_queue_wait_sums_the_schedstat_run_delay_of_every_thread(tmp_path):
-    for tid, line in (("100", "5000000 2500000 7\n"), ("101", "100 1500000 2\n")):
-        (tmp_path / "self/task" / tid).mkdir(parents=True)
-        (tmp_path / "self/task" / tid / "schedstat").write_text(line)
-    assert run_queue_wait_ms(tmp_path) == 4.0
-    (tmp_path / "self/task/102").mkdir()
-    (tmp_path / "self/task/102/schedstat").write_text("garbled")
-    assert run_queue_wait_ms(tmp_path) == 4.0  # a thread whose line cannot be read counts nothing
-    assert math.isnan(run_queue_wait_ms(tmp_path / "nowhere"))  # no schedstat: unknown, not 0
-    assert run_queue_wait_ms() >= 0.0  # this machine's own

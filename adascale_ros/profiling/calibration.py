@@ -241,9 +241,6 @@ def predictions_json(predictor: LatencyPredictor, state: np.ndarray, table: dict
     )
 
 
-WAITED_MS = 1.0  # a frame that waited for a core at least this long, in compare_load_sessions' count
-
-
 def compare_load_sessions(
     model: LoadedModel,
     variants_table: dict[str, Any],
@@ -269,8 +266,7 @@ def compare_load_sessions(
             with StressNg(spec, timeout_s=frames * gap_s * 3 + 30, own_session=placement == "own"):
                 time.sleep(1.0)  # the workers up
                 measure_camera_rate([variant], run_variant, plan, placement, table)
-    levels, latency = np.array(table["level"]), np.array(table["latency_ms"])
-    cpu, wait = np.array(table["cpu_ms"]), np.array(table["wait_ms"])
+    levels, latency, cpu = np.array(table["level"]), np.array(table["latency_ms"]), np.array(table["cpu_ms"])
     placements = ("idle", "shared", "own")
     idle = float(np.median(latency[levels == "idle"]))
 
@@ -281,9 +277,6 @@ def compare_load_sessions(
             "p90_ms": round(timing.p90_ms, 4),
             "slowdown": round(timing.median_ms / idle, 3),
             "cpu_median_ms": round(float(np.median(cpu[levels == name])), 4),
-            "wait_median_ms": round(float(np.median(wait[levels == name])), 4),
-            "wait_p90_ms": round(float(np.percentile(wait[levels == name], 90)), 4),
-            "waited_share": round(float(np.mean(wait[levels == name] >= WAITED_MS)), 4),
         }
 
     return {
@@ -301,19 +294,14 @@ def format_load_sessions(report: dict[str, Any]) -> str:
         f"{report['variant']} at camera rate ({report['frames']} frames {report['gap_ms']:.0f} ms apart per placement,"
         f" {report['threads']} threads), load `stress-ng {report['load']}`:",
         "",
-        "| load | median ms | p90 ms | median / idle | CPU median ms | wait median / p90 ms | frames that waited |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| load | median ms | p90 ms | median / idle | CPU median ms |",
+        "|---|---:|---:|---:|---:|",
     ]
     names = {"idle": "none", "shared": "in this session", "own": "in a session of its own"}
     for name, row in report["placements"].items():
         lines.append(
             f"| {names[name]} | {row['median_ms']:.2f} | {row['p90_ms']:.2f} | {row['slowdown']:.2f}x"
-            f" | {row['cpu_median_ms']:.2f} | {row['wait_median_ms']:.2f} / {row['wait_p90_ms']:.2f}"
-            f" | {row['waited_share']:.0%} |"
+            f" | {row['cpu_median_ms']:.2f} |"
         )
-    lines += [
-        "",
-        "CPU: the process's CPU time per frame, its threads together; wait: the time its threads were runnable"
-        f" but waiting for a core (the kernel's schedstat); a frame waited when that reached {WAITED_MS:g} ms.",
-    ]
+    lines += ["", "CPU median: the process's CPU time per frame, its threads together."]
     return "\n".join(lines)

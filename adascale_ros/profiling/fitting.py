@@ -418,9 +418,8 @@ def fit_and_report(
 
 def camera_rate_report(data: CalibrationData) -> dict[str, dict[str, dict[str, float]]]:
     """Each camera-rate variant's latency one camera frame at a time, per load level: median and p90 [ms],
-    the median's slowdown over idle and, where measured, the median CPU time of a frame and the median
-    time its threads waited for a core (``cpu_median_ms``, ``wait_median_ms``). Empty for a dataset made
-    before these were measured."""
+    the median's slowdown over idle and, where measured, the median CPU time of a frame
+    (``cpu_median_ms``). Empty for a dataset made before these were measured."""
     table = data.table("camera_rate")
     if not table:
         return {}
@@ -434,9 +433,8 @@ def camera_rate_report(data: CalibrationData) -> dict[str, dict[str, dict[str, f
             if mask.any():
                 ms = table["latency_ms"][mask]
                 per_level[level["name"]] = {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90))}
-                for column in ("cpu_ms", "wait_ms"):
-                    if column in table:
-                        per_level[level["name"]][f"{column[:-3]}_median_ms"] = float(np.median(table[column][mask]))
+                if "cpu_ms" in table:
+                    per_level[level["name"]]["cpu_median_ms"] = float(np.median(table["cpu_ms"][mask]))
         if idle and idle[0] in per_level:
             base = per_level[idle[0]]["median_ms"]
             for figures in per_level.values():
@@ -475,10 +473,9 @@ def _camera_rate_lines(camera_rate: dict[str, Any], levels: list[str]) -> list[s
     )
     if any("cpu_median_ms" in f for entry in camera_rate.values() for f in entry["levels"].values()):
         lines += table(
-            "The CPU time of those frames (the process's threads together) / the time their threads waited"
-            " for a core (the kernel's schedstat), median ms: where the latency grows under a load and the CPU"
-            " time does not, the frames waited rather than computed slower.",
-            lambda f: " / ".join(f"{f[k]:.2f}" if k in f else "n/a" for k in ("cpu_median_ms", "wait_median_ms")),
+            "The CPU time of those frames (the process's threads together), median ms: where the latency grows"
+            " under a load and this does not, the frames waited for a core rather than computed slower.",
+            lambda f: f"{f['cpu_median_ms']:.2f}" if "cpu_median_ms" in f else "n/a",
         )
     return lines
 

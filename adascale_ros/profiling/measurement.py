@@ -43,7 +43,6 @@ from adascale_ros.model.metrics import module_keys, resolution_suffix
 from adascale_ros.profiling.predictor import STATE_FEATURES
 from adascale_ros.resources import ARForecaster, LoadIndexWeights, ResourceSampler
 from adascale_ros.resources.load_index import load_index
-from adascale_ros.resources.sensors import run_queue_wait_ms
 from adascale_ros.timing import summarize
 
 CALIBRATION_FORMAT = 1
@@ -139,8 +138,8 @@ class CalibrationData:
     cache: dict[str, list] = field(default_factory=dict)  # key, level, cold_ms, warm_ms, load_index
     energy: dict[str, list] = field(default_factory=dict)  # variant_id, energy_mj (where a power sensor exists)
     # The reference variants one camera frame at a time (``CalibrationPlan.camera_gap_s`` apart), as the
-    # inference node runs them: variant_id, level, latency_ms, cpu_ms, wait_ms. Absent from datasets made
-    # before it (cpu_ms and wait_ms from those made before they were measured).
+    # inference node runs them: variant_id, level, latency_ms, cpu_ms. Absent from datasets made before it
+    # (cpu_ms from those made before it was measured).
     camera_rate: dict[str, list] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
@@ -287,20 +286,17 @@ def measure_camera_rate(
     the inference threads awake; a frame that comes after a camera's gap finds
     neither, and under load it competes with the load's threads for a core it
     has to wake up on. That is the latency a deadline is about. ``cpu_ms`` is the
-    CPU time the process spent on the frame, all its threads together, and
-    ``wait_ms`` the time its threads spent runnable but waiting for a core
-    (``run_queue_wait_ms``): where the latency grows under load and the CPU
-    time does not, the wait says where the time went.
+    CPU time the process spent on the frame, all its threads together: where
+    the latency grows under load and it does not, the frame waited for a core.
     """
     for variant in variants:
         run_variant(variant)  # its sessions warm, as the inference node warms a variant it switches to
         for _ in range(plan.camera_frames):
             time.sleep(plan.camera_gap_s)
-            wait_start, cpu_start, start = run_queue_wait_ms(), time.process_time(), time.perf_counter()
+            cpu_start, start = time.process_time(), time.perf_counter()
             run_variant(variant)
             latency_ms, cpu_ms = (time.perf_counter() - start) * 1e3, (time.process_time() - cpu_start) * 1e3
-            wait_ms = run_queue_wait_ms() - wait_start
-            _append(table, variant_id=variant.id, level=level, latency_ms=latency_ms, cpu_ms=cpu_ms, wait_ms=wait_ms)
+            _append(table, variant_id=variant.id, level=level, latency_ms=latency_ms, cpu_ms=cpu_ms)
 
 
 def run_calibration(

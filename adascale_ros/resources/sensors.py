@@ -132,23 +132,6 @@ class CpuFreqReader:
         return sum(mhz) / len(mhz) if mhz else NAN
 
 
-def run_queue_wait_ms(proc_root: str | Path = "/proc") -> float:
-    """Time the threads of this process have spent runnable but waiting for a core, summed [ms].
-
-    The second field of each thread's ``schedstat`` (the scheduler's run delay, in ns); the difference
-    of two readings is what the threads waited between them. NaN where the kernel keeps no such
-    statistics (no ``schedstat``).
-    """
-    total_ns, found = 0, False
-    for stat in (Path(proc_root) / "self/task").glob("*/schedstat"):
-        try:
-            total_ns += int(stat.read_text().split()[1])
-        except (OSError, ValueError, IndexError):  # a thread that ended between listing and reading
-            continue
-        found = True
-    return total_ns / 1e6 if found else NAN
-
-
 # ------------------------------------------------------------------ memory
 
 
