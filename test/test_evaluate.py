@@ -16,6 +16,7 @@ from conftest import REPO_ROOT, write_robot_recording
 
 from adascale_ros.harness.evaluation import (
     DEADLINE_FACTOR,
+    Arm,
     EvaluationConfig,
     calibrated_deadline,
     image_stamp_ns,
@@ -247,6 +248,33 @@ def test_static_variants_and_policy_graphs(tmp_path):
     assert reactive["profiler"].parameters["resource_aware"] is False
     assert reactive["selector"].parameters["use_forecast"] is False
     assert "resource_aware:=false" in reactive["profiler"].command()
+
+
+def test_an_arm_is_adascale_with_the_node_parameters_it_names(tmp_path):
+    arm = Arm.parse("noee-2:elastic_inference.early_exit_threshold=0,selector.dwell_s=2.5")
+    assert arm.policy == "adascale+noee-2"
+    assert arm.parameters == (("elastic_inference", "early_exit_threshold", 0), ("selector", "dwell_s", 2.5))
+    cfg = config(tmp_path, policies=("adascale", arm.policy), arms=(arm,), budget_ms=1.5)
+    variants = static_variants(load_variant_table(DEFAULT_MODEL))
+    ada = {s.name: s for s in policy_graph("adascale", cfg, variants)}
+    armed = {s.name: s for s in policy_graph(arm.policy, cfg, variants)}
+    assert list(armed) == list(ada)
+    assert armed["elastic_inference"].parameters["early_exit_threshold"] == 0.0  # a double, as declared
+    assert isinstance(armed["elastic_inference"].parameters["early_exit_threshold"], float)
+    assert armed["selector"].parameters == {**ada["selector"].parameters, "dwell_s": 2.5}
+    assert armed["profiler"] == ada["profiler"] and armed["resource_monitor"] == ada["resource_monitor"]
+    # Refused, each in one line: a malformed arm, a node or parameter the graph lacks, a value of another type.
+    for text in ("noee", "noee:", "no ee:elastic_inference.x=1", "a:early_exit_threshold=0", "a:b.c"):
+        with pytest.raises(ValueError, match="arm"):
+            Arm.parse(text)
+    for text in ("a:planner.x=1", "a:selector.no_such=1", "a:selector.dwell_s=fast"):
+        bad = Arm.parse(text)
+        with pytest.raises(ValueError, match="arm a"):
+            policy_graph(bad.policy, config(tmp_path, policies=(bad.policy,), arms=(bad,)), variants)
+    with pytest.raises(ValueError, match="unknown policies"):
+        config(tmp_path, policies=("adascale+noee-2",))  # an arm's policy needs its arm
+    with pytest.raises(ValueError, match="two arms"):
+        config(tmp_path, arms=(arm, arm))
 
 
 def test_command_line_budgets(capsys):

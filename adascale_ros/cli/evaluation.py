@@ -26,6 +26,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=["adascale", "static-top", "static-smallest", "static-mid", "reactive", "oracle"],
         help="adascale static-top static-smallest static-mid reactive oracle (default: all)",
     )
+    evl.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        metavar="LABEL:NODE.PARAM=VALUE[,...]",
+        help="also run AdaScale with these node parameters as the policy adascale+LABEL, interleaved with the"
+        " others (e.g. noee:elastic_inference.early_exit_threshold=0); repeatable",
+    )
     evl.add_argument("--out", type=Path, required=True, help="report folder")
     evl.add_argument(
         "--budget-ms",
@@ -105,7 +113,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
     from dataclasses import replace
 
-    from adascale_ros.harness.evaluation import EvaluationConfig, calibrated_deadline, evaluate, load_runs, score
+    from adascale_ros.harness.evaluation import Arm, EvaluationConfig, calibrated_deadline, evaluate, load_runs, score
     from adascale_ros.harness.records import saved_run_config
     from adascale_ros.harness.report import markdown_table, target_line
     from adascale_ros.load.traces import LoadTrace, resolve_trace
@@ -116,10 +124,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.bag}: no such bag (write one with `adascale make-bag`)")
     model_dir = args.model_dir or default_model_dir()
     budget = (args.budget_ms, "--budget-ms") if args.budget_ms != "auto" else calibrated_deadline(model_dir)
+    arms = tuple(Arm.parse(text) for text in args.arm)
     config = EvaluationConfig(
         bag=args.bag,
         trace=LoadTrace.from_yaml(resolve_trace(args.trace)),
-        policies=tuple(dict.fromkeys(args.policies)),
+        policies=tuple(dict.fromkeys([*args.policies, *(arm.policy for arm in arms)])),
         out=args.out,
         model_dir=model_dir,
         params_file=args.params_file or default_params_file(),
@@ -130,6 +139,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         unlabelled=args.unlabelled,
         load_own_session=args.load_own_session,
+        arms=arms,
     )
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     if args.rescore:

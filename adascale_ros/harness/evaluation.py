@@ -26,6 +26,9 @@ Policies
                    latency on that frame met the budget, among the variants the
                    other runs measured, early exits included (needs at least one
                    other policy; no run)
+  adascale+LABEL   an arm: adascale's graph with some node parameters set otherwise
+                   (``Arm``), interleaved with the other policies round by round, so
+                   that two settings meet the same noise of the machine
 """
 
 from __future__ import annotations
@@ -88,6 +91,36 @@ TAIL_S = 0.5  # results of the last frames still in flight when the run ends
 
 
 @dataclass(frozen=True)
+class Arm:
+    """AdaScale with node parameters set otherwise: ``LABEL:NODE.PARAM=VALUE[,NODE.PARAM=VALUE...]``
+    (values in YAML, e.g. ``noee:elastic_inference.early_exit_threshold=0``); runs as the policy
+    ``adascale+LABEL``."""
+
+    label: str
+    parameters: tuple[tuple[str, str, Any], ...]  # (node, parameter, value)
+
+    @property
+    def policy(self) -> str:
+        return f"adascale+{self.label}"
+
+    @classmethod
+    def parse(cls, text: str) -> Arm:
+        import yaml
+
+        label, sep, settings = text.partition(":")
+        if not sep or not label.replace("-", "").replace("_", "").isalnum() or not settings:
+            raise ValueError(f"an arm is LABEL:NODE.PARAM=VALUE[,...] with a letters-and-digits label, got {text!r}")
+        parameters = []
+        for setting in settings.split(","):
+            target, sep, value = setting.partition("=")
+            node, dot, name = target.partition(".")
+            if not sep or not dot or not node or not name:
+                raise ValueError(f"arm {label}: expected NODE.PARAM=VALUE, got {setting!r}")
+            parameters.append((node, name, yaml.safe_load(value)))
+        return cls(label, tuple(parameters))
+
+
+@dataclass(frozen=True)
 class EvaluationConfig:
     bag: Path
     trace: LoadTrace
@@ -102,11 +135,15 @@ class EvaluationConfig:
     repeats: int = 1  # runs per policy, interleaved (policy order within each round)
     unlabelled: bool = False  # score against the top variant's offline answers instead of the bag's labels
     load_own_session: bool = False  # the trace's stress-ng in a session of its own, not the nodes' (load.stress)
+    arms: tuple[Arm, ...] = ()  # AdaScale with other node parameters, each a policy of its own (``Arm``)
 
     def __post_init__(self) -> None:
-        unknown = set(self.policies) - set(POLICIES)
+        known = (*POLICIES, *(arm.policy for arm in self.arms))
+        unknown = set(self.policies) - set(known)
         if unknown:
-            raise ValueError(f"unknown policies {sorted(unknown)}; known: {', '.join(POLICIES)}")
+            raise ValueError(f"unknown policies {sorted(unknown)}; known: {', '.join(known)}")
+        if len({arm.label for arm in self.arms}) != len(self.arms):
+            raise ValueError("two arms with one label")
         if not self.policies or set(self.policies) == {"oracle"}:
             raise ValueError("give at least one policy to run (the oracle is computed from the others)")
         if not (math.isfinite(self.budget_ms) and self.budget_ms > 0):
@@ -277,6 +314,9 @@ def policy_graph(policy: str, config: EvaluationConfig, variants: dict[str, str]
     selector = with_parameters(selector, latency_budget_ms=float(config.budget_ms))
     if policy == "adascale":
         return [monitor, profiler, selector, inference]
+    arm = next((arm for arm in config.arms if arm.policy == policy), None)
+    if arm is not None:
+        return arm_graph(arm, [monitor, profiler, selector, inference])
     if policy == "reactive":
         return [
             monitor,
@@ -285,6 +325,26 @@ def policy_graph(policy: str, config: EvaluationConfig, variants: dict[str, str]
             inference,
         ]
     raise ValueError(f"policy {policy!r} runs no graph")
+
+
+def arm_graph(arm: Arm, specs: list[NodeSpec]) -> list[NodeSpec]:
+    """``specs`` with the arm's parameters set; a node or parameter the graph does not have is refused."""
+    import importlib
+
+    by_name = {spec.name: spec for spec in specs}
+    for node, name, value in arm.parameters:
+        if node not in by_name:
+            raise ValueError(f"arm {arm.label}: no node {node!r} (the graph has {', '.join(by_name)})")
+        declared = importlib.import_module(by_name[node].module).PARAMETERS
+        if name not in declared:
+            raise ValueError(f"arm {arm.label}: {node} has no parameter {name!r}")
+        default = declared[name].default
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # 0 for a double parameter: ROS 2 refuses an integer there
+        if type(value) is not type(default):
+            raise ValueError(f"arm {arm.label}: {node}.{name} is a {type(default).__name__}, got {value!r}")
+        by_name[node] = with_parameters(by_name[node], **{name: value})
+    return [by_name[spec.name] for spec in specs]
 
 
 def image_stamp_ns(cdr: bytes) -> int:
@@ -637,6 +697,8 @@ def evaluate(config: EvaluationConfig, stop: threading.Event, say: Callable[[str
     if "static-mid" in config.policies:
         variants["static-mid"], why = static_mid(config.model_dir, config.trace, config.budget_ms)
         say(f"static-mid runs {why}")
+    for policy in config.runnable:  # an arm's unknown node or parameter is refused before anything runs
+        policy_graph(policy, config, variants)
     camera_reliability = camera_offer(config)
     truth = ground_truth(config, say)
     runs_dir = config.out / "runs"
