@@ -263,6 +263,7 @@ def test_an_arm_is_adascale_with_the_node_parameters_it_names(tmp_path):
     assert isinstance(armed["elastic_inference"].parameters["early_exit_threshold"], float)
     assert armed["selector"].parameters == {**ada["selector"].parameters, "dwell_s": 2.5}
     assert armed["profiler"] == ada["profiler"] and armed["resource_monitor"] == ada["resource_monitor"]
+    assert arm.settings == ["elastic_inference.early_exit_threshold=0", "selector.dwell_s=2.5"]
     # Refused, each in one line: a malformed arm, a node or parameter the graph lacks, a value of another type.
     for text in ("noee", "noee:", "no ee:elastic_inference.x=1", "a:early_exit_threshold=0", "a:b.c"):
         with pytest.raises(ValueError, match="arm"):

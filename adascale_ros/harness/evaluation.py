@@ -103,6 +103,11 @@ class Arm:
     def policy(self) -> str:
         return f"adascale+{self.label}"
 
+    @property
+    def settings(self) -> list[str]:
+        """Its parameters as ``node.param=value``, for the report."""
+        return [f"{node}.{name}={value}" for node, name, value in self.parameters]
+
     @classmethod
     def parse(cls, text: str) -> Arm:
         import yaml
@@ -652,6 +657,7 @@ def score(
             "policies": list(config.policies),
             "accuracy_against": scored_against,
             "static_mid": static_mid_reason(config, variants),
+            "arms": {arm.policy: arm.settings for arm in config.arms},
         },
         "variants": {p: v for p, v in variants.items() if p in pooled},
         "policies": pooled,

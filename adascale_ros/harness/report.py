@@ -144,6 +144,8 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         "",
         *([f"static-mid runs {config['static_mid']}.", ""] if config.get("static_mid") else []),
     ]
+    for policy, settings in config.get("arms", {}).items():
+        lines += [f"{policy} is adascale with " + ", ".join(f"`{setting}`" for setting in settings) + ".", ""]
     if report["targets"]:
         lines += ["## Targets", ""]
         lines += [f"- [{'x' if t['passed'] else ' '}] {target_line(t)}" for t in report["targets"]]
