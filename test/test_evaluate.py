@@ -41,7 +41,7 @@ from adascale_ros.harness.metrics import (
 from adascale_ros.harness.plots import plot_report
 from adascale_ros.harness.records import FrameRecord, PolicyRun, ResultRecord, StateRecord
 from adascale_ros.harness.report import markdown_report
-from adascale_ros.harness.targets import check_targets
+from adascale_ros.harness.targets import all_targets, check_targets
 from adascale_ros.load.traces import LoadTrace, resolve_trace
 from adascale_ros.model.directory import cheapest_variant, load_variant_table, reference_variants
 from adascale_ros.package_files import default_params_file
@@ -142,6 +142,21 @@ def test_targets_are_checked_from_the_metrics():
         "adascale dominates reactive",
     }
     assert check_targets({"static-top": m(0.3, 0.9)}) == []
+    # An arm is held to AdaScale's targets with its own figures, under its own name; the premise once.
+    arm = "adascale+noee"
+    groups = {
+        "idle_phases": {**idle, arm: m(0.0, 0.88)},  # 2 points under static-top's idle accuracy
+        "loaded_phases": {**loaded, arm: m(0.06, 0.86)},
+        "adaptation_s": {"adascale": {"back_to_top_s": [0.8, 1.5]}, arm: {"back_to_top_s": [0.8, 1.5]}},
+    }
+    both = {c.name.split(" (")[0]: c for c in all_targets({**whole, arm: m(0.04, 0.88, 4.0)}, groups, [arm])}
+    assert sum(name.startswith("premise") for name in both) == 1
+    assert {name for name, c in both.items() if not c.passed} == {
+        "adascale dominates reactive",
+        "adascale+noee idle-phase accuracy within 1 point of static-top's",
+        "adascale+noee dominates reactive",
+    }
+    assert all_targets(whole, groups, [arm]) == all_targets(whole, groups)  # an arm that did not run: none
 
 
 def test_adaptation_times_from_a_load_step_and_back():

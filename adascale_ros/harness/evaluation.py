@@ -72,7 +72,7 @@ from adascale_ros.harness.metrics import (
 from adascale_ros.harness.plots import plot_report
 from adascale_ros.harness.records import FrameRecord, PolicyRun, ResultRecord, StateRecord, save_run_config
 from adascale_ros.harness.report import markdown_report
-from adascale_ros.harness.targets import adaptation_targets
+from adascale_ros.harness.targets import all_targets
 from adascale_ros.load.stress import load_session
 from adascale_ros.load.traces import LoadTrace, play_trace
 
@@ -634,13 +634,14 @@ def score(
             metrics["oracle"] = policy_metrics(chosen, budgets[r], run_s)
         metrics = {p: metrics[p] for p in config.policies if p in metrics}  # the order asked for
         adaptation = phase_groups(outcomes, phases, budgets, idle_phases, top_accuracy, slice(r, r + 1))
-        targets_met = [asdict(c) for c in adaptation_targets(metrics, adaptation)]
+        targets_met = [asdict(c) for c in all_targets(metrics, adaptation, [arm.policy for arm in config.arms])]
         per_repeat.append({"policies": metrics, **adaptation, "targets": targets_met})
     pooled = {p: pooled_metrics(outcomes[p], budgets, run_s) for p in config.policies if p in outcomes}
     adaptation = phase_groups(outcomes, phases, budgets, idle_phases, top_accuracy, slice(0, repeats))
     met = [t["name"] for rep in per_repeat for t in rep["targets"] if t["passed"]]
     targets = [
-        {**asdict(c), "met_in_runs": met.count(c.name), "runs": repeats} for c in adaptation_targets(pooled, adaptation)
+        {**asdict(c), "met_in_runs": met.count(c.name), "runs": repeats}
+        for c in all_targets(pooled, adaptation, [arm.policy for arm in config.arms])
     ]
     report = {
         "config": {

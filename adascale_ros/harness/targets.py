@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -130,3 +130,32 @@ def adaptation_targets(
     """``check_targets`` with the phase groups of ``phase_groups``."""
     back = groups["adaptation_s"].get("adascale", {}).get("back_to_top_s", [])
     return check_targets(metrics, groups["idle_phases"], groups["loaded_phases"], back, targets)
+
+
+def arm_targets(
+    metrics: Mapping[str, Mapping[str, Any]], groups: Mapping[str, Any], policy: str, targets: Targets = Targets()
+) -> list[TargetCheck]:
+    """AdaScale's targets (not the premise) checked for ``policy``, an arm of it: its figures stand in for
+    AdaScale's, and each check is named after it."""
+
+    def standing_in(by_policy: Mapping[str, Any]) -> dict[str, Any]:
+        rest = {p: v for p, v in by_policy.items() if p != "adascale"}
+        return {**rest, "adascale": by_policy[policy]} if policy in by_policy else rest
+
+    swapped = {key: standing_in(value) for key, value in groups.items()}
+    return [
+        replace(check, name=check.name.replace("adascale", policy))
+        for check in adaptation_targets(standing_in(metrics), swapped, targets)
+        if not check.name.startswith("premise")
+    ]
+
+
+def all_targets(
+    metrics: Mapping[str, Mapping[str, Any]], groups: Mapping[str, Any], arms: Sequence[str] = ()
+) -> list[TargetCheck]:
+    """AdaScale's targets and the premise, then AdaScale's targets for each of ``arms`` (policies) that ran."""
+    checks = adaptation_targets(metrics, groups)
+    for policy in arms:
+        if policy in metrics:
+            checks += arm_targets(metrics, groups, policy)
+    return checks
