@@ -22,7 +22,7 @@ accuracy on labelled camera frames and the camera-rate latency, interleaved.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -138,6 +138,22 @@ def run_every_exit(engine: ElasticEngine, x: np.ndarray, variant: Variant) -> np
     return probabilities
 
 
+def interleaved_camera_frames(
+    paths: dict[str, Callable[[np.ndarray], object]], images: Sequence[np.ndarray], frames: int, gap_s: float
+) -> dict[str, list[float]]:
+    """Per path, the latency [ms] of ``frames`` camera frames (``images`` in turn), each after a gap of
+    ``gap_s`` so that it finds the CPU cold; the paths take turns frame by frame, so machine noise
+    falls on all alike."""
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    for i in range(frames):
+        for name, path in paths.items():
+            time.sleep(gap_s)
+            start = time.perf_counter()
+            path(images[i % len(images)])
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return samples
+
+
 def camera_rate_variants(variants_table: dict[str, Any]) -> dict[str, Variant]:
     """What the camera-rate bench times: the most accurate variant of the first and of the last exit, the
     most accurate variant overall (the top one) and the one of fewest FLOPs (the fastest by design)."""
@@ -195,13 +211,7 @@ def bench_camera_rate(
         }
         for path in paths.values():
             path(images[0])  # warm
-        samples: dict[str, list[float]] = {name: [] for name in paths}
-        for i in range(frames):
-            for name, path in paths.items():
-                time.sleep(gap_s)
-                start = time.perf_counter()
-                path(images[i % len(images)])
-                samples[name].append((time.perf_counter() - start) * 1e3)
+        samples = interleaved_camera_frames(paths, images, frames, gap_s)
         figures = {name: {**_summary(v), "mean_ms": round(float(np.mean(v)), 4)} for name, v in samples.items()}
         rows.append(
             {
@@ -314,12 +324,16 @@ def bench_int8(
             precision: float(np.mean(np.array([engine.run(x, variant).probabilities.argmax() for x in xs]) == labels))
             for precision, engine in engines.items()
         }
-        figures = _interleaved_camera_rate(engines, preprocess, test_frames, variant, frames, gap_s)
+        paths = {
+            precision: lambda image, e=engine, v=variant: e.run(preprocess(image, "rgb8", v.resolution), v)
+            for precision, engine in engines.items()
+        }
+        figures = {p: _summary(ms) for p, ms in interleaved_camera_frames(paths, test_frames, frames, gap_s).items()}
         if load is not None:
             with load:
                 time.sleep(1.0)  # the load's workers up
-                loaded = _interleaved_camera_rate(engines, preprocess, test_frames, variant, frames, gap_s)
-            figures |= {f"{precision}_loaded": timing for precision, timing in loaded.items()}
+                loaded = interleaved_camera_frames(paths, test_frames, frames, gap_s)
+            figures |= {f"{precision}_loaded": _summary(ms) for precision, ms in loaded.items()}
         rows.append(
             {
                 "role": role,
@@ -334,27 +348,6 @@ def bench_int8(
         row["int8_over_float_top"] = round(row["int8"]["median_ms"] / top, 3)
         row["float_over_float_top"] = round(row["float"]["median_ms"] / top, 3)
     return rows
-
-
-def _interleaved_camera_rate(
-    engines: dict[str, ElasticEngine],
-    preprocess: Preprocessor,
-    camera_frames: Sequence[np.ndarray],
-    variant: Variant,
-    frames: int,
-    gap_s: float,
-) -> dict[str, dict[str, float]]:
-    """Per engine, the latency of an rgb8 camera frame every ``gap_s`` (pre-processing included), the
-    engines taking turns frame by frame."""
-    samples: dict[str, list[float]] = {name: [] for name in engines}
-    for i in range(frames):
-        frame = camera_frames[i % len(camera_frames)]
-        for name, engine in engines.items():
-            time.sleep(gap_s)
-            start = time.perf_counter()
-            engine.run(preprocess(frame, "rgb8", variant.resolution), variant)
-            samples[name].append((time.perf_counter() - start) * 1e3)
-    return {name: _summary(s) for name, s in samples.items()}
 
 
 def format_int8(
