@@ -16,6 +16,7 @@ from adascale_ros.model.datasets import (
     FASHION_MNIST_DIR,
     DatasetError,
     DatasetSpec,
+    ImageSet,
     load_cifar,
     load_image_folder,
     load_splits,
@@ -53,6 +54,13 @@ def test_idx_reader_and_splits(tmp_path):
     together = torch.cat([splits.train.images, splits.val.images]).flatten(1)
     assert len({bytes(row.numpy()) for row in together}) == 60
     assert splits.train.images[0].squeeze(0).shape == (28, 28)
+    # As a camera has them: grey images lose the channel axis, RGB ones put it last.
+    assert splits.test.pixels(3).shape == (3, 28, 28) and splits.test.pixels().shape == (20, 28, 28)
+    assert (splits.test.pixels(1)[0] == splits.test.images[0, 0].numpy()).all()
+    grey = splits.test.images[:2]
+    rgb = ImageSet(torch.cat([grey, 255 - grey, grey // 2], dim=1), splits.test.labels[:2], splits.test.classes)
+    assert rgb.pixels().shape == (2, 28, 28, 3)
+    assert all((rgb.pixels()[1, :, :, c] == rgb.images[1, c].numpy()).all() for c in range(3))
     assert splits.fingerprint() == load_splits(DatasetSpec(root=str(tmp_path), val_fraction=0.2)).fingerprint()
     assert splits.fingerprint() != load_splits(DatasetSpec(root=str(tmp_path), val_fraction=0.2, seed=1)).fingerprint()
 

@@ -53,10 +53,8 @@ def _cmd_make_bag(args: argparse.Namespace) -> int:
     splits = load_splits(DatasetSpec(name=args.dataset, root=args.root))
     part = getattr(splits, args.split)
     count = min(args.limit, len(part)) if args.limit else len(part)
-    images = part.images[:count].numpy()  # (N, C, H, W)
-    images = images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
     spec = BagSpec(width=args.width, height=args.height, rate_hz=args.rate_hz, camera_topic=args.camera_topic)
-    make_camera_bag(args.out, images, part.labels[:count].numpy(), part.classes, spec)
+    make_camera_bag(args.out, part.pixels(count), part.labels[:count].numpy(), part.classes, spec)
     print(
         f"{args.out}: {count} {args.dataset} {args.split} frames, {args.width}x{args.height} rgb8 at "
         f"{args.rate_hz:g} Hz on {spec.camera_topic}, labels on {spec.labels_topic} ({count / args.rate_hz:g} s)"

@@ -240,7 +240,7 @@ def _cmd_bench_int8(args: argparse.Namespace) -> int:
 
     from adascale_ros.harness.bags import camera_frame
     from adascale_ros.model.backbone_pipeline import card_dataset
-    from adascale_ros.model.datasets import load_splits
+    from adascale_ros.model.datasets import ImageSet, load_splits
     from adascale_ros.model.directory import card_resolutions, load_variant_table
     from adascale_ros.model.saved_model import load_model
     from adascale_ros.package_files import default_model_dir
@@ -266,20 +266,18 @@ def _cmd_bench_int8(args: argparse.Namespace) -> int:
     splits = load_splits(card_dataset(model.card))
     width, height = 640, 480
 
-    def frames(images: Any, count: int) -> list[Any]:  # (N, C, H, W) uint8 -> rgb8 camera frames
-        chosen = images[:count].numpy()
-        chosen = chosen[:, 0] if chosen.shape[1] == 1 else chosen.transpose(0, 2, 3, 1)
-        return [camera_frame(image, width, height) for image in chosen]
+    def frames(images: ImageSet, count: int) -> list[Any]:  # rgb8 camera frames
+        return [camera_frame(image, width, height) for image in images.pixels(count)]
 
     preprocess = Preprocessor.from_card(model.card)
     resolutions = card_resolutions(model.card) or (None,)
     calibration = [
         preprocess(frame, "rgb8", resolutions[i % len(resolutions)])
-        for i, frame in enumerate(frames(splits.val.images, args.calibration_images))
+        for i, frame in enumerate(frames(splits.val, args.calibration_images))
     ]
     modules = export_modules(model.net, model.input_shape)
     int8 = quantize_modules(modules, calibration)
-    test = frames(splits.test.images, args.test_images)
+    test = frames(splits.test, args.test_images)
     gap_s = args.camera_gap_ms / 1e3
     labels = splits.test.labels[: len(test)].tolist()
     rows = bench_int8(model, table, modules, int8, test, labels, args.camera_rate_frames, gap_s, args.threads, load)

@@ -71,6 +71,12 @@ class ImageSet:
         _, c, h, w = self.images.shape
         return c, h, w
 
+    def pixels(self, count: int | None = None) -> np.ndarray:
+        """The first ``count`` images (all by default) as a camera has them: (N, H, W) grey or (N, H, W, 3)
+        RGB uint8."""
+        images = self.images[:count].numpy()
+        return images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
+
     def subset(self, indices: torch.Tensor | Sequence[int]) -> ImageSet:
         index = torch.as_tensor(indices, dtype=torch.long)
         return ImageSet(self.images[index], self.labels[index], self.classes)
