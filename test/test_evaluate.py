@@ -19,6 +19,7 @@ from adascale_ros.harness.evaluation import (
     Arm,
     EvaluationConfig,
     calibrated_deadline,
+    deadline_by_level,
     image_stamp_ns,
     load_runs,
     policy_graph,
@@ -308,7 +309,9 @@ def test_command_line_budgets(capsys):
     assert "expected milliseconds or auto" in capsys.readouterr().err
 
 
-def test_static_mid_is_the_most_accurate_timed_variant_that_met_the_deadline_under_the_heaviest_phase(tmp_path):
+def _timed_model(tmp_path):
+    """The robot model's variant table with a calibration report that timed three variants at camera rate
+    (its top and the next two by accuracy) at idle, one and two CPU workers; the model folder and the three."""
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     shutil.copy(ROBOT_MODEL / "variants.json", model_dir)
@@ -328,6 +331,11 @@ def test_static_mid_is_the_most_accurate_timed_variant_that_met_the_deadline_und
         "camera_rate": {"top": timed(top, 5.0, 12.0), "a": timed(good, 3.0, 7.5), "b": timed(fair, 1.0, 2.5)},
     }
     (model_dir / "calibration_report.json").write_text(json.dumps(report))
+    return model_dir, top, good, fair
+
+
+def test_static_mid_is_the_most_accurate_timed_variant_that_met_the_deadline_under_the_heaviest_phase(tmp_path):
+    model_dir, top, good, fair = _timed_model(tmp_path)
     step_cpu = LoadTrace.from_yaml(resolve_trace("step-cpu"))  # its load phase: two CPU workers at 100 %
     chosen, why = static_mid(model_dir, step_cpu, 8.0)
     assert chosen == good and "cpu2x100" in why and "step-cpu" in why
@@ -338,6 +346,28 @@ def test_static_mid_is_the_most_accurate_timed_variant_that_met_the_deadline_und
     # A trace none of whose phases was calibrated: the heaviest level calibrated.
     chosen, why = static_mid(model_dir, LoadTrace.from_yaml(resolve_trace("step")), 8.0)
     assert chosen == good and "no phase of step was calibrated" in why
+
+
+def test_deadline_by_level_names_the_levels_where_no_timed_variant_met_the_deadline(tmp_path, capsys):
+    from adascale_ros.cli.main import main
+
+    model_dir, top, good, fair = _timed_model(tmp_path)
+    reach = {row.level: row for row in deadline_by_level(model_dir, 8.0)}
+    assert list(reach) == ["idle", "cpu1x100", "cpu2x100"]
+    assert (reach["idle"].within, reach["idle"].within_p90_ms) == (top, 5.0)
+    assert reach["cpu1x100"].within == top  # 6.0 ms
+    assert (reach["cpu2x100"].within, reach["cpu2x100"].fastest, reach["cpu2x100"].fastest_p90_ms) == (good, fair, 2.5)
+    reach = {row.level: row for row in deadline_by_level(model_dir, 2.0)}
+    assert reach["idle"].within == reach["cpu1x100"].within == fair
+    assert reach["cpu2x100"].within is None and reach["cpu2x100"].within_p90_ms is None
+    assert main(["deadline-by-level", "--model-dir", str(model_dir), "--budget-ms", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("deadline 2 ms: --budget-ms")
+    assert "| cpu2x100 | none | - |" in out and "At 1 of 3 levels (cpu2x100) no timed variant met 2 ms" in out
+    # A calibration without camera-rate timing: a one-line error.
+    (model_dir / "calibration_report.json").write_text(json.dumps({"levels": [], "camera_rate": {}}))
+    with pytest.raises(ValueError, match="no camera-rate timing"):
+        deadline_by_level(model_dir, 2.0)
 
 
 def test_the_default_deadline_comes_from_the_calibration_report_before_any_run(tmp_path):

@@ -1,4 +1,5 @@
-"""Evaluation: ``adascale evaluate``, ``results-table``, ``replay-correction``, ``soak``, ``campaign``."""
+"""Evaluation: ``adascale evaluate``, ``deadline-by-level``, ``results-table``, ``replay-correction``, ``soak``,
+``campaign``."""
 
 from __future__ import annotations
 
@@ -57,6 +58,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     evl.add_argument("--rescore", action="store_true", help="score the runs saved in --out again; run nothing")
     evl.set_defaults(func=_cmd_evaluate)
 
+    reach = sub.add_parser(
+        "deadline-by-level",
+        parents=[MODEL_DIR],
+        help="per load level of the model's calibration, which variant timed at camera rate met the deadline",
+    )
+    reach.add_argument(
+        "--budget-ms",
+        type=_budget,
+        default="auto",
+        help="the deadline [ms], or auto: as adascale evaluate's (default: auto)",
+    )
+    reach.set_defaults(func=_cmd_deadline_by_level)
+
     table = sub.add_parser(
         "results-table", help="the results table of a saved evaluation report, as the README shows it"
     )
@@ -107,6 +121,33 @@ def _budget(value: str) -> float | str:
         return float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected milliseconds or auto, got {value!r}") from None
+
+
+def _cmd_deadline_by_level(args: argparse.Namespace) -> int:
+    from adascale_ros.harness.evaluation import calibrated_deadline, deadline_by_level
+    from adascale_ros.package_files import default_model_dir
+
+    model_dir = args.model_dir or default_model_dir()
+    budget, source = (args.budget_ms, "--budget-ms") if args.budget_ms != "auto" else calibrated_deadline(model_dir)
+    reach = deadline_by_level(model_dir, budget)
+    print(f"deadline {budget:g} ms: {source}")
+    print()
+    print("| load level | most accurate within it at p90 | p90 ms | fastest timed | p90 ms |")
+    print("|---|---|---:|---|---:|")
+    for row in reach:
+        within = ("none", "-") if row.within is None else (f"`{row.within}`", f"{row.within_p90_ms:.2f}")
+        print(f"| {row.level} | {within[0]} | {within[1]} | `{row.fastest}` | {row.fastest_p90_ms:.2f} |")
+    missed = [row.level for row in reach if row.within is None]
+    print()
+    if missed:
+        print(
+            f"At {len(missed)} of {len(reach)} levels ({', '.join(missed)}) no timed variant met {budget:g} ms at p90,"
+            " the cheapest that classifies included: under those loads no variant can be expected to keep it"
+            " nine frames in ten, whichever the selector picks."
+        )
+    else:
+        print(f"At every level some timed variant met {budget:g} ms at p90.")
+    return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

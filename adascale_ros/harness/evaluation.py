@@ -227,6 +227,17 @@ def read_calibration_report(model_dir: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: cannot read the calibration report ({exc}); run `adascale calibrate`") from exc
 
 
+def _p90_at(timed: dict[str, dict[str, Any]], level: str) -> dict[str, float]:
+    """The camera-rate p90 [ms] at ``level`` of every variant the calibration timed there."""
+    return {v: float(levels[level]["p90_ms"]) for v, levels in timed.items() if level in levels}
+
+
+def _most_accurate_within(p90: dict[str, float], accuracy: dict[str, float], deadline_ms: float) -> str | None:
+    """The most accurate variant whose p90 met ``deadline_ms`` (ties: the faster), None when none did."""
+    meeting = [v for v, ms in p90.items() if ms <= deadline_ms]
+    return max(meeting, key=lambda v: (accuracy[v], -p90[v])) if meeting else None
+
+
 def static_mid(model_dir: Path, trace: LoadTrace, deadline_ms: float) -> tuple[str, str]:
     """static-mid's variant and why: the most accurate of the variants the calibration timed at camera
     rate whose p90 met ``deadline_ms`` at the calibration level of the trace's heaviest phase (the phase
@@ -247,16 +258,49 @@ def static_mid(model_dir: Path, trace: LoadTrace, deadline_ms: float) -> tuple[s
         levels, where = list(timed[top]), f"the heaviest calibrated level (no phase of {trace.name} was calibrated)"
     heaviest = max(levels, key=lambda name: timed[top][name]["median_ms"])
     accuracy = {row["variant_id"]: row["val_accuracy"] for row in table["variants"]}
-    p90 = {v: levels_of[heaviest]["p90_ms"] for v, levels_of in timed.items() if heaviest in levels_of}
-    meeting = [v for v, ms in p90.items() if ms <= deadline_ms]
-    if not meeting:
+    p90 = _p90_at(timed, heaviest)
+    chosen = _most_accurate_within(p90, accuracy, deadline_ms)
+    if chosen is None:
         fastest = min(p90, key=p90.get)
         return fastest, f"{fastest}: no timed variant met {deadline_ms:g} ms at {heaviest} ({where}); the fastest"
-    chosen = max(meeting, key=lambda v: (accuracy[v], -p90[v]))
     return chosen, (
         f"{chosen}: the most accurate timed variant within {deadline_ms:g} ms at {heaviest} ({where}),"
         f" p90 {p90[chosen]:.2f} ms in the calibration"
     )
+
+
+@dataclass(frozen=True)
+class LevelReach:
+    """At one load level of the calibration: the most accurate variant timed at camera rate whose p90
+    met the deadline (None when none did), and the fastest timed variant."""
+
+    level: str
+    within: str | None
+    within_p90_ms: float | None
+    fastest: str
+    fastest_p90_ms: float
+
+
+def deadline_by_level(model_dir: Path, deadline_ms: float) -> list[LevelReach]:
+    """Per load level of the model's calibration, which of the variants timed at camera rate met
+    ``deadline_ms`` at p90. The timed variants include the cheapest that classifies (fewest FLOPs): at a
+    level where none met the deadline, that one did not either."""
+    from adascale_ros.model.directory import load_variant_table
+
+    report = read_calibration_report(model_dir)
+    timed = {e["variant_id"]: e["levels"] for e in report.get("camera_rate", {}).values()}
+    if not timed:
+        raise ValueError(f"{model_dir}: the calibration report has no camera-rate timing; run `adascale calibrate`")
+    accuracy = {row["variant_id"]: row["val_accuracy"] for row in load_variant_table(model_dir)["variants"]}
+    reach = []
+    for level in (lv["name"] for lv in report["levels"]):
+        p90 = _p90_at(timed, level)
+        if not p90:
+            continue
+        within = _most_accurate_within(p90, accuracy, deadline_ms)
+        fastest = min(p90, key=p90.get)
+        reach.append(LevelReach(level, within, None if within is None else p90[within], fastest, p90[fastest]))
+    return reach
 
 
 def calibrated_deadline(model_dir: Path) -> tuple[float, str]:
