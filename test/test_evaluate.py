@@ -364,6 +364,8 @@ def test_deadline_by_level_names_the_levels_where_no_timed_variant_met_the_deadl
     out = capsys.readouterr().out
     assert out.startswith("deadline 2 ms: --budget-ms")
     assert "| cpu2x100 | none | - |" in out and "At 1 of 3 levels (cpu2x100) no timed variant met 2 ms" in out
+    assert main(["deadline-by-level", "--model-dir", str(model_dir), "--budget-ms", "0"]) == 2
+    assert "--budget-ms must be > 0 ms" in capsys.readouterr().err
     # A calibration without camera-rate timing: a one-line error.
     (model_dir / "calibration_report.json").write_text(json.dumps({"levels": [], "camera_rate": {}}))
     with pytest.raises(ValueError, match="no camera-rate timing"):

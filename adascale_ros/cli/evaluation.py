@@ -129,6 +129,8 @@ def _cmd_deadline_by_level(args: argparse.Namespace) -> int:
 
     model_dir = args.model_dir or default_model_dir()
     budget, source = (args.budget_ms, "--budget-ms") if args.budget_ms != "auto" else calibrated_deadline(model_dir)
+    if not budget > 0:
+        raise ValueError(f"--budget-ms must be > 0 ms, got {budget:g}")
     reach = deadline_by_level(model_dir, budget)
     print(f"deadline {budget:g} ms: {source}")
     print()
