@@ -227,6 +227,11 @@ def read_calibration_report(model_dir: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: cannot read the calibration report ({exc}); run `adascale calibrate`") from exc
 
 
+def _camera_rate_timings(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The calibration report's camera-rate timings: variant id -> load level -> its figures there."""
+    return {e["variant_id"]: e["levels"] for e in report.get("camera_rate", {}).values()}
+
+
 def _p90_at(timed: dict[str, dict[str, Any]], level: str) -> dict[str, float]:
     """The camera-rate p90 [ms] at ``level`` of every variant the calibration timed there."""
     return {v: float(levels[level]["p90_ms"]) for v, levels in timed.items() if level in levels}
@@ -246,7 +251,7 @@ def static_mid(model_dir: Path, trace: LoadTrace, deadline_ms: float) -> tuple[s
     from adascale_ros.model.directory import load_variant_table
 
     report = read_calibration_report(model_dir)
-    timed = {e["variant_id"]: e["levels"] for e in report.get("camera_rate", {}).values()}
+    timed = _camera_rate_timings(report)
     table = load_variant_table(model_dir)
     top = static_variants(table)["static-top"]
     if top not in timed:
@@ -288,7 +293,7 @@ def deadline_by_level(model_dir: Path, deadline_ms: float) -> list[LevelReach]:
     from adascale_ros.model.directory import load_variant_table
 
     report = read_calibration_report(model_dir)
-    timed = {e["variant_id"]: e["levels"] for e in report.get("camera_rate", {}).values()}
+    timed = _camera_rate_timings(report)
     if not timed:
         raise ValueError(f"{model_dir}: the calibration report has no camera-rate timing; run `adascale calibrate`")
     accuracy = {row["variant_id"]: row["val_accuracy"] for row in load_variant_table(model_dir)["variants"]}
@@ -313,13 +318,13 @@ def calibrated_deadline(model_dir: Path) -> tuple[float, str]:
     path = Path(model_dir) / "calibration_report.json"
     report = read_calibration_report(model_dir)
     idle = next((level["name"] for level in report.get("levels", []) if level.get("idle")), None)
-    timed = [e for e in report.get("camera_rate", {}).values() if e.get("variant_id") == top]
-    if idle is None or not timed or idle not in timed[0]["levels"]:
+    timed = _camera_rate_timings(report).get(top)
+    if idle is None or timed is None or idle not in timed:
         raise ValueError(
             f"{path} has no camera-rate timing of {top} at idle: run `adascale calibrate {model_dir}` again,"
             " or give --budget-ms"
         )
-    p90 = float(timed[0]["levels"][idle]["p90_ms"])
+    p90 = float(timed[idle]["p90_ms"])
     budget = round(DEADLINE_FACTOR * p90, 2)
     created = report.get("meta", {}).get("created", "?")
     return budget, (
